@@ -1,0 +1,42 @@
+"""`clapcomp <command> ...`: a thin dispatcher; each command lives in the module of its stage.
+
+Every handler is `main(argv: list[str]) -> int` and parses its own flags, so importing the CLI
+costs nothing and `clapcomp data synth --help` only loads the data code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("clapcomp.train.loop", "train a model from an ml_collections config"),
+    "eval": ("clapcomp.evaluate.run", "evaluate a model on CompA / retrieval / zero-shot data"),
+    "export": ("clapcomp.export", "export a model as an HF ClapModel dir, safetensors or StableHLO"),
+    "embed": ("clapcomp.inference", "embed audio files and texts, print similarities"),
+    "demo": ("clapcomp.demo", "train plain CLAP vs CompA on synthetic data and compare"),
+    "data build": ("clapcomp.data.build", "manifests / CompA CSV / webdataset -> ArrayRecord"),
+    "data synth": ("clapcomp.data.synth", "generate the synthetic compositional dataset"),
+    "data compose": ("clapcomp.data.compose", "compose single-event clips into CompA stage-3 data"),
+    "data negatives": ("clapcomp.data.negatives", "write composition-aware negatives into a manifest"),
+}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  clapcomp {name:<15} {doc}" for name, (_, doc) in COMMANDS.items())
+    return f"usage: clapcomp <command> [flags]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in COMMANDS:
+            module = importlib.import_module(COMMANDS[name][0])
+            return int(module.main(argv[words:]) or 0)
+    sys.stderr.write(_usage())
+    return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Model configuration: plain frozen dataclasses, shared by every stage.
+
+One `ClapConfig` describes a whole dual encoder: the audio front end (`AudioConfig`), the HTSAT
+audio tower (`HTSATConfig`), the text tower (`TextConfig`) and the projection heads. Configs are
+JSON-serialisable (`to_dict` / `from_dict`) so checkpoints and exports carry them next to the
+weights; the defaults are LAION-CLAP's HTSAT-tiny + RoBERTa-base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """Waveform -> log-mel front end (HF `ClapFeatureExtractor` semantics)."""
+
+    sample_rate: int = 48_000
+    n_fft: int = 1024  # also the Hann window length
+    hop_length: int = 480
+    n_mels: int = 64
+    f_min: float = 50.0
+    f_max: float = 14_000.0
+    clip_seconds: float = 10.0  # 480,000 samples -> 1001 frames
+    fusion: bool = False  # True: global + 3 local chunks (`aff_2d`); False: one repeat-padded mel
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        return self.clip_samples // self.hop_length + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class HTSATConfig:
+    """HTSAT (Swin transformer over the folded mel image), LAION-CLAP / HF `ClapAudioConfig`."""
+
+    n_mels: int = 64
+    spec_size: int = 256
+    patch_size: int = 4
+    patch_stride: int = 4
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int = 8
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0  # hidden dropout
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    layer_norm_eps: float = 1e-5
+    enable_fusion: bool = False
+    aff_block_r: int = 4
+    spec_augment: bool = True  # time/freq stripe masking, training only
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the pooled output: embed_dim * 2 ** (stages - 1) (768 for HTSAT-tiny)."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """RoBERTa / BERT-family encoder. `pooling` says how a sentence vector is made."""
+
+    family: str = "roberta"  # "roberta" | "bert"
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 1
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    pooling: str = "pooler"  # "pooler" (dense+tanh on token 0, CLAP) | "mean" | "cls"
+    max_length: int = 77
+
+
+@dataclasses.dataclass(frozen=True)
+class ClapConfig:
+    """The dual encoder: towers + projection MLPs (hidden -> D -> D, ReLU) + logit scale."""
+
+    audio: AudioConfig = AudioConfig()
+    htsat: HTSATConfig = HTSATConfig()
+    text: TextConfig = TextConfig()
+    projection_dim: int = 512
+    logit_scale_init: float = math.log(1 / 0.07)
+    dtype: str = "float32"  # compute dtype: "float32" | "bfloat16"; parameters stay float32
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClapConfig":
+        d = dict(d)
+        towers = {"audio": AudioConfig, "htsat": HTSATConfig, "text": TextConfig}
+        for name, klass in towers.items():
+            d[name] = _build(klass, d.get(name, {}))
+        return _build(cls, d)
+
+
+def _build(klass, values: dict[str, Any]):
+    """klass(**values), with JSON lists turned back into tuples and unknown keys refused."""
+    if isinstance(values, klass):
+        return values
+    unknown = set(values) - {f.name for f in dataclasses.fields(klass)}
+    if unknown:
+        raise ValueError(f"unknown {klass.__name__} fields {sorted(unknown)}; is the config from a newer clapcomp?")
+    return klass(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
