@@ -1,0 +1,284 @@
+"""The grain pipeline: batch content vs direct decoding/tokenising, determinism (seed, workers,
+restore), process sharding, bad records at read time, global arrays on an 8-device CPU mesh."""
+
+import numpy as np
+import pytest
+
+from clapcomp.data import pipeline
+from clapcomp.data.negatives import NegativeGenerator
+from clapcomp.data.pipeline import READ_REASONS, DeviceIterator, make_dataset
+from clapcomp.data.records import RecordSource, decode_flac, encode_record, write_records
+from clapcomp.tokenizer import Tokenizer
+
+N, CLIP, L, K, P = 12, 4000, 8, 3, 2
+WORDS = (["<pad>", "<unk>"] + [f"r{i}" for i in range(N)] + [f"n{i}" for i in range(5)]
+         + "record first second neg pos a dog barks then man speaks followed by after".split())
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    t = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    return Tokenizer(t, max_length=L)
+
+
+def _record(i):
+    """Record i: a monotonic ramp of 2000 + 500 i samples (so any crop can be located)."""
+    return {"key": f"k{i}", "audio": np.linspace(-0.9, 0.9, 2000 + 500 * i).astype(np.float32),
+            "sample_rate": 16000, "captions": [f"record r{i} first", f"record r{i} second"],
+            "negatives": [f"neg n{j}" for j in range(i % 5)],
+            "positives": [f"pos n{j}" for j in range(i % 3)]}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    out = tmp_path_factory.mktemp("records")
+    write_records(str(out), (_record(i) for i in range(N)), shard_size=5)
+    return RecordSource(str(out))
+
+
+def _ds(source, tok, **kw):
+    args = dict(tokenizer=tok, seed=7, global_batch_size=4, clip_samples=CLIP, k_negatives=K,
+                sample_rate=16000, num_epochs=1, process_index=0, process_count=1,
+                generate_negatives=False)
+    return make_dataset(source, **{**args, **kw})
+
+
+def _record_ids(batch):
+    return [WORDS[t].removeprefix("r") for t in batch["input_ids"][:, 1]]
+
+
+def _texts(tok, texts, width):
+    ids = np.zeros((width, L), np.int32)
+    mask = np.zeros((width, L), np.int32)
+    if texts:
+        ids[: len(texts)], mask[: len(texts)] = tok(texts)
+    return ids, mask
+
+
+def _decode_texts(ids):
+    return [" ".join(WORDS[t] for t in row if t) for row in ids]
+
+
+def test_batches_match_direct_decoding_and_tokenising(source, tok):
+    batches = list(_ds(source, tok, n_positives=P))
+    assert len(batches) == N // 4
+    for batch in batches:
+        assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
+            "waveform": ((4, CLIP), "float32"), "lengths": ((4,), "int32"),
+            "input_ids": ((4, L), "int32"), "attention_mask": ((4, L), "int32"),
+            "neg_input_ids": ((4, K, L), "int32"), "neg_attention_mask": ((4, K, L), "int32"),
+            "neg_mask": ((4, K), "bool"), "pos_input_ids": ((4, P, L), "int32"),
+            "pos_attention_mask": ((4, P, L), "int32"), "pos_mask": ((4, P), "bool"),
+            "_skips": ((4, len(READ_REASONS)), "int32")}
+        assert not batch["_skips"].any()
+        for b, rid in enumerate(_record_ids(batch)):
+            rec = _record(int(rid))
+            full = decode_flac(source.example(int(rid))["audio"])
+            n = min(len(full), CLIP)
+            assert batch["lengths"][b] == n
+            wave = batch["waveform"][b]
+            start = int(np.argmin(np.abs(full - wave[0])))  # the ramp is monotonic
+            np.testing.assert_array_equal(wave[:n], full[start : start + n])
+            assert not wave[n:].any()
+            assert _decode_texts(batch["input_ids"][b : b + 1])[0] in rec["captions"]
+            ids, mask = tok([_decode_texts(batch["input_ids"][b : b + 1])[0]])
+            np.testing.assert_array_equal(batch["attention_mask"][b], mask[0])
+            for prefix, pool, width in (("neg", rec["negatives"], K), ("pos", rec["positives"], P)):
+                valid = batch[f"{prefix}_mask"][b]
+                assert valid.tolist() == [j < min(len(pool), width) for j in range(width)]
+                picked = _decode_texts(batch[f"{prefix}_input_ids"][b][valid])
+                assert len(set(picked)) == len(picked) and set(picked) <= set(pool)
+                ref_ids, ref_mask = _texts(tok, picked, width)
+                np.testing.assert_array_equal(batch[f"{prefix}_input_ids"][b], ref_ids)
+                np.testing.assert_array_equal(batch[f"{prefix}_attention_mask"][b], ref_mask)
+
+
+def test_epoch_sees_every_record_once_and_processes_split_it(source, tok):
+    one = [r for b in _ds(source, tok) for r in _record_ids(b)]
+    assert sorted(one, key=int) == [str(i) for i in range(N)]
+    per_host = [[r for b in _ds(source, tok, process_index=p, process_count=2) for r in _record_ids(b)]
+                for p in range(2)]
+    assert all(len(h) == N // 2 for h in per_host)
+    assert not set(per_host[0]) & set(per_host[1])
+    assert sorted(per_host[0] + per_host[1], key=int) == [str(i) for i in range(N)]
+    with pytest.raises(ValueError, match="not divisible"):
+        _ds(source, tok, global_batch_size=5, process_count=2)
+
+
+def _assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_same_seed_same_batches_other_seed_other_order(source, tok):
+    _assert_same(list(_ds(source, tok, num_epochs=2)), list(_ds(source, tok, num_epochs=2)))
+    ids = [_record_ids(b) for b in _ds(source, tok)]
+    assert ids != [_record_ids(b) for b in _ds(source, tok, seed=8)]
+    epochs = [_record_ids(b) for b in _ds(source, tok, num_epochs=2)]
+    assert epochs[:3] == ids and epochs[3:] != ids  # each epoch reshuffles
+
+
+def test_worker_count_does_not_change_batches(source, tok):
+    _assert_same(list(_ds(source, tok, num_epochs=2)), list(_ds(source, tok, num_epochs=2, num_workers=2)))
+
+
+def test_restore_mid_epoch_gives_the_same_remaining_batches(source, tok):
+    it = iter(_ds(source, tok, num_epochs=3))
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    rest = list(it)
+    fresh = iter(_ds(source, tok, num_epochs=3))
+    fresh.set_state(state)
+    _assert_same(list(fresh), rest)
+
+
+def test_orbax_checkpoint_of_the_device_iterator(source, tok, tmp_path):
+    import grain
+    import jax
+    import orbax.checkpoint as ocp
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    it = DeviceIterator(_ds(source, tok, num_epochs=None), mesh)
+    for _ in range(2):
+        next(it)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it.grain_iterator)))
+        mngr.wait_until_finished()
+        expected = [next(it) for _ in range(3)]
+        restored = DeviceIterator(_ds(source, tok, num_epochs=None), mesh)
+        mngr.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored.grain_iterator)))
+    _assert_same([{k: np.asarray(v) for k, v in b.items()} for b in expected],
+                 [{k: np.asarray(v) for k, v in next(restored).items()} for _ in range(3)])
+
+
+def test_pcm16_records_give_the_same_batches_as_flac(source, tok, tmp_path):
+    write_records(str(tmp_path), (_record(i) for i in range(N)), audio_format="pcm16")
+    pcm = RecordSource(str(tmp_path))
+    for a, b in zip(_ds(source, tok), _ds(pcm, tok)):
+        assert _record_ids(a) == _record_ids(b)
+        np.testing.assert_array_equal(a["lengths"], b["lengths"])
+        # both store 16-bit samples; FLAC and raw PCM scale by 2**15 on read
+        np.testing.assert_allclose(a["waveform"], b["waveform"], atol=2.0**-15)
+
+
+def test_fused_mode_keeps_the_whole_clip_up_to_max_samples(source, tok):
+    for batch in _ds(source, tok, fused=True, max_samples=6000):
+        assert batch["waveform"].shape == (4, 6000)
+        for b, rid in enumerate(_record_ids(batch)):
+            full = decode_flac(source.example(int(rid))["audio"])
+            n = batch["lengths"][b]
+            assert n == min(len(full), 6000)
+            if len(full) <= 6000:
+                np.testing.assert_array_equal(batch["waveform"][b, :n], full)
+
+
+def test_generated_negatives_when_the_record_has_none(tmp_path, tok):
+    caption = "a dog barks then a man speaks"
+    write_records(str(tmp_path), [{"key": "x", "audio": np.full(3000, 0.1, np.float32),
+                                   "sample_rate": 16000, "captions": [caption]}])
+    (batch,) = list(_ds(RecordSource(str(tmp_path)), tok, global_batch_size=1, generate_negatives=True))
+    expected = NegativeGenerator(7).generate(caption, K)
+    assert expected and caption not in expected
+    ref_ids, _ = _texts(tok, expected, K)
+    np.testing.assert_array_equal(batch["neg_input_ids"][0], ref_ids)
+    assert batch["neg_mask"][0].tolist() == [j < len(expected) for j in range(K)]
+    (plain,) = list(_ds(RecordSource(str(tmp_path)), tok, global_batch_size=1))
+    assert not plain["neg_mask"].any() and not plain["neg_input_ids"].any()
+
+
+def _bad_shard(path):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    w = ArrayRecordWriter(str(path), "group_size:1")
+    w.write(b"junk, not a record")
+    w.write(encode_record({"key": "c", "audio": b"fLaC garbage", "num_samples": 100,
+                           "sample_rate": 16000, "captions": ["x"]}))
+    w.write(encode_record({"key": "e", "audio": np.full(100, 0.1, np.float32), "sample_rate": 16000,
+                           "captions": []}))
+    w.write(encode_record({"key": "t", "audio": b"x", "num_samples": 16000 * 3600,
+                           "sample_rate": 16000, "captions": ["x"]}))
+    w.close()
+
+
+def test_bad_records_are_replaced_and_counted(source, tok, tmp_path):
+    _bad_shard(tmp_path / "bad.array_record")
+    mixed = RecordSource(source.paths + [str(tmp_path / "bad.array_record")])
+    assert len(mixed) == N + 4
+    batches = list(_ds(mixed, tok, global_batch_size=2, num_epochs=3))
+    assert len(batches) == 3 * (N + 4) // 2
+    # Every output comes from a good record; each bad draw is counted by its reason.
+    assert all(int(r) < N for b in batches for r in _record_ids(b))
+    skips = dict(zip(READ_REASONS, sum(b["_skips"].sum(0) for b in batches).tolist()))
+    assert {r for r, n in skips.items() if n} == {"bad_record", "corrupt_audio", "no_caption", "too_long"}
+    assert all(skips[r] >= 3 for r in ("bad_record", "corrupt_audio", "no_caption", "too_long"))
+
+
+def test_stuck_decoding_times_out_then_stops_with_a_clear_error(source, tok, monkeypatch):
+    import time
+
+    monkeypatch.setattr(pipeline, "decode_audio", lambda *a: time.sleep(5))
+    with pytest.raises(RuntimeError, match=r"bad records in a row.*'timeout': 17"):
+        next(iter(_ds(source, tok, decode_timeout_s=0.01)))
+
+
+def test_device_iterator_places_global_arrays_on_the_mesh(source, tok):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    ref = next(iter(_ds(source, tok, global_batch_size=8, n_positives=P)))
+    for shape, axes in (((8,), ("data",)), ((4, 2), ("data", "fsdp"))):
+        mesh = Mesh(np.array(jax.devices()).reshape(shape), axes)
+        it = DeviceIterator(_ds(source, tok, global_batch_size=8, n_positives=P), mesh, batch_axes=axes)
+        batch = next(it)
+        assert set(batch) == set(ref) - {"_skips"}
+        for k, v in batch.items():
+            assert isinstance(v, jax.Array) and v.shape == ref[k].shape and v.dtype == ref[k].dtype
+            assert v.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(axes)), v.ndim)
+            assert len(v.addressable_shards) == 8 and v.addressable_shards[0].data.shape[0] == 1
+            np.testing.assert_array_equal(np.asarray(v), ref[k])
+        assert it.metrics == {"examples": 8, "skipped": dict.fromkeys(READ_REASONS, 0)}
+
+
+def test_device_iterator_stops_past_the_error_rate(tok, tmp_path):
+    import jax
+    from jax.sharding import Mesh
+
+    write_records(str(tmp_path / "good"), [_record(0)])
+    _bad_shard(tmp_path / "bad.array_record")
+    src = RecordSource([str(tmp_path / "good" / "data-00000.array_record"), str(tmp_path / "bad.array_record")])
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    it = DeviceIterator(_ds(src, tok, global_batch_size=1, num_epochs=None), mesh,
+                        max_error_rate=0.5, min_examples_for_rate=4)
+    with pytest.raises(RuntimeError, match="max_error_rate=0.5"):
+        for _ in range(20):
+            next(it)
+
+
+def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
+    good = [source[i] for i in range(N)]
+    transform = pipeline.RecordTransform(good, tokenizer=tok, sample_rate=16000, clip_samples=CLIP,
+                                         k_negatives=K)
+    rng = np.random.default_rng(0)
+    skipped = 0
+    for i in range(100):
+        rec = bytearray(good[i % N])
+        cut = int(rng.integers(len(rec)))
+        if i % 3 == 0:
+            rec = rec[:cut]  # truncated record
+        else:  # random bytes in the header (i % 3 == 1) or anywhere
+            hi = 200 if i % 3 == 1 else len(rec)
+            for j in rng.integers(0, min(hi, len(rec)), 4):
+                rec[j] = int(rng.integers(256))
+        out = transform(bytes(rec), np.random.default_rng(i))
+        assert out["waveform"].shape == (CLIP,) and out["input_ids"].shape == (L,)
+        skipped += int(out["_skips"].sum())
+    assert skipped > 50  # most mutations are caught (some flip bytes a decoder cannot notice)
