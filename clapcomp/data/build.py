@@ -225,7 +225,7 @@ def _json_list(value, field: str) -> list:
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             parsed = json.loads(value)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # deeply nested JSON overflows the decoder
             raise Skip("bad_row", f"{field} is not a valid JSON list: {e}") from None
         if not isinstance(parsed, list):
             raise Skip("bad_row", f"{field} must be a JSON list")
@@ -249,7 +249,7 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | Skip]]:
                     yield i + 1, row if isinstance(row, dict) else Skip("bad_row", "not an object")
                 except UnicodeDecodeError:
                     yield i + 1, Skip("non_utf8_text", "line is not UTF-8")
-                except json.JSONDecodeError as e:
+                except (json.JSONDecodeError, RecursionError) as e:  # deeply nested JSON overflows the decoder
                     yield i + 1, Skip("bad_row", f"invalid JSON: {e}")
         return
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -325,7 +325,7 @@ def read_webdataset(path: str, *, max_file_mb: float = 2048.0):
             meta = json.loads(text.decode("utf-8"))
         except UnicodeDecodeError:
             return item, Skip("non_utf8_text", ".json is not UTF-8")
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # deeply nested JSON overflows the decoder
             return item, Skip("bad_row", f".json invalid: {e}")
         captions = meta.get("text") if isinstance(meta, dict) else None
         captions = [captions] if isinstance(captions, str) else captions

@@ -179,7 +179,7 @@ def parse_record(data: bytes) -> dict:
     try:
         header = json.loads(data[n + 4 : n + 4 + size].decode("utf-8"))
         problem = _header_problem(header)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         problem = str(e)
     if problem:
         raise RecordError("bad_record", f"unreadable header: {problem}")
