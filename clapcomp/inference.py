@@ -1,0 +1,217 @@
+"""Public inference API: `clapcomp.load(path)` -> `Clap` (embed audio / text, similarities, zero-shot),
+and the `clapcomp embed` command.
+
+Embeddings are deterministic: the front end takes the front crop / fixed fusion chunks (see
+`clapcomp.audio`), no dropout, and the same clip gives the same vector batched or alone. Work is
+jitted once per padded shape: batches are cut into chunks of at most `max_batch` and each chunk's
+batch is padded up to a power of two (repeating its first row), audio lengths to whole clips
+(`audio.prepare_waveforms`), texts to `max_length` tokens.
+
+`load(path)` recognises the directory layouts listed in `LAYOUTS` (today: an HF transformers
+ClapModel dir). Texts need a `tokenizer.json`: `load` takes the one in the directory, or the
+`tokenizer=` argument (a `Tokenizer`, a tokenizer.json path or a dir holding one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from clapcomp.audio import prepare_waveforms
+from clapcomp.models.configs import ClapConfig
+from clapcomp.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A loadable directory layout: `detect(path) -> bool`; `loader` "module:function" -> (ClapConfig, ClapModel)."""
+
+    name: str
+    description: str
+    detect: Callable[[Path], bool]
+    loader: str
+
+
+def _is_hf_clap(path: Path) -> bool:
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "clap"
+
+
+# Extension point: clapcomp exports and training checkpoints add a `Layout` row here (first match wins).
+LAYOUTS: list[Layout] = [
+    Layout("hf-clap", "HF transformers ClapModel dir (config.json with model_type 'clap' + weights)",
+           _is_hf_clap, "clapcomp.convert.hf:load_hf_clap"),
+    Layout("clapcomp-export", "`clapcomp export --format safetensors|stablehlo` dir (clapcomp.json + model.safetensors)",
+           lambda p: importlib.import_module("clapcomp.export").is_exported(p), "clapcomp.export:load_exported"),
+    Layout("laion-pt", "LAION-CLAP / CompA checkpoint file (.pt / .pth / .ckpt)",
+           lambda p: p.is_file() and p.suffix in (".pt", ".pth", ".ckpt"), "clapcomp.convert.laion:load_laion_clap"),
+]  # fmt: skip
+
+
+def load(path: str | Path, *, tokenizer: Tokenizer | str | Path | None = None, max_batch: int = 16) -> "Clap":
+    """Load a model directory for inference (see `LAYOUTS`); the tokenizer from `tokenizer` or `path`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; clapcomp.load expects a model directory or a LAION .pt file")
+    layout = next((lay for lay in LAYOUTS if lay.detect(path)), None)
+    if layout is None:
+        found = sorted(p.name for p in path.iterdir()) if path.is_dir() else [path.name]
+        known = "; ".join(f"{lay.name}: {lay.description}" for lay in LAYOUTS)
+        raise ValueError(f"unknown model layout at {path} (found {found}); clapcomp.load understands: {known}")
+    module, function = layout.loader.split(":")
+    config, model = getattr(importlib.import_module(module), function)(path)
+    return Clap(model, config, _tokenizer(tokenizer, path, config), max_batch=max_batch)
+
+
+def _tokenizer(tokenizer, path: Path, config: ClapConfig) -> Tokenizer | None:
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    if tokenizer is None and not path.is_dir():
+        return None  # a checkpoint file (LAION .pt) carries no tokenizer: pass tokenizer=
+    source = Path(tokenizer) if tokenizer is not None else path
+    if source.is_file():
+        return Tokenizer.from_file(source, max_length=config.text.max_length)
+    if tokenizer is None and not (path / "tokenizer.json").is_file():
+        return None  # embed_text explains; audio still works
+    return Tokenizer.from_dir(source, max_length=config.text.max_length)
+
+
+def _bucket(n: int, max_batch: int) -> int:
+    return min(max_batch, 1 << max(n - 1, 0).bit_length())
+
+
+class Clap:
+    """A model ready for inference. `.config`, `.model`, `.tokenizer`; all outputs are NumPy float32."""
+
+    def __init__(self, model, config: ClapConfig, tokenizer: Tokenizer | None = None, *, max_batch: int = 16):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model, self.config, self.tokenizer, self.max_batch = model, config, tokenizer, max_batch
+        self._graphdef, self._fns = None, {}
+
+    def _jitted(self, method: str):
+        """(jitted fn(state, *arrays), current state); rebuilt only if the model's structure changed."""
+        graphdef, state = nnx.split(self.model)
+        if graphdef != self._graphdef:  # GraphDefs compare by value (they may hold unhashable lists)
+            self._graphdef, self._fns = graphdef, {}
+        if method not in self._fns:
+            self._fns[method] = jax.jit(lambda st, *xs: getattr(nnx.merge(graphdef, st), method)(*xs))
+        return self._fns[method], state
+
+    @classmethod
+    def from_model(cls, model, config: ClapConfig, tokenizer: Tokenizer | None = None, **kwargs) -> "Clap":
+        """Wrap an in-memory `ClapModel` (e.g. the trainer's); it reads the model's current parameters."""
+        return cls(model, config, tokenizer, **kwargs)
+
+    def _run(self, method: str, *arrays: np.ndarray) -> np.ndarray:
+        """model.<method>(*chunk) over batch chunks of <= max_batch rows, padded to a power of two."""
+        fn, state = self._jitted(method)
+        n, out = len(arrays[0]), []
+        for start in range(0, n, self.max_batch):
+            chunk = [a[start : start + self.max_batch] for a in arrays]
+            rows = len(chunk[0])
+            pad = _bucket(rows, self.max_batch) - rows
+            chunk = [np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) for a in chunk]
+            out.append(np.asarray(fn(state, *map(jnp.asarray, chunk)))[:rows])
+        return np.concatenate(out).astype(np.float32)
+
+    def embed_audio(self, audio: np.ndarray | Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        """audio [B, T] float or a list of 1-D float arrays at `sample_rate` Hz -> [B, D] unit rows."""
+        waveform, lengths = prepare_waveforms(audio, sample_rate, self.config.audio)
+        return self._run("embed_audio", waveform, lengths)
+
+    def embed_tokens(self, input_ids, attention_mask) -> np.ndarray:
+        """input_ids [B, L] int, attention_mask [B, L] 0/1 -> [B, D] unit rows."""
+        ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
+        if ids.ndim != 2 or mask.shape != ids.shape:
+            raise ValueError(f"input_ids and attention_mask must both be [B, L]; got {ids.shape} and {mask.shape}")
+        if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(mask.dtype, np.integer)):
+            raise ValueError(f"input_ids / attention_mask must be integer arrays, got {ids.dtype} / {mask.dtype}")
+        vocab = self.config.text.vocab_size
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(f"token ids must lie in [0, {vocab}); got range [{ids.min()}, {ids.max()}]")
+        if ids.shape[0] == 0:
+            return np.zeros((0, self.config.projection_dim), np.float32)
+        return self._run("embed_tokens", ids.astype(np.int32), mask.astype(np.int32))
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """texts -> [B, D] unit rows (tokenised to `max_length` tokens)."""
+        if self.tokenizer is None:
+            raise FileNotFoundError(
+                "this model has no tokenizer: its directory holds no tokenizer.json. Pass one to "
+                "clapcomp.load(path, tokenizer=...) (a tokenizer.json path or dir), or use embed_tokens."
+            )
+        return self.embed_tokens(*self.tokenizer(texts))
+
+    def similarity(self, audio, texts: list[str], sample_rate: int) -> np.ndarray:
+        """Cosine similarities [B_audio, B_text]."""
+        return self.embed_audio(audio, sample_rate) @ self.embed_text(texts).T
+
+    def zero_shot(self, audio, labels: list[str], sample_rate: int, template: str = "This is a sound of {label}."):
+        """Class probabilities [B, n_labels]: softmax over labels of exp(logit_scale) * cosine."""
+        logits = float(np.exp(self.model.logit_scale.get_value())) * self.similarity(
+            audio, [template.format(label=label) for label in labels], sample_rate
+        )
+        logits = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+
+def main(argv: list[str]) -> int:
+    """`clapcomp embed --model DIR --audio a.wav ... --text "..." ... [--out emb.npz]`."""
+    parser = argparse.ArgumentParser(prog="clapcomp embed", description="embed audio files and texts")
+    parser.add_argument("--model", required=True, help="model directory (HF ClapModel dir, ...)")
+    parser.add_argument("--audio", nargs="*", default=[], help="audio files (any format soundfile reads)")
+    parser.add_argument("--text", nargs="*", default=[], help="texts to embed")
+    parser.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model)")
+    parser.add_argument("--out", help="write audio/text embeddings and similarities to this .npz")
+    args = parser.parse_args(argv)
+    if not args.audio and not args.text:
+        parser.error("give at least one --audio file or --text")
+    clap = load(args.model, tokenizer=args.tokenizer)
+    audio_emb = _embed_files(clap, args.audio)
+    text_emb = clap.embed_text(args.text) if args.text else np.zeros((0, clap.config.projection_dim), np.float32)
+    sims = audio_emb @ text_emb.T
+    if args.audio and args.text:
+        print("cosine similarity (rows: audio, columns: texts)")
+        for j, text in enumerate(args.text):
+            print(f"  [{j}] {text}")
+        print(f"{'':40s}" + "".join(f"{f'[{j}]':>9s}" for j in range(len(args.text))))
+        for name, row in zip(args.audio, sims):
+            print(f"{Path(name).name[:40]:40s}" + "".join(f"{v:9.4f}" for v in row))
+    if args.out:
+        np.savez(args.out, audio_embeddings=audio_emb, text_embeddings=text_emb, similarity=sims,
+                 audio_files=np.asarray(args.audio, dtype=str), texts=np.asarray(args.text, dtype=str))  # fmt: skip
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _embed_files(clap: Clap, files: list[str]) -> np.ndarray:
+    import soundfile as sf
+
+    out = np.zeros((len(files), clap.config.projection_dim), np.float32)
+    clips = []
+    for f in files:
+        try:
+            data, rate = sf.read(f, dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile raises LibsndfileError / RuntimeError variants
+            raise ValueError(f"cannot read audio file {f}: {e}") from e
+        clips.append((data.mean(axis=1), rate))
+    for rate in sorted({r for _, r in clips}):
+        idx = [i for i, (_, r) in enumerate(clips) if r == rate]
+        out[idx] = clap.embed_audio([clips[i][0] for i in idx], rate)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
