@@ -1,0 +1,377 @@
+"""Composition-aware hard-negative captions: deterministic rules, and an optional LLM endpoint.
+
+Rules (each fires only where the caption has its structure and the result differs):
+- order: events joined by temporal connectives are reordered. "A followed by B" -> "B followed
+  by A" and "A preceded by B" (also "then", "and then", "after which": swap only); "A before B"
+  -> "B before A" and "A after B"; "A after B" -> "B after A" and "A before B" (the same for
+  "preceded by"); "A while B" -> "A before B", "B before A". With
+  three or more events: each adjacent swap and the full reversal. Every segment must have at
+  least two words (so "a bird sings before dawn" is left alone).
+- attribute swap: two attributes of the same kind (loudness, pitch, duration, ...) on different
+  sources trade places: "a loud dog and a quiet man" -> "a quiet dog and a loud man". Same
+  words, different order.
+- attribute flip: one attribute becomes its antonym: "a loud dog" -> "a quiet dog".
+- event substitution: one event phrase from the vocabulary is replaced by another vocabulary
+  phrase absent from the caption ("a dog followed by a car" -> "a cat followed by a car").
+`a`/`an` are fixed after every edit. `NegativeGenerator.generate` interleaves the rules in that
+priority (order, swap, flip, substitution) and is a pure function of (seed, caption, k).
+
+LLM backend (`LLMNegatives`): an OpenAI-compatible `/chat/completions` URL, the API key read
+from an environment variable at call time (never logged, cached or written), replies cached in
+a JSON file keyed by caption, retries with exponential backoff on 429/5xx/network errors.
+
+CLI: `clapcomp data negatives --manifest in.jsonl --out out.jsonl [--k 3]
+[--llm-url URL --llm-model M]` writes a `negatives` list into every row (rules without an LLM,
+and as the fallback when the LLM fails or returns fewer than k usable captions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_CONNECTIVE = re.compile(r"(\s*,?\s+\b(?:followed by|preceded by|and then|after which|then|before|after|while)\b,?\s+)", re.I)
+_SEQUENTIAL = {"followed by", "preceded by", "and then", "after which", "then", "before", "after"}
+_FLIP_TIME = {"before": "after", "after": "before", "followed by": "preceded by", "preceded by": "followed by"}
+
+ATTRIBUTE_KINDS = {
+    "loudness": ("loud", "quiet", "soft", "faint"),
+    "pitch": ("high-pitched", "low-pitched", "high", "low", "deep", "shrill"),
+    "duration": ("short", "long", "brief", "prolonged"),
+    "speed": ("fast", "slow", "rapid"),
+    "distance": ("distant", "nearby"),
+    "gender": ("male", "female"),
+    "age": ("young", "old"),
+    "size": ("big", "small", "large", "little"),
+}
+ANTONYMS = {
+    "loud": "quiet", "quiet": "loud", "soft": "loud", "faint": "loud",
+    "high-pitched": "low-pitched", "low-pitched": "high-pitched", "high": "low", "low": "high",
+    "deep": "high-pitched", "shrill": "deep", "short": "long", "long": "short", "brief": "long",
+    "fast": "slow", "slow": "fast", "rapid": "slow", "distant": "nearby", "nearby": "distant",
+    "male": "female", "female": "male", "young": "old", "old": "young",
+    "big": "small", "small": "big", "large": "small", "little": "big",
+}  # fmt: skip
+_KIND = {w: kind for kind, words in ATTRIBUTE_KINDS.items() for w in words}
+DEFAULT_VOCABULARY = (
+    "dog", "cat", "bird", "man", "woman", "child", "baby", "crowd", "car", "truck", "train",
+    "engine", "siren", "bell", "horn", "door", "water", "rain", "wind", "music", "phone", "clock",
+)  # fmt: skip
+_WORD = re.compile(r"([A-Za-z]+(?:-[A-Za-z]+)*)")
+
+
+def normalize(caption: str) -> str:
+    """Case-, space- and final-punctuation-insensitive form used to compare captions."""
+    return re.sub(r"\s+", " ", caption.strip().lower()).rstrip(".!? ")
+
+
+def _fix_articles(text: str) -> str:
+    def repl(m):
+        art, word = m.group(1), m.group(2)
+        an = word[0].lower() in "aeiou"
+        new = ("an" if an else "a") if art.islower() else ("An" if an else "A")
+        return f"{new} {word}"
+
+    return re.sub(r"\b(an?|An?)\s+([A-Za-z])", repl, text)
+
+
+class _Caption:
+    """Caption split into a lower-case-initial body plus its capitalisation and final punctuation."""
+
+    def __init__(self, caption: str):
+        text = caption.strip()
+        m = re.search(r"[.!?]+$", text)
+        self.tail = m.group(0) if m else ""
+        body = text[: len(text) - len(self.tail)].strip()
+        first = body.split(" ", 1)[0] if body else ""
+        self.upper = bool(body[:1].isupper()) and not (len(first) > 1 and first.isupper())
+        self.body = body[:1].lower() + body[1:] if self.upper else body
+
+    def finish(self, body: str) -> str:
+        body = _fix_articles(re.sub(r"\s+", " ", body).strip())
+        return (body[:1].upper() + body[1:] if self.upper else body) + self.tail
+
+
+def order_swaps(caption: str) -> list[str]:
+    """Reorderings across temporal connectives (see module docstring)."""
+    c = _Caption(caption)
+    parts = _CONNECTIVE.split(c.body)
+    segs, seps = parts[0::2], parts[1::2]
+    conns = [sep.strip(" ,").lower() for sep in seps]
+    if not conns or any(len(s.split()) < 2 for s in segs):
+        return []
+
+    def join(segs_, seps_):
+        return "".join([segs_[0]] + [sep + s for sep, s in zip(seps_, segs_[1:])])
+
+    def with_word(j, word):  # separators with the j-th connective replaced by `word`
+        return seps[:j] + [seps[j].replace(seps[j].strip(" ,"), word)] + seps[j + 1 :]
+
+    out = []
+    for j, cn in enumerate(conns):
+        swapped = segs[:j] + [segs[j + 1], segs[j]] + segs[j + 2 :]
+        if cn in _SEQUENTIAL:
+            out.append(join(swapped, seps))
+        if cn in _FLIP_TIME:
+            out.append(join(segs, with_word(j, _FLIP_TIME[cn])))
+        if cn == "while":
+            out.append(join(segs, with_word(j, "before")))
+            out.append(join(swapped, with_word(j, "before")))
+    if len(segs) >= 3 and all(cn in _SEQUENTIAL for cn in conns):
+        out.append(join(segs[::-1], seps))
+    return _distinct(caption, [c.finish(b) for b in out])
+
+
+def _words(caption: str) -> tuple[_Caption, list[str]]:
+    c = _Caption(caption)
+    return c, _WORD.split(c.body)  # words at odd indices, separators at even ones
+
+
+def attribute_swaps(caption: str) -> list[str]:
+    """Swap two different same-kind attributes separated by at least one other word."""
+    c, toks = _words(caption)
+    idx = [i for i in range(1, len(toks), 2) if toks[i].lower() in _KIND]
+    out = []
+    for a, i in enumerate(idx):
+        for j in idx[a + 1 :]:
+            wi, wj = toks[i].lower(), toks[j].lower()
+            if _KIND[wi] == _KIND[wj] and wi != wj and j - i > 2:
+                new = list(toks)
+                new[i], new[j] = toks[j], toks[i]
+                out.append(c.finish("".join(new)))
+    return _distinct(caption, out)
+
+
+def attribute_flips(caption: str) -> list[str]:
+    """Replace one attribute by its antonym."""
+    c, toks = _words(caption)
+    out = []
+    for i in range(1, len(toks), 2):
+        if toks[i].lower() in ANTONYMS:
+            new = list(toks)
+            new[i] = ANTONYMS[toks[i].lower()]
+            out.append(c.finish("".join(new)))
+    return _distinct(caption, out)
+
+
+def event_substitutions(caption: str, vocabulary: Sequence[str], rng: np.random.Generator, per_event: int = 2) -> list[str]:
+    """Replace one vocabulary phrase (longest match, whole words) by `per_event` random others."""
+    c = _Caption(caption)
+    phrases = sorted({v.strip().lower() for v in vocabulary if v.strip()}, key=lambda v: (-len(v), v))
+    if not phrases:
+        return []
+    pattern = re.compile(r"\b(" + "|".join(re.escape(p) for p in phrases) + r")\b", re.I)
+    matches = list(pattern.finditer(c.body))
+    present = {m.group(1).lower() for m in matches}
+    pool = [p for p in phrases if p not in present and not re.search(r"\b" + re.escape(p) + r"\b", c.body, re.I)]
+    out = []
+    for m in matches:
+        if not pool:
+            break
+        for r in rng.choice(len(pool), size=min(per_event, len(pool)), replace=False):
+            out.append(c.finish(c.body[: m.start()] + pool[int(r)] + c.body[m.end() :]))
+    return _distinct(caption, out)
+
+
+def _distinct(caption: str, candidates: list[str]) -> list[str]:
+    seen, out = {normalize(caption)}, []
+    for cand in candidates:
+        if normalize(cand) not in seen:
+            seen.add(normalize(cand))
+            out.append(cand)
+    return out
+
+
+class NegativeGenerator:
+    """Rule-based negatives. `generate(caption, k)` depends only on (seed, vocabulary, caption, k)."""
+
+    def __init__(self, seed: int = 0, vocabulary: Sequence[str] | None = None):
+        self.seed = int(seed)
+        self.vocabulary = tuple(DEFAULT_VOCABULARY if vocabulary is None else vocabulary)
+
+    def candidates(self, caption: str) -> dict[str, list[str]]:
+        """All rule outputs, per rule, each list shuffled with the caption's own generator."""
+        rng = np.random.default_rng([self.seed, zlib.crc32(caption.encode("utf-8"))])
+        rules = {
+            "order": order_swaps(caption),
+            "attribute_swap": attribute_swaps(caption),
+            "attribute_flip": attribute_flips(caption),
+            "substitution": event_substitutions(caption, self.vocabulary, rng),
+        }
+        return {name: [c[i] for i in rng.permutation(len(c))] for name, c in rules.items()}
+
+    def generate(self, caption: str, k: int) -> list[str]:
+        """At most k distinct negatives, none equal to the caption; rules interleaved by priority."""
+        lists = list(self.candidates(caption).values())
+        picked = []
+        for rank in range(max((len(x) for x in lists), default=0)):
+            picked.extend(x[rank] for x in lists if rank < len(x))
+        return _distinct(caption, picked)[:k]
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM backend
+
+PROMPT = (
+    "You write hard negative captions for training an audio-text model to understand composition. "
+    "Given a caption of a sound scene, write {k} different captions that reuse mostly the same words "
+    "but describe a different scene: swap the temporal order of events, swap attributes (loud/quiet, "
+    "high/low, ...) between sound sources, or replace one sound event with another. Each must be "
+    "grammatical and plausible. Reply with a JSON list of {k} strings and nothing else."
+)
+
+
+class LLMNegatives:
+    """Negatives from an OpenAI-compatible chat-completions endpoint, with a JSON cache."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key_env: str = "CLAPCOMP_LLM_API_KEY",
+        cache_path: str | Path | None = None,
+        retries: int = 4,
+        backoff: float = 1.0,
+        timeout: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.url, self.model, self.api_key_env = url, model, api_key_env
+        self.retries, self.backoff, self.timeout, self.sleep = retries, backoff, timeout, sleep
+        self.cache_path = Path(cache_path) if cache_path else None
+        self.cache: dict[str, list[str]] = {}
+        if self.cache_path and self.cache_path.is_file():
+            try:
+                self.cache = json.loads(self.cache_path.read_text())
+            except json.JSONDecodeError:
+                raise ValueError(f"LLM cache {self.cache_path} is not valid JSON; delete it to start afresh") from None
+
+    def _request(self, caption: str, k: int) -> str:
+        body = {
+            "model": self.model,
+            "temperature": 0,
+            "messages": [{"role": "system", "content": PROMPT.format(k=k)}, {"role": "user", "content": caption}],
+        }
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    reply = json.loads(resp.read().decode("utf-8"))
+                return reply["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as e:
+                if e.code != 429 and e.code < 500:
+                    raise RuntimeError(
+                        f"LLM endpoint {self.url} answered HTTP {e.code}; check the URL, the model name "
+                        f"{self.model!r} and the key in ${self.api_key_env}"
+                    ) from None
+                problem = f"HTTP {e.code}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                problem = type(e).__name__
+            if attempt == self.retries:
+                raise RuntimeError(f"LLM endpoint {self.url} failed {attempt + 1} times (last: {problem})")
+            delay = self.backoff * 2**attempt
+            log.warning("LLM endpoint %s: %s; retry %d in %.1fs", self.url, problem, attempt + 1, delay)
+            self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def generate(self, caption: str, k: int) -> list[str]:
+        """Up to k distinct negatives (never the caption). Raises RuntimeError if the endpoint fails.
+
+        The cache maps caption -> {"k": k asked for, "negatives": usable replies}; a caption is asked
+        again only for a larger k."""
+        entry = self.cache.get(caption)
+        if entry is None or entry["k"] < k:
+            text = self._request(caption, k)
+            m = re.search(r"\[.*\]", text, re.S)
+            try:
+                items = json.loads(m.group(0)) if m else []
+            except json.JSONDecodeError:
+                items = []
+            clean = _distinct(caption, [s.strip() for s in items if isinstance(s, str) and s.strip()])
+            entry = self.cache[caption] = {"k": k, "negatives": clean}
+            if self.cache_path:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.cache, indent=1, ensure_ascii=False))
+                tmp.replace(self.cache_path)
+        return entry["negatives"][:k]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="clapcomp data negatives", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--manifest", required=True, type=Path, help="JSONL rows with a `caption` (str or list)")
+    ap.add_argument("--out", required=True, type=Path, help="JSONL written with a `negatives` list per row")
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vocabulary", type=Path, help="text file, one event phrase per line (for substitution)")
+    ap.add_argument("--overwrite", action="store_true", help="replace negatives a row already has")
+    ap.add_argument("--llm-url", help="OpenAI-compatible chat-completions URL")
+    ap.add_argument("--llm-model")
+    ap.add_argument("--llm-key-env", default="CLAPCOMP_LLM_API_KEY", help="env variable holding the API key")
+    ap.add_argument("--llm-cache", type=Path, help="JSON cache (default: <out>.llm_cache.json)")
+    ap.add_argument("--llm-retries", type=int, default=4, help="retries after a 429/5xx/network error")
+    ap.add_argument("--llm-backoff", type=float, default=1.0, help="first retry delay in s (doubles each time)")
+    args = ap.parse_args(argv)
+    if args.llm_url and not args.llm_model:
+        ap.error("--llm-url needs --llm-model")
+    if args.manifest.suffix != ".jsonl":
+        ap.error(f"--manifest must be a .jsonl file, got {args.manifest}")
+    vocab = None
+    if args.vocabulary:
+        vocab = [line.strip() for line in args.vocabulary.read_text().splitlines() if line.strip()]
+    rules = NegativeGenerator(args.seed, vocab)
+    llm = None
+    if args.llm_url:
+        cache = args.llm_cache or args.out.with_name(args.out.name + ".llm_cache.json")
+        llm = LLMNegatives(
+            args.llm_url, args.llm_model, api_key_env=args.llm_key_env, cache_path=cache,
+            retries=args.llm_retries, backoff=args.llm_backoff,
+        )  # fmt: skip
+    counts = {"rows": 0, "written": 0, "kept": 0, "no_caption": 0, "llm_failed": 0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.manifest.open() as fin, args.out.open("w") as fout:
+        for line in fin:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            counts["rows"] += 1
+            cap = row.get("caption")
+            cap = cap[0] if isinstance(cap, list) and cap else cap
+            if row.get("negatives") and not args.overwrite:
+                counts["kept"] += 1
+            elif not isinstance(cap, str) or not cap.strip():
+                counts["no_caption"] += 1
+            else:
+                negs = []
+                if llm is not None:
+                    try:
+                        negs = llm.generate(cap, args.k)
+                    except RuntimeError as e:
+                        counts["llm_failed"] += 1
+                        log.warning("%s; using rules for %r", e, cap)
+                row["negatives"] = _distinct(cap, negs + rules.generate(cap, args.k))[: args.k]
+                counts["written"] += 1
+            fout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(json.dumps(counts))
+    return 0

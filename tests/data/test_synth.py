@@ -1,0 +1,187 @@
+"""Synthetic dataset: event signatures, determinism, benchmark format, held-apart renderings."""
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from clapcomp.data import compose, synth
+from clapcomp.data.negatives import normalize
+
+SR = 16_000
+KW = dict(n_train=24, n_order=8, n_attribute=12, n_retrieval=4, sample_rate=SR, clip_seconds=3.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "a"
+    return out, synth.synthesize(out, seed=7, **KW)
+
+
+def files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_data(data, tmp_path):
+    out, summary = data
+    assert synth.main(["--out", str(tmp_path / "b"), "--seed", "7", "--n-train", "24", "--n-order", "8",
+                       "--n-attribute", "12", "--n-retrieval", "4", "--sample-rate", str(SR),
+                       "--clip-seconds", "3"]) == 0  # fmt: skip
+    a, b = files(out), files(tmp_path / "b")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    assert len([k for k in a if k.endswith(".flac")]) == 24 + 4 + 2 * 8 + 8 // 4 + 2 * 12
+    synth.synthesize(tmp_path / "c", seed=8, **KW)
+    assert (tmp_path / "c" / "train.jsonl").read_bytes() != a["train.jsonl"]
+    assert summary["counts"]["order_triplets"] == 2 and summary["sample_rate"] == SR
+
+
+def test_event_classes_have_their_signatures():
+    for name in synth.EVENTS:
+        x = synth.render_event(name, {}, 3, SR)
+        assert np.all(np.isfinite(x)) and 0.9 * SR <= x.size <= 1.3 * SR
+        assert 10 ** (-4.01 / 20) * 0.1 <= np.sqrt(np.mean(x**2)) <= 0.1 * 1.0001  # RMS 0.1 x gain (-4..0 dB)
+
+    def peak_hz(x):
+        return np.argmax(np.abs(np.fft.rfft(x))) * SR / x.size
+
+    assert 1400 <= peak_hz(synth.render_event("whistle", {"pitch": "high-pitched"}, 1, SR)) <= 2400
+    assert 180 <= peak_hz(synth.render_event("whistle", {"pitch": "low-pitched"}, 1, SR)) <= 320
+    loud = synth.render_event("buzz", {"loudness": "loud"}, 1, SR)
+    quiet = synth.render_event("buzz", {"loudness": "quiet"}, 1, SR)  # same seed: same draws, other gain
+    assert loud.size == quiet.size
+    np.testing.assert_allclose(20 * np.log10(np.sqrt(np.mean(loud**2)) / np.sqrt(np.mean(quiet**2))), 15, atol=1.01)
+    assert synth.render_event("hiss", {"duration": "short"}, 1, SR).size <= 0.6 * SR
+    assert synth.render_event("hiss", {"duration": "long"}, 1, SR).size >= 1.6 * SR
+    for name, band in (("rumble", (0, 250)), ("hiss", (4000, 7000))):
+        x = synth.render_event(name, {}, 1, SR)
+        spec, f = np.abs(np.fft.rfft(x)) ** 2, np.fft.rfftfreq(x.size, 1 / SR)
+        outside = (f < band[0] - 50) | (f > band[1] + 50)
+        assert spec[outside].sum() < 1e-3 * spec.sum()  # > 30 dB down outside the band
+    first, last = (np.abs(np.fft.rfft(h)) for h in np.array_split(synth.render_event("rising chirp", {}, 1, SR), 2))
+    assert np.argmax(last) > np.argmax(first)
+    with pytest.raises(ValueError, match="tonal"):
+        synth.render_event("hiss", {"pitch": "high-pitched"}, 1, SR)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_benchmark_files_and_captions(data):
+    out, _ = data
+    order, attribute = read_csv(out / "order.csv"), read_csv(out / "attribute.csv")
+    assert list(order[0]) == list(synth.ORDER_COLUMNS) and list(attribute[0]) == list(synth.ORDER_COLUMNS[:4])
+    assert len(order) == 8 and len(attribute) == 12
+    assert sum(r["triplet_file"] != "-" for r in order) == 2 and sum(r["triplet_caption"] == "-" for r in order) == 6
+    for r in order:
+        x, y = r["pair_caption"].split(" followed by ")
+        assert r["reversed_pair_caption"] == f"{y} followed by {x}"
+        if r["triplet_file"] != "-":
+            assert r["triplet_caption"] == f"{x} with {y}"
+    for r in attribute:
+        assert Counter(r["pair_caption"].split()) == Counter(r["reversed_pair_caption"].split())
+        assert r["pair_caption"] != r["reversed_pair_caption"] and " and " in r["pair_caption"]
+    for r in order + attribute:
+        for key in ("pair_file", "reversed_pair_file", "triplet_file"):
+            if r.get(key, "-") != "-":
+                info = sf.info(out / r[key])
+                assert info.samplerate == SR and info.frames == 3 * SR
+        assert (out / r["pair_file"]).read_bytes() != (out / r["reversed_pair_file"]).read_bytes()
+    retrieval = [json.loads(line) for line in (out / "retrieval.jsonl").read_text().splitlines()]
+    assert len(retrieval) == 4 and all((out / r["audio"]).is_file() and r["caption"] for r in retrieval)
+
+
+def _frame_energy(path):
+    x, _ = sf.read(path)
+    return np.mean(x[: x.size // 320 * 320].reshape(-1, 320) ** 2, axis=1)
+
+
+def test_attribute_audio_swaps_loudness_and_order_audio_swaps_events(data):
+    out, _ = data
+    checked = 0
+    for r in read_csv(out / "attribute.csv"):
+        if "loud" not in r["pair_caption"]:
+            continue
+        # same events, same timing: frame by frame the level ratio is +-15 dB (X's region vs Y's)
+        ep, er = _frame_energy(out / r["pair_file"]), _frame_energy(out / r["reversed_pair_file"])
+        on = np.maximum(ep, er) > 1e-4
+        d = 10 * np.log10(ep[on] / er[on])
+        assert np.percentile(d, 90) - np.percentile(d, 10) > 25
+        checked += 1
+    assert checked >= 1
+    # order rows: re-render from the recorded seeds; pair = X then Y, reversed = Y then X, triplet = X * Y
+    recs = {r["file"]: r for r in map(json.loads, (out / "renderings.jsonl").read_text().splitlines())}
+    maker = synth._Maker(7, "order", SR, 3.0)
+    for r in read_csv(out / "order.csv"):
+        rec = recs[r["pair_file"]]
+        (x, _, sx), (y, _, sy) = rec["events"]
+        assert r["pair_caption"] == f"a {x} followed by a {y}"
+        ex, ey = synth.render_event(x, {}, sx, SR, 0.6), synth.render_event(y, {}, sy, SR, 0.6)
+        for key, audio in (("pair_file", compose.concat_audio(ex, ey)), ("reversed_pair_file", compose.concat_audio(ey, ex)),
+                           ("triplet_file", compose.overlay_audio(ex, ey))):  # fmt: skip
+            if r[key] != "-":
+                got, _ = sf.read(out / r[key])
+                np.testing.assert_allclose(got, maker.place(audio, rec["place"]), atol=1 / 32768)
+
+
+def test_held_apart_renderings(data):
+    out, _ = data
+    recs = [json.loads(line) for line in (out / "renderings.jsonl").read_text().splitlines()]
+    seeds = {}
+    for r in recs:
+        seeds.setdefault(r["split"], set()).update(s for _, _, s in r["events"])
+    assert set(seeds) == {"train", "order", "attribute", "retrieval"}
+    for split in ("order", "attribute", "retrieval"):
+        assert not seeds["train"] & seeds[split]
+    digest = {s: set() for s in seeds}
+    for r in recs:
+        x, _ = sf.read(out / r["file"], dtype="int16")
+        digest[r["split"]].add(hashlib.sha256(x.tobytes()).hexdigest())
+    for split in ("order", "attribute", "retrieval"):
+        assert not digest["train"] & digest[split]
+
+
+def test_training_manifest_negatives_and_positives(data):
+    out, _ = data
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and all(set(r) == {"audio", "caption", "positives", "negatives"} for r in rows)
+    kinds = Counter()
+    for r in rows:
+        assert (out / r["audio"]).is_file() and sf.info(out / r["audio"]).frames == 3 * SR
+        assert r["negatives"] and len(r["negatives"]) <= 4
+        assert all(normalize(n) != normalize(r["caption"]) and n not in r["positives"] for n in r["negatives"])
+        if any(w in r["caption"] for w in (" followed by ", " and then ", " after ", " preceded by ")):
+            x, y = r["positives"]  # order clip: positives in time order; first negative swaps them
+            swapped = r["caption"].replace(x, "\0").replace(y, x).replace("\0", y)
+            assert r["negatives"][0] == swapped and sorted(r["caption"].split()) == sorted(swapped.split())
+            first, second = (y, x) if (" after " in r["caption"] or " preceded by " in r["caption"]) else (x, y)
+            assert r["caption"].startswith(first) and r["caption"].endswith(second)
+            kinds["order"] += 1
+        if " and a " in r["caption"]:  # attribute clip: first negative swaps the attributes
+            neg = r["negatives"][0]
+            assert Counter(neg.split()) == Counter(r["caption"].split()) and neg != r["caption"]
+            assert r["positives"] == r["caption"].split(" and ")
+            kinds["attribute"] += 1
+    assert kinds["order"] >= 3 and kinds["attribute"] >= 3
+
+
+def test_mix_selects_clip_types(tmp_path):
+    synth.synthesize(tmp_path, n_train=6, n_order=0, n_attribute=0, n_retrieval=0, sample_rate=SR,
+                     clip_seconds=2.5, mix={"attribute": 1.0})  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(" and a " in r["caption"] for r in rows)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="mix"):
+        synth.synthesize(tmp_path, mix={"chords": 1.0})
+    with pytest.raises(ValueError, match="sample_rate"):
+        synth.synthesize(tmp_path, sample_rate=8000)
+    with pytest.raises(ValueError, match="clip_seconds"):
+        synth.synthesize(tmp_path, clip_seconds=20)
