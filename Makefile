@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	# LAION-CLAP's model classes, only as the reference of the .pt import test (its metadata pins numpy<2)
+	$(PY) -m pip install -q --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,237 @@
+"""Export a model for serving: `clapcomp export --model PATH --format hf|safetensors|stablehlo --out DIR`.
+
+Formats (each a directory):
+
+- `hf`: an HF transformers ClapModel dir: `config.json`, `model.safetensors`,
+  `preprocessor_config.json` (`ClapFeatureExtractor` with clapcomp's front-end settings; truncation
+  "fusion" or "rand_trunc" per the config), and when the model has a tokenizer, `tokenizer.json` +
+  `tokenizer_config.json`, so `transformers.ClapModel.from_pretrained(DIR)` and
+  `ClapProcessor.from_pretrained(DIR)` work offline. Note: HF crops clips longer than
+  `clip_seconds` at random positions, clapcomp deterministically; clips up to one clip length give
+  the same embeddings (<= 1e-4).
+- `safetensors`: `model.safetensors` (every nnx Variable, keyed by its state path joined with "."),
+  `clapcomp.json` (`{"format": "clapcomp-safetensors", "format_version": 1, "config": ClapConfig}`),
+  `tokenizer.json`. `load_exported(dir)` and `clapcomp.load(dir)` read it back exactly.
+- `stablehlo`: the safetensors files plus `audio_embed.stablehlo` and `text_embed.stablehlo`
+  (`jax.export` serialisations, lowered for `--platforms`, default cpu,cuda,tpu) with a symbolic
+  batch dimension `b`, `stablehlo.json` (shapes, sample rate, pad id) and
+  `clapcomp_stablehlo_loader.py`, a standalone loader needing only jax + numpy (it parses
+  model.safetensors itself). The parameters are NOT baked into the functions: both take the dict
+  `{name: array}` of model.safetensors as their first argument, so the weights are stored once.
+    audio: (params, waveform [b, S] f32 @ sample_rate zero-padded, lengths [b] i32) -> [b, D] f32,
+           S = `--audio-samples` (default one clip); clips up to S samples get clapcomp's exact
+           deterministic front end (repeat-pad, crop / fusion chunks).
+    text:  (params, input_ids [b, L] i32, attention_mask [b, L] i32) -> [b, D] f32, L = max_length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "clapcomp-safetensors"
+FORMAT_VERSION = 1
+LOADER_NAME = "clapcomp_stablehlo_loader.py"
+_ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
+                     "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ safetensors
+def _name(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
+def flat_params(model) -> dict[str, np.ndarray]:
+    """Every nnx Variable of `model` (Params and BatchNorm stats) as float32/int numpy, by state path."""
+    from flax import nnx
+
+    return {_name(p): np.array(v.get_value(), order="C") for p, v in nnx.state(model).flat_state()}
+
+
+def save_safetensors(model, config, out: str | Path, tokenizer=None) -> list[Path]:
+    """Write model.safetensors + clapcomp.json (+ tokenizer.json); returns the files written."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(flat_params(model), str(out / "model.safetensors"), metadata={"format": FORMAT})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
+    (out / "clapcomp.json").write_text(json.dumps(meta, indent=2))
+    return [out / "model.safetensors", out / "clapcomp.json", *_write_tokenizer(tokenizer, out)]
+
+
+def is_exported(path: Path) -> bool:
+    """`inference.load` layout test: a directory written by `save_safetensors` (or a stablehlo export)."""
+    meta = Path(path) / "clapcomp.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+
+
+def load_exported(path: str | Path):
+    """A safetensors / stablehlo export dir -> `(ClapConfig, ClapModel)`; every tensor must match."""
+    from flax import nnx
+    from safetensors.numpy import load_file
+
+    from clapcomp.models.clap import ClapModel
+    from clapcomp.models.configs import ClapConfig
+
+    path = Path(path)
+    meta = json.loads((path / "clapcomp.json").read_text())
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}/clapcomp.json: format {meta.get('format')!r} v{meta.get('format_version')} is not "
+                         f"{FORMAT!r} <= v{FORMAT_VERSION}; is it from a newer clapcomp?")  # fmt: skip
+    config = ClapConfig.from_dict(meta["config"])
+    tensors = load_file(str(path / "model.safetensors"))
+    model = nnx.eval_shape(lambda: ClapModel(config, rngs=nnx.Rngs(0)))
+    flat = dict(nnx.state(model).flat_state())
+    names = {_name(p): p for p in flat}
+    missing, extra = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
+    if missing or extra:
+        raise ValueError(f"{path}/model.safetensors does not match its clapcomp.json config: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}; re-export the model")  # fmt: skip
+    for name, p in names.items():
+        want = flat[p].get_value().shape
+        if tensors[name].shape != tuple(want):
+            raise ValueError(f"{path}/model.safetensors: {name} has shape {tensors[name].shape}, config says {want}")
+        flat[p] = flat[p].replace(np.asarray(tensors[name]))
+    nnx.update(model, nnx.State.from_flat_path(flat))
+    return config, model
+
+
+def _write_tokenizer(tokenizer, out: Path) -> list[Path]:
+    """Copy the tokenizer's own tokenizer.json (the source file, without clapcomp's padding settings)."""
+    if tokenizer is None:
+        return []
+    src = Path(tokenizer.source)
+    if not src.is_file():
+        raise ValueError(f"the tokenizer was not read from a file ({tokenizer.source}); cannot copy its tokenizer.json")
+    if src.resolve() != (out / "tokenizer.json").resolve():
+        shutil.copyfile(src, out / "tokenizer.json")
+    return [out / "tokenizer.json"]
+
+
+# ------------------------------------------------------------------------------------ hf
+def save_hf(model, config, out: str | Path, tokenizer=None) -> list[Path]:
+    """Write an HF ClapModel dir (see module doc); returns the files written."""
+    from clapcomp.convert.hf import save_hf_clap
+
+    if not float(config.audio.clip_seconds).is_integer():
+        raise ValueError(f"HF ClapFeatureExtractor needs whole-second clips; this model has clip_seconds="
+                         f"{config.audio.clip_seconds}. Export as safetensors or stablehlo instead.")  # fmt: skip
+    out = Path(save_hf_clap(model, config, out))
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    pre["processor_class"] = "ClapProcessor"
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    files = [out / "config.json", out / "preprocessor_config.json", out / "model.safetensors"]
+    written = _write_tokenizer(tokenizer, out)
+    if written:
+        from tokenizers import Tokenizer as _Tokenizer
+
+        vocab = _Tokenizer.from_file(str(written[0])).get_vocab(with_added_tokens=True)
+        specials = {k: v for k, v in _ROBERTA_SPECIALS.items() if v in vocab}
+        tok_cfg = {"tokenizer_class": "RobertaTokenizer", "processor_class": "ClapProcessor",
+                   "model_max_length": config.text.max_length, **specials}  # fmt: skip
+        (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+        files += [*written, out / "tokenizer_config.json"]
+    return files
+
+
+# ------------------------------------------------------------------------------------ stablehlo
+def _embedding_functions(model):
+    """(audio_fn, text_fn), each `fn(params: {name: array}, x, y) -> [b, D]`, closed over the graph only."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    variables = list(state.flat_state())  # structure only: every value is replaced by `params`
+
+    def build(params):
+        flat = {p: v.replace(params[_name(p)]) for p, v in variables}
+        return nnx.merge(graphdef, nnx.State.from_flat_path(flat))
+
+    return (lambda params, w, n: build(params).embed_audio(w, n), lambda params, i, m: build(params).embed_tokens(i, m))
+
+
+def save_stablehlo(model, config, out: str | Path, tokenizer=None, *, audio_samples: int | None = None,
+                   platforms: tuple[str, ...] = ("cpu", "cuda", "tpu")) -> list[Path]:  # fmt: skip
+    """Write the stablehlo export (see module doc); returns the files written."""
+    import jax
+    import jax.numpy as jnp
+
+    out = Path(out)
+    files = save_safetensors(model, config, out, tokenizer)
+    samples = audio_samples or config.audio.clip_samples
+    if samples < 1:
+        raise ValueError(f"audio_samples must be >= 1, got {samples}")
+    length = config.text.max_length
+    params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_params(model).items()}
+    (b,) = jax.export.symbolic_shape("b")
+    audio_fn, text_fn = _embedding_functions(model)
+    specs = {
+        "audio": (audio_fn, [("waveform", (b, samples), jnp.float32), ("lengths", (b,), jnp.int32)]),
+        "text": (text_fn, [("input_ids", (b, length), jnp.int32), ("attention_mask", (b, length), jnp.int32)]),
+    }
+    manifest = {"format_version": FORMAT_VERSION, "params": "model.safetensors", "platforms": list(platforms),
+                "sample_rate": config.audio.sample_rate, "audio_samples": samples, "max_length": length,
+                "pad_token_id": config.text.pad_token_id, "projection_dim": config.projection_dim,
+                "functions": {}}  # fmt: skip
+    for kind, (fn, inputs) in specs.items():
+        args = [jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype in inputs]
+        exported = jax.export.export(jax.jit(fn), platforms=platforms)(params, *args)
+        target = out / f"{kind}_embed.stablehlo"
+        target.write_bytes(exported.serialize())
+        manifest["functions"][kind] = {
+            "file": target.name,
+            "inputs": [{"name": n, "shape": ["b" if d is b else d for d in s], "dtype": np.dtype(t).name}
+                       for n, s, t in inputs],  # fmt: skip
+            "output": {"shape": ["b", config.projection_dim], "dtype": "float32"},
+        }
+        files.append(target)
+    (out / "stablehlo.json").write_text(json.dumps(manifest, indent=2))
+    shutil.copyfile(Path(__file__).with_name("_stablehlo_loader.py"), out / LOADER_NAME)
+    return files + [out / "stablehlo.json", out / LOADER_NAME]
+
+
+# ------------------------------------------------------------------------------------ CLI
+def _load_source(path: str):
+    """Any model `clapcomp.load` reads (HF dir, clapcomp export, LAION .pt, ...) -> (model, config, tokenizer)."""
+    from clapcomp.inference import load
+
+    clap = load(path)
+    return clap.model, clap.config, clap.tokenizer
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clapcomp export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model to export: any path clapcomp.load reads, or a LAION .pt")
+    parser.add_argument("--format", required=True, choices=("hf", "safetensors", "stablehlo"))
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--tokenizer", help="tokenizer.json to ship with the export (default: the model's)")
+    parser.add_argument("--audio-samples", type=int, help="stablehlo: waveform length S (default: one clip)")
+    parser.add_argument("--platforms", default="cpu,cuda,tpu", help="stablehlo: comma-separated lowering platforms")
+    args = parser.parse_args(argv)
+    model, config, tokenizer = _load_source(args.model)
+    if args.tokenizer:
+        from clapcomp.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_file(args.tokenizer, max_length=config.text.max_length)
+    if tokenizer is None:
+        print("note: the model has no tokenizer.json; the export will hold none (pass --tokenizer)", file=sys.stderr)
+    if args.format == "hf":
+        files = save_hf(model, config, args.out, tokenizer)
+    elif args.format == "safetensors":
+        files = save_safetensors(model, config, args.out, tokenizer)
+    else:
+        platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+        files = save_stablehlo(model, config, args.out, tokenizer, audio_samples=args.audio_samples, platforms=platforms)
+    print(f"wrote {args.format} export to {args.out}:")
+    for f in files:
+        print(f"  {f.name:32s} {f.stat().st_size:>14,d} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
