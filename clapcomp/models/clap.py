@@ -28,9 +28,12 @@ def compute_dtype(cfg: ClapConfig):
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
-    """[B, D] -> [B, D] float32 unit rows (torch `F.normalize` eps 1e-12)."""
+    """[B, D] -> [B, D] float32 unit rows: x / max(|x|, 1e-12), as torch `F.normalize`.
+
+    Written with rsqrt of the clamped squared norm so an all-zero row (e.g. a padded, masked hard
+    negative) has a zero gradient instead of the NaN that d|x| gives at 0."""
     x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
 class Projection(nnx.Module):

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from clapcomp.convert.hf import load_hf_clap
-from clapcomp.models.clap import ClapModel
+from clapcomp.models.clap import ClapModel, l2_normalize
 
 
 def _load_reference():
@@ -84,3 +84,14 @@ def test_config_mismatch_is_refused(small):
     _, cfg, _ = small
     with pytest.raises(ValueError, match="front end and the audio tower must agree"):
         ClapModel(dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, fusion=False)), rngs=nnx.Rngs(0))
+
+
+def test_l2_normalize_matches_float64_and_has_finite_gradient_at_zero():
+    """An all-zero row (a padded hard negative before any training) must not poison the step."""
+    x = np.random.default_rng(0).normal(size=(3, 5))
+    x[1] = 0.0
+    want = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(np.asarray(l2_normalize(jnp.asarray(x, jnp.float32))), want, atol=1e-6)
+    grad = jax.grad(lambda v: l2_normalize(v)[:, 0].sum())(jnp.asarray(x, jnp.float32))
+    assert np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_array_equal(np.asarray(grad[1]), 0.0)

@@ -1,0 +1,291 @@
+"""`clapcomp train --config configs/x.py --workdir DIR [--config.field=value ...]`: the training loop.
+
+    mesh  <- config.mesh (axes data x fsdp) over every device of every process
+    state <- newest readable checkpoint in DIR, else config.init (random | HF | sentence | workdir)
+    for step in range(state.step, config.total_steps):
+        batch = next(data)                                   grain, global arrays on the mesh
+        state, metrics = train_step(state, batch)             jitted, state donated
+        log / checkpoint (every ckpt_every, and on SIGTERM/SIGINT: save, wait, exit 0) / evaluate
+Metrics go to a progress bar (step, loss, samples/s, ETA), `DIR/metrics.jsonl` and TensorBoard
+(`DIR/tb`), from process 0 only. The resolved config is `DIR/config.json`. `train(config, workdir)`
+is the same loop as a Python function (the demo calls it); it returns the last logged metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from clapcomp.train import checkpoint as ckpt_lib
+from clapcomp.train import distributed
+from clapcomp.train import state as state_lib
+from clapcomp.train import step as step_lib
+
+log = logging.getLogger("clapcomp.train")
+
+# Dense bf16 peak FLOP/s per device, for the MFU estimate (device_kind prefix -> FLOP/s).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12,
+              "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a NaN/inf loss or gradient."""
+
+
+def train(config, workdir: str | Path) -> dict:
+    """Trains (or resumes) `config` in `workdir` up to `config.total_steps`; returns the last metrics.
+
+    Returns early, with a checkpoint saved, after SIGTERM/SIGINT (`metrics["preempted"] = True`)."""
+    workdir = Path(workdir)
+    mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
+    ckpt_lib.save_config(workdir, config)
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+    abstract = state_lib.abstract_state(config, mesh)
+    tokenizer = _tokenizer(config)
+    iterator = _data_iterator(config, mesh, tokenizer)
+
+    state = checkpointer.restore(abstract, iterator.grain_iterator)
+    if state is None:
+        graphdef, state = state_lib.init_state(config, mesh, state_lib.load_init_model(config))
+    else:
+        graphdef = state_lib.abstract_model(config)[0]
+    start = int(state.step)
+    log.info("%s at step %d of %d on %d devices (%d processes), mesh %s", "resuming" if start else "starting",
+             start, config.total_steps, jax.device_count(), jax.process_count(), dict(mesh.shape))
+
+    keys = step_lib.batch_spec(config.loss)
+    reporter = Reporter(config, workdir, start)
+    guard = PreemptionGuard()
+    last: dict = {}
+    try:
+        train_step = None
+        for step in range(start, config.total_steps):
+            batch = {k: v for k, v in next(iterator).items() if k in keys}
+            if train_step is None:
+                train_step = step_lib.jit_train_step(graphdef, config, mesh, abstract).lower(state, batch).compile()
+                reporter.set_flops(train_step)
+            state, metrics = train_step(state, batch)
+            done = step + 1
+            preempted = guard.requested()
+            last = reporter.report(done, metrics)
+            if done % config.ckpt_every == 0 or done == config.total_steps or preempted:
+                checkpointer.save(done, state, iterator.grain_iterator)
+            if preempted:
+                log.warning("stop requested (signal): saved checkpoint %d, exiting", done)
+                checkpointer.wait()
+                return {**last, "preempted": True}
+            if config.eval_every and (done % config.eval_every == 0 or done == config.total_steps):
+                last.update(reporter.write(done, evaluate(config, graphdef, state, tokenizer)))
+        checkpointer.wait()
+        if start >= config.total_steps and config.evaluators:
+            last = evaluate(config, graphdef, state, tokenizer)
+        return last
+    finally:
+        guard.restore()
+        reporter.close()
+        checkpointer.close()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _tokenizer(config):
+    from clapcomp.tokenizer import Tokenizer
+
+    path = Path(config.tokenizer or config.init.path)
+    if not str(path) or str(path) == ".":
+        raise ValueError("set config.tokenizer to a tokenizer.json (or a directory holding one)")
+    length = config.model.text.get("max_length", 77)
+    return Tokenizer.from_dir(path, max_length=length) if path.is_dir() else Tokenizer.from_file(path, max_length=length)
+
+
+def _data_iterator(config, mesh, tokenizer):
+    """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline)."""
+    from clapcomp.data import pipeline
+
+    if not config.data.train:
+        raise ValueError("config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)")
+    from clapcomp.data.records import RecordSource
+
+    audio = state_lib.model_config(config).audio
+    return pipeline.make_iterator(
+        RecordSource(config.data.train),
+        mesh,
+        batch_axes=distributed.AXES,
+        tokenizer=tokenizer,
+        seed=config.seed,
+        global_batch_size=config.data.batch_size,
+        clip_samples=audio.clip_samples,
+        sample_rate=audio.sample_rate,
+        fused=audio.fusion,
+        k_negatives=config.data.num_negatives,
+        n_positives=config.data.num_positives,
+        num_workers=config.data.workers,
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(config, graphdef, state, tokenizer) -> dict:
+    """Runs `config.evaluators` on the current weights; returns {"eval/<label>/<metric>": value}.
+
+    Every process evaluates the same full copy of the weights on its first local device."""
+    from flax import nnx
+
+    from clapcomp.evaluate.run import EVALUATORS, headline
+    from clapcomp.inference import Clap
+
+    params, model_state = (multihost_utils.process_allgather(t, tiled=True) for t in (state.params, state.model_state))
+    model = nnx.merge(graphdef, params, model_state)
+    embedder = Clap.from_model(model, state_lib.model_config(config), tokenizer)
+    out = {}
+    for ev in config.evaluators:
+        result = EVALUATORS[ev["name"]](embedder, **ev.get("kwargs", {}))
+        label = ev.get("label", ev["name"])
+        out.update({f"eval/{label}/{k}": float(v) for k, v in headline(result).items()})
+    return out
+
+
+# ----------------------------------------------------------------------------- observability
+
+
+class Reporter:
+    """Progress bar / log lines, metrics.jsonl and TensorBoard (process 0), non-finite stop rule."""
+
+    def __init__(self, config, workdir: Path, start: int):
+        self.config, self.start, self.main = config, start, jax.process_index() == 0
+        self.flops = None
+        self.peak = next((v for k, v in PEAK_FLOPS.items() if jax.devices()[0].device_kind.startswith(k)), None)
+        self.t_last = time.perf_counter()
+        self.step_last = start
+        self.bar = self.tb = self.jsonl = None
+        if self.main:
+            self.jsonl = open(workdir / "metrics.jsonl", "a")
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / "tb"))
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True)
+
+    def set_flops(self, compiled) -> None:
+        """FLOPs per step per device from XLA's cost analysis of the compiled step (for MFU)."""
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        self.flops = float(cost.get("flops", 0.0)) if cost else None
+        self.t_last = time.perf_counter()  # steps are timed from here, after compilation
+
+    def report(self, step: int, metrics) -> dict:
+        """Fetches this step's metrics (a sync), enforces the non-finite limit, logs every log_every."""
+        m = {k: v.item() for k, v in jax.device_get(metrics).items()}
+        limit = self.config.max_consecutive_nonfinite
+        if m["nonfinite_run"] >= limit:
+            raise NonFiniteError(
+                f"{m['nonfinite_run']} steps in a row (up to step {step}) had a NaN/inf loss or gradient "
+                f"(config.max_consecutive_nonfinite={limit}); they were skipped and the run stopped. The "
+                "checkpoints in the workdir hold the last good parameters: inspect the data near this step, "
+                "lower optimizer.lr or raise the limit, then rerun to resume."
+            )
+        if m["nonfinite"]:
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, m["nonfinite_run"])
+        if step % self.config.log_every and step != self.config.total_steps:
+            return m
+        now = time.perf_counter()
+        dt = (now - self.t_last) / max(step - self.step_last, 1)
+        self.t_last, self.step_last = now, step
+        m["step_time_s"] = dt
+        m["samples_per_s"] = self.config.data.batch_size / dt
+        if self.flops:
+            m["tflops_per_device"] = self.flops / dt / 1e12
+            if self.peak:
+                m["mfu"] = self.flops / dt / self.peak
+        return {**m, **self.write(step, m)}
+
+    def write(self, step: int, m: dict) -> dict:
+        if not self.main:
+            return {}
+        self.jsonl.write(json.dumps({"step": step, **m}) + "\n")
+        self.jsonl.flush()
+        for k, v in m.items():
+            self.tb.add_scalar(k, v, step)
+        eta = (self.config.total_steps - step) * m.get("step_time_s", 0.0)
+        line = f"loss {m['loss']:.4f}  {m.get('samples_per_s', 0):.1f} samples/s  ETA {eta / 60:.1f} min" if "loss" in m else ""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(line or ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
+        else:
+            print(f"step {step}/{self.config.total_steps}  " + (line or json.dumps(m)), flush=True)
+        return {}
+
+    def close(self) -> None:
+        for h in (self.bar, self.tb, self.jsonl):
+            if h is not None:
+                h.close()
+
+
+class PreemptionGuard:
+    """SIGTERM / SIGINT -> finish the current step, save, exit 0. All processes agree on the step."""
+
+    def __init__(self):
+        self.flag = False
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        del frame
+        log.warning("received %s; saving a checkpoint after this step", signal.Signals(signum).name)
+        self.flag = True
+
+    def requested(self) -> bool:
+        if jax.process_count() == 1:
+            return self.flag
+        return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
+
+    def restore(self) -> None:
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str]) -> int:
+    """`clapcomp train --config configs/x.py --workdir DIR [--config.a.b=v ...] [--coordinator H:P
+    --num_processes N --process_id I]`."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py[:arg])", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, config.json", flag_values=fv)
+    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without SLURM/TPU)", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)", flag_values=fv)
+    try:
+        fv(["clapcomp train", *argv])
+    except flags.Error as e:
+        sys.stderr.write(f"clapcomp train: {e}\n{fv.main_module_help()}\n")
+        return 2
+    if fv.config is None or not fv.workdir:
+        sys.stderr.write("clapcomp train: --config and --workdir are required\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
+    distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id)
+    try:
+        metrics = train(fv.config, fv.workdir)
+    except (NonFiniteError, ckpt_lib.CheckpointError) as e:
+        log.error("%s", e)
+        return 1
+    if jax.process_index() == 0:
+        print(json.dumps({"workdir": fv.workdir, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}))
+    return 0

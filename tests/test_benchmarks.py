@@ -1,0 +1,90 @@
+"""benchmarks/train_throughput.py: CPU smoke run (tiny config) with grain / tfds / ml_collections
+blocked, its recipe restatement against configs/*.py, and its analytic FLOP count. No speed asserts."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+BLOCKED = ("grain", "tensorflow_datasets", "ml_collections")  # issue 8: the train step runs without them
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load(SCRIPT, "train_throughput")
+
+
+def test_help():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--batch", "--steps", "--warmup", "--config", "--dtype", "--k", "--skip-torch", "--out"):
+        assert flag in out
+
+
+def test_cpu_smoke_run_without_grain_tfds_ml_collections(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(  # every process of the run, children included, sees them blocked
+        "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in BLOCKED)
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(SCRIPT), "--config", "tiny", "--batch", "8", "--steps", "2", "--warmup", "1",
+           "--dtype", "fp32", "--k", "2", "--skip-torch", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["clapcomp train (plain)", "clapcomp train (compa, K=2)", "text extra (fwd+bwd, 8x2 rows)",
+                     "clapcomp text embed (16 tokens)", "clapcomp audio embed (from waveforms)"]  # fmt: skip
+    for r in result["rows"]:
+        assert r["step_s"] > 0 and r["samples_per_s"] > 0 and r["program_bytes"] > 0 and len(r["times_s"]) == 2, r
+        # the analytic count covers the matmuls only: a large part of, and not more than, XLA's count
+        assert 0.4 * r["flops_xla"] < r["flops_model"] <= 1.05 * r["flops_xla"], r
+    for r in result["rows"][:2]:
+        assert math.isfinite(r["loss"]) and r["nonfinite"] == 0
+    assert result["skipped"] == {"torch": "--skip-torch"} and not result["failed"]
+    assert result["env"]["backend"] == "cpu" and result["env"]["jax"]
+    assert "compa step / (plain step + text extra)" in proc.stdout and "samples/s" in proc.stdout
+    assert "clapcomp train (plain)" in proc.stdout
+
+
+def _config(name: str, arg=None):
+    return _load(ROOT / "configs" / f"{name}.py", f"cfg_{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("name", ["clap_htsat_roberta", "compa_stage2", "tiny"])
+def test_recipes_match_config_files(name):
+    from clapcomp.models.configs import ClapConfig
+
+    config = _config(name, "bf16" if name != "tiny" else None)
+    recipe = bench.RECIPES[name]
+    assert recipe["seed"] == config.seed and recipe["total_steps"] == config.total_steps
+    assert recipe["optimizer"] == dict(config.optimizer)
+    assert recipe["loss"] == config.loss
+    wanted = ClapConfig.from_dict(config.model.to_dict())
+    ours = bench.model_config(bench.parse_args(["--config", "tiny" if name == "tiny" else "clap_htsat_roberta"]))
+    if name == "tiny":  # same front end and audio tower; a RoBERTa text tower so HF ClapModel can mirror it
+        assert (ours.audio, ours.htsat) == (wanted.audio, wanted.htsat)
+        assert ours.text.family == "roberta" and ours.text.hidden_size == wanted.text.hidden_size
+    else:
+        assert ours == wanted
+
+
+def test_analytic_flops_match_the_measured_anchor():
+    """shared/REFERENCE.md: ~75 GFLOP per training sample, 35.4 of them HTSAT's (LAION-CLAP shapes)."""
+    cfg = bench.model_config(bench.parse_args([]))
+    assert bench.model_flops(cfg, 1, 0, train=True) / 1e9 == pytest.approx(35.4, abs=0.1)
+    assert bench.model_flops(cfg, 1, 1, train=True) / 1e9 == pytest.approx(75, abs=1)
+    # RoBERTa-base forward on 77 tokens by hand: 12 x (24 * 77 * 768^2 + 4 * 77^2 * 768) + pooler + head
+    text = 12 * (24 * 77 * 768**2 + 4 * 77**2 * 768) + 2 * 768**2 + 2 * (768 * 512 + 512**2)
+    assert bench.model_flops(cfg, 0, 1, train=False) == text

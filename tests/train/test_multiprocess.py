@@ -1,0 +1,62 @@
+"""Two CPU processes (4 devices each, gloo collectives, coordinator on 127.0.0.1) train one model
+on an 8-device global mesh, stop together on SIGTERM with a checkpoint, and resume to the end."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+OVERRIDES = ("--config.total_steps=10", "--config.ckpt_every=5")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(helpers, workdir, records, cache, *, sigterm_after_step=None):
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            helpers.train_cmd(workdir, records, *OVERRIDES, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+                              f"--process_id={i}"),
+            env=helpers.train_env(cache, devices=4), cwd=helpers.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        for i in range(2)
+    ]
+    try:
+        if sigterm_after_step is not None:
+            metrics, end = workdir / "metrics.jsonl", time.monotonic() + 600
+            while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= sigterm_after_step):
+                assert all(p.poll() is None for p in procs) and time.monotonic() < end
+                time.sleep(0.02)
+            for p in procs:  # as a cluster scheduler preempting the job signals every task
+                p.send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+def test_two_processes_train_preempt_resume(tmp_path, tone_records, compile_cache, helpers):
+    workdir = tmp_path / "run"
+    first = _launch(helpers, workdir, tone_records, compile_cache, sigterm_after_step=2)
+    assert "on 8 devices (2 processes)" in first[0][1]
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    stopped = saved[-1]
+    assert 2 <= stopped < 10  # both processes agreed on the step to save at
+    data = workdir / "checkpoints" / str(stopped) / "data"
+    assert sorted(p.name for p in data.glob("process_*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+    second = _launch(helpers, workdir, tone_records, compile_cache)
+    assert f"resuming at step {stopped} of 10" in second[0][1]
+    assert (workdir / "checkpoints" / "10" / "state").is_dir()
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))  # written by process 0 only, no step twice
+    assert "step 10/10" in second[0][0] and "step 10/10" not in second[1][0]  # only process 0 reports

@@ -1,0 +1,83 @@
+"""`train(config, workdir)` on 8 simulated CPU devices: the loss falls with each loss kind, and
+non-finite steps are skipped, counted, and stop the run after the configured number in a row."""
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clapcomp.train import checkpoint as ckpt_lib
+from clapcomp.train import loop
+
+
+@pytest.fixture
+def tiny(helpers, tone_records, compile_cache):
+    jax.config.update("jax_compilation_cache_dir", str(compile_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def get(loss):
+        c = module.get_config(loss)
+        c.data.train = str(tone_records)
+        return c
+
+    return get
+
+
+def _losses(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss", ["plain", "compa", "modular"])
+def test_loss_falls(tmp_path, tiny, loss):
+    config = tiny(loss)
+    final = loop.train(config, tmp_path)
+    rows = _losses(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, config.total_steps + 1))
+    first, last = rows[0]["loss"], np.mean([r["loss"] for r in rows[-3:]])
+    assert last < 0.8 * first, [round(r["loss"], 3) for r in rows]
+    assert final["loss"] == rows[-1]["loss"] and sum(r["nonfinite"] for r in rows) == 0
+    assert (tmp_path / "config.json").is_file() and list((tmp_path / "tb").iterdir())
+    assert "samples_per_s" in final and final["tflops_per_device"] > 0
+
+
+class _Poisoned:
+    """The trainer's data iterator with NaN waveforms at the given (1-based) batch numbers."""
+
+    def __init__(self, iterator, bad):
+        self.iterator, self.bad, self.n = iterator, set(bad), 0
+        self.grain_iterator = iterator.grain_iterator
+
+    def __next__(self):
+        batch = next(self.iterator)
+        self.n += 1
+        return {**batch, "waveform": batch["waveform"] * jnp.nan} if self.n in self.bad else batch
+
+
+def test_nonfinite_steps_skipped_counted_then_stop(tmp_path, tiny, helpers, monkeypatch):
+    make = loop._data_iterator
+    monkeypatch.setattr(loop, "_data_iterator", lambda *a: _Poisoned(make(*a), {3, 6, 7, 8, 9}))
+    config = tiny("plain")  # the same program as test_loss_falls[plain]: compiled once
+    config.ckpt_every, config.keep_checkpoints = 1, 20
+    with pytest.raises(loop.NonFiniteError, match=r"3 steps in a row \(up to step 8\).*max_consecutive_nonfinite=3"):
+        loop.train(config, tmp_path)
+
+    rows = {r["step"]: r for r in _losses(tmp_path)}
+    assert [rows[s]["nonfinite"] for s in range(1, 8)] == [0, 0, 1, 0, 0, 1, 1]
+    assert [rows[s]["nonfinite_run"] for s in range(1, 8)] == [0, 0, 1, 0, 0, 1, 2]
+    assert np.isfinite(rows[4]["loss"]) and not np.isfinite(rows[3]["loss"])
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [1, 2, 3, 4, 5, 6, 7]  # nothing after the failing step
+
+    state = {s: helpers.read_state(tmp_path, s) for s in (2, 3, 4, 5, 7)}
+    helpers.assert_states_bitwise_equal(state[2].params, state[3].params)  # the NaN step changed nothing
+    helpers.assert_states_bitwise_equal(state[2].opt_state, state[3].opt_state)
+    helpers.assert_states_bitwise_equal(state[5].params, state[7].params)
+    assert not np.array_equal(state[3].params["logit_scale"], state[4].params["logit_scale"])
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state[7].params))
+    assert int(state[7].nonfinite_run) == 2 and ckpt_lib.read_config(tmp_path).max_consecutive_nonfinite == 3
