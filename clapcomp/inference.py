@@ -47,12 +47,23 @@ def _is_hf_clap(path: Path) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("model_type") == "clap"
 
 
+def _training_config(path: Path) -> dict | None:
+    """A `clapcomp train` workdir's resolved config (config.json beside checkpoints/), else None."""
+    config = path / "config.json"
+    if not (path / "checkpoints").is_dir() or not config.is_file():
+        return None
+    d = json.loads(config.read_text())
+    return d if "loss" in d and "model" in d else None
+
+
 # Extension point: clapcomp exports and training checkpoints add a `Layout` row here (first match wins).
 LAYOUTS: list[Layout] = [
     Layout("hf-clap", "HF transformers ClapModel dir (config.json with model_type 'clap' + weights)",
            _is_hf_clap, "clapcomp.convert.hf:load_hf_clap"),
     Layout("clapcomp-export", "`clapcomp export --format safetensors|stablehlo` dir (clapcomp.json + model.safetensors)",
            lambda p: importlib.import_module("clapcomp.export").is_exported(p), "clapcomp.export:load_exported"),
+    Layout("clapcomp-workdir", "`clapcomp train --workdir` dir (config.json + checkpoints/; newest readable step)",
+           lambda p: _training_config(p) is not None, "clapcomp.train.checkpoint:load_model"),
     Layout("laion-pt", "LAION-CLAP / CompA checkpoint file (.pt / .pth / .ckpt)",
            lambda p: p.is_file() and p.suffix in (".pt", ".pth", ".ckpt"), "clapcomp.convert.laion:load_laion_clap"),
 ]  # fmt: skip
@@ -78,6 +89,9 @@ def _tokenizer(tokenizer, path: Path, config: ClapConfig) -> Tokenizer | None:
         return tokenizer
     if tokenizer is None and not path.is_dir():
         return None  # a checkpoint file (LAION .pt) carries no tokenizer: pass tokenizer=
+    training = _training_config(path) if tokenizer is None else None
+    if training and training.get("tokenizer") and not (path / "tokenizer.json").is_file():
+        tokenizer = training["tokenizer"]  # the tokenizer the run was trained with
     source = Path(tokenizer) if tokenizer is not None else path
     if source.is_file():
         return Tokenizer.from_file(source, max_length=config.text.max_length)

@@ -3,7 +3,7 @@
   clapcomp train --config configs/demo.py:compa --workdir runs/demo/compa --config.data.train=runs/demo/data/train
 `get_config("plain")` (default) or `get_config("compa")` / `get_config("modular")` choose the loss;
 `clapcomp demo` (issue 7) trains two of them from the same seed and compares them.
-A small HTSAT (2 stages, width 32) on 16 kHz 2-s clips and a 2-layer BERT-vocabulary text tower.
+A small HTSAT (2 stages, width 32) on 16 kHz 4-s clips (501 mel frames) and a 2-layer BERT-vocabulary text tower.
 """
 
 import ml_collections
@@ -21,7 +21,7 @@ def get_config(arg=None):
     c.seed = 0
     c.model = ml_collections.ConfigDict(
         dict(
-            audio=dict(sample_rate=16000, n_fft=512, hop_length=160, n_mels=32, f_min=50.0, f_max=8000.0, clip_seconds=2.0),
+            audio=dict(sample_rate=16000, n_fft=512, hop_length=128, n_mels=32, f_min=50.0, f_max=8000.0, clip_seconds=4.0),
             htsat=dict(n_mels=32, spec_size=128, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=8,
                        drop_path_rate=0.0, spec_augment=False),
             text=dict(family="bert", vocab_size=30522, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
@@ -45,11 +45,11 @@ def get_config(arg=None):
     c.freeze = ""
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     c.fsdp_text = False
-    c.total_steps = 400
-    c.log_every = 20
-    c.ckpt_every = 200
+    c.total_steps = 600
+    c.log_every = 25
+    c.ckpt_every = 300
     c.eval_every = 0
-    c.keep_checkpoints = 2
+    c.keep_checkpoints = 1
     c.evaluators = []  # e.g. [dict(name="compa", label="order", kwargs=dict(data="runs/demo/data/order.csv"))]
-    c.max_consecutive_nonfinite = 10
+    c.max_consecutive_nonfinite = 3
     return c
