@@ -21,8 +21,8 @@ def get_config(arg=None):
     c.seed = 0
     c.model = ml_collections.ConfigDict(
         dict(
-            audio=dict(sample_rate=16000, n_fft=512, hop_length=128, n_mels=32, f_min=50.0, f_max=8000.0, clip_seconds=4.0),
-            htsat=dict(n_mels=32, spec_size=128, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=8,
+            audio=dict(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16, f_min=50.0, f_max=8000.0, clip_seconds=4.0),
+            htsat=dict(n_mels=16, spec_size=64, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=8,
                        drop_path_rate=0.0, spec_augment=False),
             text=dict(family="bert", vocab_size=30522, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
                       max_position_embeddings=40, type_vocab_size=2, pad_token_id=0, pooling="mean", max_length=32,
