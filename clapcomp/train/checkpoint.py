@@ -18,6 +18,7 @@ from scratch silently: when checkpoints exist and none can be read, it raises.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import shutil
 from pathlib import Path
@@ -127,7 +128,9 @@ def save_config(workdir: str | Path, config) -> None:
     """The resolved config as `<workdir>/config.json` (process 0 only)."""
     if jax.process_index() == 0:
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        tmp = Path(workdir) / "config.json.tmp"  # write + rename: a kill mid-write never truncates config.json
+        tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        os.replace(tmp, Path(workdir) / "config.json")
 
 
 def read_config(workdir: str | Path):
