@@ -18,8 +18,8 @@ from scratch silently: when checkpoints exist and none can be read, it raises.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import shutil
 from pathlib import Path
 
