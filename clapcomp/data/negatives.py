@@ -348,14 +348,19 @@ def main(argv: list[str]) -> int:
             args.llm_url, args.llm_model, api_key_env=args.llm_key_env, cache_path=cache,
             retries=args.llm_retries, backoff=args.llm_backoff,
         )  # fmt: skip
-    counts = {"rows": 0, "written": 0, "kept": 0, "no_caption": 0, "llm_failed": 0}
+    counts = {"rows": 0, "written": 0, "kept": 0, "no_caption": 0, "bad_row": 0, "llm_failed": 0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.manifest.open() as fin, args.out.open("w") as fout:
         for line in fin:
             if not line.strip():
                 continue
-            row = json.loads(line)
             counts["rows"] += 1
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):  # copied through unchanged: nothing is lost
+                counts["bad_row"] += 1
+                fout.write(line if line.endswith("\n") else line + "\n")
+                continue
             cap = row.get("caption")
             cap = cap[0] if isinstance(cap, list) and cap else cap
             if row.get("negatives") and not args.overwrite:

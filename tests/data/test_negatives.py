@@ -206,3 +206,15 @@ def test_llm_client_errors(server, tmp_path, monkeypatch):
     manifest.write_text(json.dumps({"audio": "a", "caption": "a loud dog and a quiet man"}) + "\n")
     assert N.main(["--manifest", str(manifest), "--out", str(out), "--llm-url", url, "--llm-model", "m"]) == 0
     assert json.loads(out.read_text())["negatives"][0] == "a quiet dog and a loud man"  # fell back to rules
+
+
+def test_cli_counts_and_keeps_malformed_rows(tmp_path, capsys):
+    manifest = tmp_path / "in.jsonl"
+    bad = "{not json\n", '{"caption": ' + "[" * 5000 + "\n"
+    manifest.write_text('{"audio": "a.wav", "caption": "a dog barks followed by a door closes"}\n' + "".join(bad))
+    out = tmp_path / "out.jsonl"
+    assert N.main(["--manifest", str(manifest), "--out", str(out), "--k", "2"]) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    assert lines[1:] == list(bad)  # malformed rows copied through unchanged
+    assert json.loads(lines[0])["negatives"] == N.NegativeGenerator(0).generate("a dog barks followed by a door closes", 2)
+    assert json.loads(capsys.readouterr().out)["bad_row"] == 2
