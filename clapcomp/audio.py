@@ -33,7 +33,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import soxr
 
 from clapcomp.models.configs import AudioConfig
 
@@ -377,6 +376,8 @@ def prepare_waveforms(
         _check_clip(i, clip)
         clip = clip.astype(np.float64)
         if sample_rate != cfg.sample_rate:
+            import soxr  # host-side only: the jitted front end and train step run without it
+
             clip = soxr.resample(clip, int(sample_rate), cfg.sample_rate)
             if clip.size == 0:
                 rates = f"{sample_rate} Hz to {cfg.sample_rate} Hz"
