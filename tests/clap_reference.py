@@ -9,7 +9,6 @@ inference choice (front crop; first / middle / last start of the front / middle 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from unittest import mock
@@ -22,14 +21,6 @@ TEXT = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_h
             max_position_embeddings=80)  # fmt: skip
 SMALL_AUDIO = dict(patch_embeds_hidden_size=8, depths=[1, 2], num_attention_heads=[2, 4], hidden_size=16)
 TINY_AUDIO = dict(patch_embeds_hidden_size=96, depths=[2, 2, 6, 2], num_attention_heads=[4, 8, 16, 32], hidden_size=768)
-
-
-def load_helper(name: str):
-    """Import tests/<name>.py by path (pytest runs with --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:

@@ -4,25 +4,15 @@ determinism, bad input, the `clapcomp embed` command."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import clapcomp
 from clapcomp.inference import Clap, load, main
 
-
-def _load_reference():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("clap_reference", Path(__file__).with_name("clap_reference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 
 
-R = _load_reference()
 SECONDS = [3.0, 10.0, 17.0]
 
 

