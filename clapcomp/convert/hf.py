@@ -163,8 +163,10 @@ def text_config_to_hf(cfg: TextConfig) -> dict:
 # learned state: `*.relative_position_index` (derived from window_size; checked on import, rebuilt
 # on export) and BatchNorm `*.num_batches_tracked` (not tracked by clapcomp; exported as 0).
 
-_HTSAT_TO_OURS = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(2, 3, 1, 0)}
-_HTSAT_TO_HF = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(3, 2, 0, 1)}
+_HTSAT_TO_OURS = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(2, 3, 1, 0),
+                  "grid": lambda a: a.reshape(1, math.isqrt(a.shape[1]), -1, a.shape[2])}  # [1, N, C] -> [1, H, W, C]
+_HTSAT_TO_HF = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(3, 2, 0, 1),
+                "grid": lambda a: a.reshape(1, -1, a.shape[-1])}
 
 HF_AUDIO_DEFAULTS = {
     "window_size": 8, "num_mel_bins": 64, "spec_size": 256, "hidden_act": "gelu", "patch_size": 4,
@@ -227,6 +229,8 @@ def htsat_rows(cfg: HTSATConfig) -> list[tuple]:
     rows = _batchnorm_rows("batch_norm", ("bn0",))
     rows += _conv_rows("patch_embed.proj", ("patch_embed", "proj"))
     rows += norm_rows("patch_embed.norm", ("patch_embed", "norm"))
+    if cfg.ape:  # LAION-CLAP's name; HF's ClapAudioModel has no such weight (hf_config_from_clap refuses it)
+        rows.append(("absolute_pos_embed", ("absolute_pos_embed",), "grid"))
     if cfg.enable_fusion:
         rows += _conv_rows("patch_embed.mel_conv2d", ("patch_embed", "mel_conv"))
         for branch, (c1, b1, c2, b2) in (("local", (0, 1, 3, 4)), ("global", (1, 2, 4, 5))):
@@ -379,6 +383,9 @@ def config_from_hf(d: dict, preprocessor: dict | None = None) -> ClapConfig:
 def hf_config_from_clap(cfg: ClapConfig) -> dict:
     """`ClapConfig` -> an HF `ClapConfig` dict (config.json), inverse of `config_from_hf`."""
     h = cfg.htsat
+    if h.ape:
+        raise ValueError("HF ClapAudioModel has no absolute position embedding (HTSATConfig.ape=True); export this "
+                         "model as safetensors or stablehlo instead")  # fmt: skip
     audio = {
         "model_type": "clap_audio_model", "window_size": h.window_size, "num_mel_bins": h.n_mels,
         "spec_size": h.spec_size, "patch_size": h.patch_size, "patch_stride": [h.patch_stride] * 2,

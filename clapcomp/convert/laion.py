@@ -6,7 +6,8 @@ unpickling). Its keys are renamed to HF `ClapModel` names by the tables below (t
 `attn.qkv` projection is split into query / key / value) and the HF mapping of
 `clapcomp.convert.hf` builds the model, so one set of tables defines our layout.
 
-The config is read off the tensor shapes: fusion (`patch_embed.mel_conv2d` present), HTSAT
+The config is read off the tensor shapes: fusion (`patch_embed.mel_conv2d` present), the absolute
+position embedding (`absolute_pos_embed` present, LAION's `ape=True`; kept under that name), HTSAT
 width / depths / heads / window (relative position tables) / spec size (shifted-window masks), text
 width / layers / vocab, projection width. Not recoverable from shapes: the text tower's head count
 (taken as hidden / 64, as RoBERTa-base has) and the audio front end (LAION's defaults, `AudioConfig()`;
@@ -46,7 +47,7 @@ HTSAT_RENAMES = [
     (r"(layers\.\d+\.blocks\.\d+)\.attn\.relative_position_", r"\1.attention.self.relative_position_"),
     (r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.", r"\1.intermediate.dense."),
     (r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.", r"\1.output.dense."),
-    (r"(patch_embed\.|layers\.\d+\.downsample\.|norm\.)", r"\1"),  # same names in HF
+    (r"(patch_embed\.|layers\.\d+\.downsample\.|norm\.|absolute_pos_embed$)", r"\1"),  # same names in HF
 ]
 QKV = re.compile(r"(layers\.\d+\.blocks\.\d+)\.attn\.qkv\.(weight|bias)$")
 DROPPED = re.compile(
@@ -139,7 +140,8 @@ def laion_config(tensors: dict[str, np.ndarray], *, audio: AudioConfig | None = 
     n_mels = int(tensors[f"{a}bn0.weight"].shape[0])
     htsat = HTSATConfig(n_mels=n_mels, spec_size=spec_size, patch_size=patch, patch_stride=patch, embed_dim=embed_dim,
                         depths=tuple(depths), num_heads=tuple(heads), window_size=window, mlp_ratio=mlp_ratio,
-                        qkv_bias=f"{a}layers.0.blocks.0.attn.qkv.bias" in tensors, enable_fusion=fusion)  # fmt: skip
+                        qkv_bias=f"{a}layers.0.blocks.0.attn.qkv.bias" in tensors, enable_fusion=fusion,
+                        ape=f"{a}absolute_pos_embed" in tensors)  # fmt: skip
     words = tensors[f"{t}embeddings.word_embeddings.weight"]
     layers = 0
     while f"{t}encoder.layer.{layers}.attention.self.query.weight" in tensors:

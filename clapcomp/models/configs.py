@@ -56,6 +56,7 @@ class HTSATConfig:
     enable_fusion: bool = False
     aff_block_r: int = 4
     spec_augment: bool = True  # time/freq stripe masking, training only
+    ape: bool = False  # LAION-CLAP / Swin absolute position embedding added to the patch tokens
 
     @property
     def hidden_size(self) -> int:

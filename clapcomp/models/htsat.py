@@ -3,7 +3,8 @@
 Numerics follow HF `ClapAudioModel` (pooler_output) exactly in eval mode:
 mel [B, C, F, M] -> BatchNorm over mel bins -> (train: SpecAugment) -> bicubic resize of time to
 spec_size * freq_ratio -> fold into [B, spec_size, spec_size, C] -> patch embedding (+ AFF fusion of
-the 3 local chunks for `is_longer` rows when `enable_fusion`) -> Swin stages (window attention with
+the 3 local chunks for `is_longer` rows when `enable_fusion`) (+ the absolute position embedding when `ape`,
+LAION-CLAP's option; HF has none) -> Swin stages (window attention with
 relative position bias, shifted windows, patch merging) -> LayerNorm -> mean over tokens.
 
 Feature maps are kept channels-last (`[B, H, W, C]`); H is the folded frequency axis, W time.
@@ -307,6 +308,9 @@ class HTSAT(nnx.Module):
             cfg.n_mels, momentum=_BN_MOMENTUM, epsilon=_EPS, use_fast_variance=False, dtype=jnp.float32, rngs=rngs
         )
         self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
+        if cfg.ape:  # one learned vector per grid cell: tells every token where it sits in the folded image
+            init = nnx.initializers.truncated_normal(0.02)
+            self.absolute_pos_embed = nnx.Param(init(rngs.params(), (1, grid, grid, cfg.embed_dim), jnp.float32))
         rates = np.linspace(0.0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
         starts = np.cumsum((0,) + tuple(cfg.depths)).tolist()
         self.stages = nnx.List(
@@ -355,6 +359,8 @@ class HTSAT(nnx.Module):
             x = spec_augment(x, k_spec)
         x = self.to_image(x).astype(self.dtype)
         x = self.patch_embed(x, jnp.asarray(is_longer, bool).reshape(-1), train=train)
+        if cfg.ape:
+            x = x + self.absolute_pos_embed[...].astype(x.dtype)
         for stage, k in zip(self.stages, _split(k_stages, len(self.stages))):
             x = stage(x, key=k)
         return self.norm(x.astype(jnp.float32))

@@ -70,7 +70,7 @@ def _stand_ins() -> dict:
 
 @pytest.fixture(scope="module")
 def laion():
-    """`make(fusion) -> eval-mode laion_clap CLAP` (HTSAT 8-wide, depths (2, 1); RoBERTa 1 layer)."""
+    """`make(fusion, ape) -> eval-mode laion_clap CLAP` (HTSAT 8-wide, depths (2, 1); RoBERTa 1 layer)."""
     import transformers
 
     stand_ins = _stand_ins()
@@ -84,10 +84,13 @@ def laion():
             sys.modules.pop(name, None)
         sys.modules.update(hidden)
 
+    options = {"ape": False}
+
     def small_htsat(audio_cfg, enable_fusion=False, fusion_type="None"):
         return htsat_py.HTSAT_Swin_Transformer(
             spec_size=128, patch_size=4, patch_stride=(4, 4), num_classes=5, embed_dim=8, depths=[2, 1],
             num_heads=[1, 2], window_size=4, config=audio_cfg, enable_fusion=enable_fusion, fusion_type=fusion_type,
+            ape=options["ape"],
         )  # fmt: skip
 
     def small_roberta(name):
@@ -103,7 +106,8 @@ def laion():
                                       hop_size=480, fmin=50, fmax=14000, class_num=5, mel_bins=64, clip_samples=RATE)  # fmt: skip
     text_cfg = model_py.CLAPTextCfg(context_length=77, vocab_size=300, width=768, heads=12, layers=1, model_type="roberta")
 
-    def make(fusion: bool):
+    def make(fusion: bool, ape: bool = False):
+        options["ape"] = ape
         torch.manual_seed(7 + fusion)
         model = model_py.CLAP(embed_dim=16, audio_cfg=audio_cfg, text_cfg=text_cfg, enable_fusion=fusion,
                               fusion_type="aff_2d", joint_embed_shape=12)  # fmt: skip
@@ -185,6 +189,23 @@ def test_fused_bare_state_dict_matches_on_the_same_mel(tmp_path, laion):
             [{"mel_fusion": torch.from_numpy(m), "longer": torch.tensor(b)} for m, b in zip(mel, longer)]
         ).numpy()
     np.testing.assert_allclose(np.asarray(model.embed_mel(jnp.asarray(mel), jnp.asarray(longer))), want, atol=1e-4)
+
+
+def test_absolute_position_embedding_imports_and_refuses_hf_export(tmp_path, laion):
+    ref = laion(False, ape=True)
+    with torch.no_grad():  # larger than its init so a misplaced grid cell would show
+        ref.audio_branch.absolute_pos_embed.normal_(0, 1, generator=torch.Generator().manual_seed(3))
+    torch.save(ref.state_dict(), tmp_path / "ape.pt")
+    cfg, model = load_laion_clap(tmp_path / "ape.pt", audio=AudioConfig(clip_seconds=1))
+    assert cfg.htsat.ape and model.audio_tower.absolute_pos_embed.get_value().shape == (1, 32, 32, 8)
+    rng = np.random.default_rng(2)
+    waveform = (0.1 * rng.standard_normal((2, RATE))).astype(np.float32)
+    with torch.no_grad():
+        want = ref.get_audio_embedding([{"waveform": torch.from_numpy(w)} for w in waveform]).numpy()
+    got = model.embed_audio(jnp.asarray(waveform), jnp.full((2,), RATE, jnp.int32))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+    with pytest.raises(ValueError, match="no absolute position embedding"):
+        hf_config_from_clap(cfg)
 
 
 def test_unknown_keys_and_other_towers_are_named(laion):
