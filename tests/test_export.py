@@ -124,6 +124,10 @@ def test_hf_export_refuses_what_hf_cannot_hold(tmp_path, made):
     half = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, clip_seconds=1.5))
     with pytest.raises(ValueError, match="whole-second clips"):
         export.save_hf(model, half, tmp_path / "x")
+    segments = dataclasses.replace(cfg, htsat=dataclasses.replace(cfg.htsat, time_segments=2))
+    with pytest.raises(ValueError, match="pools over the whole clip.*time_segments=2"):
+        export.save_hf(model, segments, tmp_path / "y")
+    assert not (tmp_path / "y").exists()
 
 
 def test_safetensors_round_trip_is_exact(tmp_path, made):

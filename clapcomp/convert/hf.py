@@ -383,9 +383,10 @@ def config_from_hf(d: dict, preprocessor: dict | None = None) -> ClapConfig:
 def hf_config_from_clap(cfg: ClapConfig) -> dict:
     """`ClapConfig` -> an HF `ClapConfig` dict (config.json), inverse of `config_from_hf`."""
     h = cfg.htsat
-    if h.ape:
-        raise ValueError("HF ClapAudioModel has no absolute position embedding (HTSATConfig.ape=True); export this "
-                         "model as safetensors or stablehlo instead")  # fmt: skip
+    if h.ape or h.time_segments != 1:
+        raise ValueError(f"HF ClapAudioModel has no absolute position embedding and pools over the whole clip; this "
+                         f"model has ape={h.ape}, time_segments={h.time_segments}: export it as safetensors or "
+                         "stablehlo instead")  # fmt: skip
     audio = {
         "model_type": "clap_audio_model", "window_size": h.window_size, "num_mel_bins": h.n_mels,
         "spec_size": h.spec_size, "patch_size": h.patch_size, "patch_stride": [h.patch_stride] * 2,
@@ -462,9 +463,10 @@ def save_hf_clap(model, cfg: ClapConfig, directory: str | Path) -> Path:
     """Write config.json, preprocessor_config.json and model.safetensors loadable by transformers."""
     from safetensors.numpy import save_file
 
+    hf_config = hf_config_from_clap(cfg)  # refuses what HF cannot hold before anything is written
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config_from_clap(cfg), indent=2))
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_from_clap(cfg), indent=2))
     save_file(clap_to_hf_tensors(model, cfg), str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory

@@ -62,7 +62,7 @@ class ClapModel(nnx.Module):
         self.cfg = cfg
         self.audio_tower = HTSAT(cfg.htsat, dtype=dtype, rngs=rngs)
         self.text_tower = TextEncoder(cfg.text, dtype=dtype, rngs=rngs)
-        self.audio_projection = Projection(cfg.htsat.hidden_size, cfg.projection_dim, dtype=dtype, rngs=rngs)
+        self.audio_projection = Projection(cfg.htsat.pooled_size, cfg.projection_dim, dtype=dtype, rngs=rngs)
         self.text_projection = Projection(cfg.text.hidden_size, cfg.projection_dim, dtype=dtype, rngs=rngs)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32))
 

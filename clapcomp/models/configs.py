@@ -57,11 +57,17 @@ class HTSATConfig:
     aff_block_r: int = 4
     spec_augment: bool = True  # time/freq stripe masking, training only
     ape: bool = False  # LAION-CLAP / Swin absolute position embedding added to the patch tokens
+    time_segments: int = 1  # pooled output: mean of each of this many time spans, concatenated (1 = LAION/HF)
 
     @property
     def hidden_size(self) -> int:
         """Width of the pooled output: embed_dim * 2 ** (stages - 1) (768 for HTSAT-tiny)."""
         return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of `HTSAT.__call__`'s output, what the audio projection takes: hidden_size * time_segments."""
+        return self.hidden_size * self.time_segments
 
 
 @dataclasses.dataclass(frozen=True)

@@ -287,7 +287,7 @@ class SwinStage(nnx.Module):
 
 
 class HTSAT(nnx.Module):
-    """The audio tower. `__call__(mel [B, C, F, M], is_longer [B] bool) -> pooled [B, cfg.hidden_size]` f32."""
+    """The audio tower. `__call__(mel [B, C, F, M], is_longer [B] bool) -> pooled [B, cfg.pooled_size]` f32."""
 
     def __init__(self, cfg: HTSATConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.spec_size % cfg.n_mels:
@@ -299,6 +299,12 @@ class HTSAT(nnx.Module):
         self.freq_ratio = cfg.spec_size // cfg.n_mels
         grid = (cfg.spec_size + 2 * ((cfg.patch_size - cfg.patch_stride) // 2) - cfg.patch_size) // cfg.patch_stride + 1
         resolutions = [(math.ceil(grid / 2**i),) * 2 for i in range(len(cfg.depths))]
+        last = resolutions[-1][0]
+        if cfg.time_segments > 1 and (last % self.freq_ratio or last * self.freq_ratio % cfg.time_segments):
+            raise ValueError(
+                f"time_segments={cfg.time_segments} must divide the {last * self.freq_ratio} time steps of the last "
+                f"{last}x{last} grid unfolded by freq_ratio {self.freq_ratio} (which must divide {last})"
+            )
         if resolutions[-1][0] < cfg.window_size:
             raise ValueError(
                 f"the last stage sees a {resolutions[-1][0]}x{resolutions[-1][0]} grid, smaller than window_size "
@@ -336,11 +342,20 @@ class HTSAT(nnx.Module):
         return img.transpose(0, 2, 3, 1)
 
     def __call__(self, mel, is_longer, *, train: bool = False, key=None):
-        """mel [B, C, F, M] f32 (C = 4 fused, 1 unfused), is_longer [B] bool -> [B, hidden_size] f32.
+        """mel [B, C, F, M] f32 (C = 4 fused, 1 unfused), is_longer [B] bool -> [B, pooled_size] f32.
 
-        The mean of `tokens(...)` over the grid: HF `ClapAudioModel(...).pooler_output`.
+        time_segments = 1: the mean of `tokens(...)` over the grid, HF `ClapAudioModel(...).pooler_output`.
+        S > 1: the grid unfolded into LAION's time sequence [B, T, C] (`fine_grained_latent_output`: mean
+        over each chunk's frequency rows, chunks one after another) cut into S equal spans, each
+        averaged: [B, S * C], so the embedding keeps which sound came first.
         """
-        return jnp.mean(self.tokens(mel, is_longer, train=train, key=key), axis=(1, 2))
+        tokens = self.tokens(mel, is_longer, train=train, key=key)
+        s = self.cfg.time_segments
+        if s == 1:
+            return jnp.mean(tokens, axis=(1, 2))
+        b, h, w, c = tokens.shape
+        seq = jnp.mean(tokens.reshape(b, self.freq_ratio, h // self.freq_ratio, w, c), axis=2).reshape(b, -1, c)
+        return jnp.mean(seq.reshape(b, s, -1, c), axis=2).reshape(b, s * c)
 
     def tokens(self, mel, is_longer, *, train: bool = False, key=None):
         """Final LayerNorm'ed feature map [B, H', W', hidden_size] f32 (H' folded frequency, W' time)."""

@@ -96,6 +96,30 @@ def test_parity_htsat_tiny_fused():
     check_parity(model, 1, True)
 
 
+@pytest.mark.parametrize("segments", [2, 4])
+def test_time_segments_pool_hf_unfolded_time_sequence(segments):
+    """time_segments = S: HF's `last_hidden_state` [B, C, rows, T] (the grid unfolded chunk after chunk
+    along time) averaged over rows, cut into S spans of T / S steps, each averaged -> [B, S * C]."""
+    model = hf_model(False, **SMALL)
+    mel, is_longer = inputs(2, False, seed=5)
+    mel[:, :, :300] += 15  # a loud first part: the time spans differ
+    with torch.no_grad():
+        unfolded = model(input_features=torch.from_numpy(mel), is_longer=torch.from_numpy(is_longer)[:, None])
+    unfolded = unfolded.last_hidden_state.numpy().astype(np.float64)  # [B, C, rows, T]
+    b, c, _, t = unfolded.shape
+    want = unfolded.mean(2).reshape(b, c, segments, t // segments).mean(-1).transpose(0, 2, 1).reshape(b, -1)
+    htsat = ours_from(model)
+    htsat = HTSAT(dataclasses.replace(htsat.cfg, time_segments=segments), rngs=nnx.Rngs(1))
+    nnx.update(htsat, htsat_from_hf(state_dict(model), htsat.cfg, PREFIX))
+    got = np.asarray(htsat(jnp.asarray(mel), jnp.asarray(is_longer)))
+    assert got.shape == (2, segments * c) == (2, htsat.cfg.pooled_size)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    first, last = got[:, :c], got[:, -c:]
+    assert np.abs(first - last).max() > 0.02  # the spans differ (>> atol): the comparison has teeth
+    with pytest.raises(ValueError, match="time_segments=3 must divide the 128 time steps"):
+        HTSAT(dataclasses.replace(htsat.cfg, time_segments=3), rngs=nnx.Rngs(0))
+
+
 def test_mapping_round_trip_and_config():
     model = hf_model(True, **SMALL)
     sd = state_dict(model)
