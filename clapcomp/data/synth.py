@@ -7,19 +7,21 @@ siren (sine, +-25% FM at 1.2-2 Hz), rumble (noise < 250 Hz), hiss (noise 4-7 kHz
 (sine gated at 3-5 Hz), chord (major triad). All content stays below 7 kHz, so 16 kHz works.
 Attributes: loudness (loud = 0 dB, quiet = -15 dB, else -4..0 dB; every event is first scaled to
 a common RMS), pitch (tonal classes only: high-pitched 1.4-2.4 kHz, low-pitched 180-320 Hz,
-else 500-900 Hz fundamental), duration (short 0.35-0.6 s, long 1.6-2.2 s, else 0.9-1.3 s;
-scaled down for clips under 5 s). Each rendering draws its exact frequency, duration, rates,
-phases and noise from its own seed.
+else 500-900 Hz fundamental), duration (short 0.35-0.6 s, long 1.6-2.2 s, else 0.9-1.3 s, all
+times clip_seconds / 3.2, so two events in a row fill 55-80% of a clip, as in CompA's
+concatenations; with more silence around them the demo model barely learns which came first).
+Each rendering draws its exact frequency, duration, rates, phases and noise from its own seed.
 
 Clips are exactly `clip_seconds` long: the content (composed with `clapcomp.data.compose`:
-`+` crossfaded concatenation, `*` RMS-balanced overlay, peak 0.5) sits at a random offset in a
+`+` crossfaded concatenation, `*` RMS-balanced overlay; or two events started together with their
+levels kept; peak 0.5) sits at a random offset in a
 -60 dB white noise floor. Training clip types (default `mix`, which the retrieval set always
 uses), captions templated ("a <attr> <event>"):
-- order (40%): "a X followed by a Y" / "a X and then a Y" / "a Y after a X" / "a Y preceded by
-  a X"; audio X then Y. Half the captions name the later event first, so the order of mention
-  alone does not give the time order: the connective has to be understood.
-- attribute (35%): "a loud X and a quiet Y" (or high-pitched/low-pitched, short/long); X, Y
-  in random temporal order ("and" says nothing about order), X != Y.
+- order (40%): "a X followed by a Y" / "a X and then a Y" / "a X then a Y"; audio X then Y.
+  The events are named in time order, as most real captions do.
+- attribute (35%): "a loud X and a quiet Y" (or high-pitched/low-pitched, short/long), X != Y,
+  the two events started together: which event has which attribute must be heard in the same
+  moments, not read off which half of the clip it fills.
 - overlay (15%): "a X with a Y" / "a X accompanied by a Y"; RMS-balanced overlay.
 - single (10%): "a X", "a high-pitched X", "a short X".
 Every training row has `positives` (its operands' captions) and up to `n_negatives` negatives,
@@ -33,7 +35,7 @@ Benchmarks (CompA format, paths relative to the CSV):
   same two event renderings, the same offset and noise floor; every 4th row has a triplet
   "a X with a Y" (their overlay), the others "-".
 - attribute.csv: "a A1 X and a A2 Y" vs "a A2 X and a A1 Y"; both audios rendered from the same
-  event seeds, offset and temporal order, only the attribute values trade places.
+  event seeds and offset, events started together, only the attribute values trade places.
 - retrieval.jsonl: {"audio", "caption"} clips of the training mix.
 HELD APART: the class and pair vocabulary is shared with training (it has to be), but every
 waveform is new: each split draws from its own seed stream (`SeedSequence(seed, spawn_key=
@@ -60,11 +62,12 @@ EVENTS = (
 )  # fmt: skip
 TONAL = ("whistle", "rising chirp", "falling chirp", "buzz", "tremolo", "siren", "beeping", "chord")
 ATTRIBUTES = {"loudness": ("loud", "quiet"), "pitch": ("high-pitched", "low-pitched"), "duration": ("short", "long")}
-CONCAT_WORDS = ("followed by", "and then", "{b} after {a}", "{b} preceded by {a}")  # half name B first
+CONCAT_WORDS = ("followed by", "and then", "then")
 OVERLAY_WORDS = ("with", "accompanied by")
 SPLITS = {"train": 0, "order": 1, "attribute": 2, "retrieval": 3}
 MIX = {"order": 0.40, "attribute": 0.35, "overlay": 0.15, "single": 0.10}
 _RMS = 0.1
+FILL_SECONDS = 3.2  # durations scale with clip_seconds / FILL_SECONDS: two events fill 55-80% of a clip
 _FLOOR = 5e-4
 
 
@@ -87,7 +90,7 @@ def _band_noise(rng, n, sr, lo, hi):
 
 def render_event(name: str, attrs: dict, seed, sample_rate: int, scale: float = 1.0) -> np.ndarray:
     """One event [T] float64 at RMS `_RMS` * gain. `attrs` maps kind -> value (ATTRIBUTES);
-    `seed` seeds every random draw; `scale` shrinks durations (clips shorter than 5 s)."""
+    `seed` seeds every random draw; `scale` multiplies every duration."""
     if name not in EVENTS:
         raise ValueError(f"unknown event {name!r}; choose one of {EVENTS}")
     if attrs.get("pitch") and name not in TONAL:
@@ -153,7 +156,7 @@ class _Maker:
     def __init__(self, seed: int, split: str, sample_rate: int, clip_seconds: float):
         self.seed, self.split_id = seed, SPLITS[split]
         self.sr, self.n = sample_rate, int(round(clip_seconds * sample_rate))
-        self.scale = min(1.0, clip_seconds / 5.0)
+        self.scale = clip_seconds / FILL_SECONDS
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.split_id, index)))
@@ -169,6 +172,14 @@ class _Maker:
         start = int(rng.integers(0, self.n - content.size + 1))
         out[start : start + content.size] += content
         return out.astype(np.float32)
+
+
+def _together(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two events [Ta], [Tb] starting together, levels kept (their attributes): [max(Ta, Tb)], peak 0.5."""
+    out = np.zeros(max(a.size, b.size))
+    out[: a.size] += a
+    out[: b.size] += b
+    return compose.peak_normalize(out)
 
 
 def _two(rng, pool=EVENTS):
@@ -201,7 +212,7 @@ def _train_example(maker: _Maker, index: int, rules: NegativeGenerator, n_negati
     elif kind == "attribute":
         akind, x, y, a1, a2 = _attribute_pair(rng)
         ex_, ey_ = maker.event(x, {akind: a1}, seeds[0]), maker.event(y, {akind: a2}, seeds[1])
-        content = compose.concat_audio(*((ex_, ey_) if rng.integers(2) else (ey_, ex_)))
+        content = _together(ex_, ey_)
         ex = {"caption": f"{_phrase(x, a1)} and {_phrase(y, a2)}", "positives": [_phrase(x, a1), _phrase(y, a2)], "negatives": []}
         events = [(x, {akind: a1}, seeds[0]), (y, {akind: a2}, seeds[1])]
     else:
@@ -304,11 +315,10 @@ def synthesize(
         rng = maker.rng(i)
         kind, x, y, a1, a2 = _attribute_pair(rng)
         sx, sy, sp = (int(s) for s in rng.integers(0, 2**63 - 1, size=3))
-        x_first = bool(rng.integers(2))
         files = [f"audio/attribute/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed")]
         for f, (ax, ay) in zip(files, ((a1, a2), (a2, a1))):
             ex_, ey_ = maker.event(x, {kind: ax}, sx), maker.event(y, {kind: ay}, sy)
-            audio = compose.concat_audio(*((ex_, ey_) if x_first else (ey_, ex_)))
+            audio = _together(ex_, ey_)
             _write(out / f, maker.place(audio, sp), sample_rate, ext)
             record("attribute", f, [(x, {kind: ax}, sx), (y, {kind: ay}, sy)], sp)
         rows.append([f"{_phrase(x, a1)} and {_phrase(y, a2)}", f"{_phrase(x, a2)} and {_phrase(y, a1)}", *files])
