@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	# LAION-CLAP's model classes, only as the reference of the .pt import test (its metadata pins numpy<2)
 	$(PY) -m pip install -q --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0
+	# an NVIDIA GPU present: jax's CUDA plugin, so `make demo` trains on it with no other change
+	if nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q -e '.[gpu]'; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -42,7 +42,7 @@ def _stage(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def run_seed(workdir: Path, seed: int, *, n_train: int, steps: int | None) -> dict:
+def run_seed(workdir: Path, seed: int, *, n_train: int, n_eval: int = 200, steps: int | None = None) -> dict:
     """One seed: data, two trainings, evaluation. Returns {model_name: {benchmark: result}}."""
     from clapcomp.data import build, synth
     from clapcomp.evaluate.run import EVALUATORS
@@ -55,8 +55,9 @@ def run_seed(workdir: Path, seed: int, *, n_train: int, steps: int | None) -> di
     audio = base.model.audio
     if not (data / "synth.json").is_file():
         _stage(f"seed {seed}: synthesising {n_train} training clips + held-apart benchmarks in {data}")
-        s = synth.synthesize(data, seed=seed, n_train=n_train, sample_rate=audio.sample_rate,
-                             clip_seconds=audio.clip_seconds, n_negatives=3)
+        s = synth.synthesize(data, seed=seed, n_train=n_train, n_order=n_eval, n_attribute=n_eval,
+                             n_retrieval=n_eval, sample_rate=audio.sample_rate, clip_seconds=audio.clip_seconds,
+                             n_negatives=3)
         print(f"   {s['counts']} in {s['seconds']:.1f}s")
     records = workdir / "records"
     if not (records / "stats.json").is_file():
@@ -140,12 +141,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("runs/demo"))
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (mean and spread)")
     ap.add_argument("--n-train", type=int, default=2000, help="synthetic training clips per seed")
+    ap.add_argument("--n-eval", type=int, default=200, help="rows per benchmark (order, attribute, retrieval)")
     ap.add_argument("--steps", type=int, default=None, help="override configs/demo.py total_steps")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     seeds = [int(s) for s in a.seeds.split(",")]
-    per_seed = [run_seed(a.workdir / f"seed{seed}", seed, n_train=a.n_train, steps=a.steps) for seed in seeds]
+    per_seed = [run_seed(a.workdir / f"seed{seed}", seed, n_train=a.n_train, n_eval=a.n_eval, steps=a.steps) for seed in seeds]
 
     from clapcomp.evaluate.report import write_report
 
