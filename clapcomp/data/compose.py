@@ -189,11 +189,17 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
 
 
-def overlay_audio(a: np.ndarray, b: np.ndarray, *, balance: bool = True, peak: float | None = PEAK) -> np.ndarray:
-    """[Ta], [Tb] -> [max(Ta, Tb)]: shorter tiled, then both RMS-matched (`balance`), summed, peak."""
+def overlay_audio(
+    a: np.ndarray, b: np.ndarray, *, balance: bool = True, tile: bool = True, peak: float | None = PEAK
+) -> np.ndarray:
+    """[Ta], [Tb] -> [max(Ta, Tb)]: shorter tiled (`tile`; else followed by silence), then both
+    RMS-matched (`balance`), summed, peak."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     n = max(a.size, b.size)
-    a, b = np.resize(a, n), np.resize(b, n)
+    if tile:
+        a, b = np.resize(a, n), np.resize(b, n)
+    else:
+        a, b = np.pad(a, (0, n - a.size)), np.pad(b, (0, n - b.size))
     if balance:
         a = a / _rms(a) if _rms(a) > 0 else a
         b = b / _rms(b) if _rms(b) > 0 else b

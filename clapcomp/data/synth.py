@@ -174,14 +174,6 @@ class _Maker:
         return out.astype(np.float32)
 
 
-def _together(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Two events [Ta], [Tb] starting together, levels kept (their attributes): [max(Ta, Tb)], peak 0.5."""
-    out = np.zeros(max(a.size, b.size))
-    out[: a.size] += a
-    out[: b.size] += b
-    return compose.peak_normalize(out)
-
-
 def _two(rng, pool=EVENTS):
     i, j = rng.choice(len(pool), size=2, replace=False)
     return pool[int(i)], pool[int(j)]
@@ -212,7 +204,7 @@ def _train_example(maker: _Maker, index: int, rules: NegativeGenerator, n_negati
     elif kind == "attribute":
         akind, x, y, a1, a2 = _attribute_pair(rng)
         ex_, ey_ = maker.event(x, {akind: a1}, seeds[0]), maker.event(y, {akind: a2}, seeds[1])
-        content = _together(ex_, ey_)
+        content = compose.overlay_audio(ex_, ey_, balance=False, tile=False)
         ex = {"caption": f"{_phrase(x, a1)} and {_phrase(y, a2)}", "positives": [_phrase(x, a1), _phrase(y, a2)], "negatives": []}
         events = [(x, {akind: a1}, seeds[0]), (y, {akind: a2}, seeds[1])]
     else:
@@ -318,7 +310,7 @@ def synthesize(
         files = [f"audio/attribute/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed")]
         for f, (ax, ay) in zip(files, ((a1, a2), (a2, a1))):
             ex_, ey_ = maker.event(x, {kind: ax}, sx), maker.event(y, {kind: ay}, sy)
-            audio = _together(ex_, ey_)
+            audio = compose.overlay_audio(ex_, ey_, balance=False, tile=False)
             _write(out / f, maker.place(audio, sp), sample_rate, ext)
             record("attribute", f, [(x, {kind: ax}, sx), (y, {kind: ay}, sy)], sp)
         rows.append([f"{_phrase(x, a1)} and {_phrase(y, a2)}", f"{_phrase(x, a2)} and {_phrase(y, a1)}", *files])

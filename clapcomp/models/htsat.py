@@ -305,9 +305,9 @@ class HTSAT(nnx.Module):
                 f"time_segments={cfg.time_segments} must divide the {last * self.freq_ratio} time steps of the last "
                 f"{last}x{last} grid unfolded by freq_ratio {self.freq_ratio} (which must divide {last})"
             )
-        if resolutions[-1][0] < cfg.window_size:
+        if last < cfg.window_size:
             raise ValueError(
-                f"the last stage sees a {resolutions[-1][0]}x{resolutions[-1][0]} grid, smaller than window_size "
+                f"the last stage sees a {last}x{last} grid, smaller than window_size "
                 f"{cfg.window_size}: use fewer stages, a smaller window or a larger spec_size"
             )
         self.bn0 = nnx.BatchNorm(
