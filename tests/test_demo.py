@@ -58,6 +58,7 @@ def compile_cache(tmp_path):
         jax.config.update(n, v)
 
 
+@pytest.mark.slow
 def test_tiny_demo_end_to_end_is_deterministic(tmp_path, capsys, compile_cache):
     """Two runs of the whole pipeline (synth, records, two trainings, evaluation, report) on a tiny budget."""
     tables = []

@@ -39,6 +39,7 @@ def chaos(tmp_path_factory):
     return root, json.loads((root / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_kill_is_survived_including_one_inside_a_checkpoint_write(chaos):
     root, s = chaos
     launches = s["launches"]
@@ -56,6 +57,7 @@ def test_every_kill_is_survived_including_one_inside_a_checkpoint_write(chaos):
     assert not list((root / "chaos" / "checkpoints").glob("*.orbax-checkpoint-tmp*"))  # cleaned up on resume
 
 
+@pytest.mark.slow
 def test_final_state_is_bitwise_equal_to_the_uninterrupted_run(chaos):
     root, s = chaos
     assert s["bitwise_equal"] and s["data_equal"] and s["leaves"] > 100
@@ -65,6 +67,7 @@ def test_final_state_is_bitwise_equal_to_the_uninterrupted_run(chaos):
         assert int(h.read_state(root / name, STEPS).step) == STEPS
 
 
+@pytest.mark.slow
 def test_every_re_executed_step_repeats_the_reference_numbers(chaos):
     root, s = chaos
     ref = {m["step"]: m for m in map(json.loads, (root / "reference" / "metrics.jsonl").read_text().splitlines())}

@@ -7,6 +7,10 @@ import socket
 import subprocess
 import time
 
+import pytest
+
+pytestmark = pytest.mark.slow  # multi-process / end-to-end: `make test-fast` skips it
+
 OVERRIDES = ("--config.total_steps=10", "--config.ckpt_every=5")
 
 

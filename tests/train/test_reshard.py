@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # multi-process / end-to-end: `make test-fast` skips it
+
 SCRIPT = Path(__file__).with_name("restore_eval.py")
 
 

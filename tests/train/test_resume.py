@@ -6,6 +6,9 @@ import signal
 import subprocess
 import time
 
+import pytest
+
+pytestmark = pytest.mark.slow  # multi-process / end-to-end: `make test-fast` skips it
 
 
 def _start(h, workdir, records, cache):
