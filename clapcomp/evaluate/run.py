@@ -4,16 +4,21 @@
     clapcomp eval --model plain=runs/plain --model CompA=runs/compa --benchmark compa --data order.csv
 
 `--model [NAME=]PATH` (repeatable; NAME defaults to the folder name) is loaded with
-`clapcomp.load`; each `--data` file is one benchmark named after its file stem. Prints a table;
-with `--out` writes results.json and PNG plots (`report.write_report`).
+`clapcomp.load`; each `--data` file is one benchmark named after its file stem. Prints a table
+(CompA: text / audio / group and their chance level; retrieval: R@1/5/10 and mAP@10 per
+direction; zero-shot: top-1 and mAP); with `--out` writes results.json and PNG plots
+(`report.write_report`).
 
-`EVALUATORS[name](embedder, data=..., **kwargs)` is what the trainer calls for the evaluators a
-config names (e.g. `config.evals.order = dict(type="compa", data="order.csv")`).
+`EVALUATORS[name](embedder, **kwargs)` is what the trainer calls for each entry of
+`config.evaluators`, e.g. `[dict(name="compa", label="order", kwargs=dict(data="order.csv"))]`;
+`headline(result)` gives the numbers it logs as `eval/<label>/<metric>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 from pathlib import Path
 
 from clapcomp.evaluate.compa import evaluate_compa
@@ -33,7 +38,7 @@ def headline(result: dict) -> dict[str, float]:
         return out
     if kind == "retrieval":
         return {f"{short}_{m}": result[d][m] for short, d in (("t2a", "text_to_audio"), ("a2t", "audio_to_text"))
-                for m in ("R@1", "R@10", "mAP@10")}
+                for m in ("R@1", "R@5", "R@10", "mAP@10")}
     return {"top1": result["top1"], "mAP": result["mAP"]}
 
 
@@ -44,7 +49,31 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
         for bench, res in benches.items():
             cells = "  ".join(f"{k}={v:5.1f}" for k, v in headline(res).items())
             lines.append(f"{model:<16} {bench:<16} {cells}")
+    chance = next((res["pairs"]["chance"] for benches in results.values() for res in benches.values()
+                   if res["benchmark"] == "compa"), None)
+    if chance:
+        lines.append(f"{'chance':<33} " + "  ".join(f"{k}={v:5.1f}" for k, v in chance.items())
+                     + "  (random similarities; a tie counts as a failure, so a model that cannot tell the"
+                     " captions apart scores near 0, not at chance)")
     return "\n".join(lines)
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's warnings that a read-only checkpoint open is read-only (what evaluation asks for)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            ("Given directory is read only", "CheckpointManagerOptions.read_only=True"))
+
+
+@contextlib.contextmanager
+def _quiet_read_only_restore():
+    logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def _parse_model(spec: str) -> tuple[str, str]:
@@ -88,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = EVALUATORS[args.benchmark]
     results: dict[str, dict[str, dict]] = {}
     for name, path in models:
-        embedder = clapcomp.load(path)
+        with _quiet_read_only_restore():
+            embedder = clapcomp.load(path)
         results[name] = {b: evaluate(embedder, data=d, **kwargs) for b, d in zip(_bench_names(args.data), args.data)}
 
     print(format_table(results))

@@ -1,6 +1,7 @@
 """`clapcomp eval` end to end with stand-in models (clapcomp.load patched), and EVALUATORS."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -83,4 +84,42 @@ def test_evaluators_by_config_name(bench):
     assert got["compa"]["pairs"]["group"] == 0.0  # emb has no CompA captions: all alike
     assert got["retrieval"]["text_to_audio"]["R@1"] == 100.0
     assert got["zeroshot"]["top1"] == 100.0
-    assert set(run.headline(got["retrieval"])) == {f"{d}_{m}" for d in ("t2a", "a2t") for m in ("R@1", "R@10", "mAP@10")}
+    assert set(run.headline(got["retrieval"])) == {f"{d}_{m}" for d in ("t2a", "a2t") for m in ("R@1", "R@5", "R@10", "mAP@10")}
+
+
+def test_eval_cli_prints_chance_and_that_ties_fail(bench, capsys):
+    run.main(["--model", "plain=/m/plain", "--benchmark", "compa", "--data", str(bench / "order.csv")])
+    model_line, chance_line = capsys.readouterr().out.splitlines()
+    assert "text=  0.0" in model_line  # plain: every caption scores alike, a tie, so not 25 but 0
+    # two captions x two audios, iid similarities: text = audio = (1/2)^2, group = 1/6 (compa.py docstring)
+    assert chance_line.split("(")[0].split() == ["chance", "text=", "25.0", "audio=", "25.0", "group=", "16.7"]
+    assert "a tie counts as a failure" in chance_line
+
+
+def test_eval_cli_retrieval_line_has_r1_r5_r10_map(bench, capsys):
+    (bench / "caps.csv").write_text("audio,caption\np.wav,a dog then a bell\nq.wav,a bell then a dog\n")
+    run.main(["--model", "/m/compa", "--benchmark", "retrieval", "--data", str(bench / "caps.csv")])
+    cells = capsys.readouterr().out.split()[2:]
+    assert cells == [f"{d}_{m}=100.0" for d in ("t2a", "a2t") for m in ("R@1", "R@5", "R@10", "mAP@10")]
+
+
+def test_eval_cli_hides_orbax_read_only_notices(bench, monkeypatch, caplog):
+    """Opening a real Orbax checkpoint read-only (what loading a workdir does) logs no warning."""
+    ocp = pytest.importorskip("orbax.checkpoint")
+    ckpt = bench / "checkpoints"
+    with ocp.CheckpointManager(ckpt) as manager:
+        manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": np.ones(2)})))
+
+    def load(path):
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        with ocp.CheckpointManager(ckpt.absolute(), options=options) as manager:
+            assert manager.all_steps() == [1]
+        return FakeEmbedder({})
+
+    monkeypatch.setattr(clapcomp, "load", load)
+    with caplog.at_level(logging.INFO):
+        run.main(["--model", "/m/plain", "--benchmark", "compa", "--data", str(bench / "order.csv")])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    with caplog.at_level(logging.INFO):  # outside `clapcomp eval` Orbax still says it (the filter is scoped)
+        load(None)
+    assert any("read only" in r.getMessage() for r in caplog.records)
