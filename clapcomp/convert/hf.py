@@ -1,9 +1,10 @@
 """HF transformers `ClapModel` <-> clapcomp `ClapModel`: configs and weights, both directions.
 
 Weights are mapped by tables: one row = (HF tensor name, path of the nnx Variable in our module,
-transform). The same rows import (`*_from_hf`) and export (`*_to_hf`), so an exported directory
-loads back into `transformers.ClapModel` unchanged. Transforms: "copy", and "linear" (torch
-`[out, in]` weight <-> flax `[in, out]` kernel).
+transform). The same rows import (`rows_from_hf`) and export (`rows_to_hf`), so an exported
+directory loads back into `transformers.ClapModel` unchanged. Transforms (`TO_OURS` / `TO_HF`):
+"copy"; "linear" (torch `[out, in]` weight <-> flax `[in, out]` kernel); "conv" (torch OIHW <->
+flax HWIO); "grid" (HTSAT's absolute position embedding, `[1, N, C]` <-> `[1, H, W, C]`).
 
 HF `ClapModel` has two logit scales, `logit_scale_a` and `logit_scale_t`; LAION-CLAP's loss uses
 `logit_scale_a` for both directions, so clapcomp imports `logit_scale_a` as its single
@@ -28,7 +29,12 @@ from clapcomp.convert.weights import read_tensors
 from clapcomp.models.configs import AudioConfig, ClapConfig, HTSATConfig, TextConfig
 
 # ---------------------------------------------------------------------------------------------
-# Shared table machinery (text/clap helper). Row = (hf_name, path tuple, transform).
+# Tables: row = (HF name below a prefix, path in the module's nnx state, transform)
+
+TO_OURS = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(2, 3, 1, 0),
+           "grid": lambda a: a.reshape(1, math.isqrt(a.shape[1]), -1, a.shape[2])}  # fmt: skip
+TO_HF = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(3, 2, 0, 1),
+         "grid": lambda a: a.reshape(1, -1, a.shape[-1])}  # fmt: skip
 
 
 def linear_rows(hf: str, path: tuple) -> list[tuple]:
@@ -39,42 +45,48 @@ def norm_rows(hf: str, path: tuple) -> list[tuple]:
     return [(f"{hf}.weight", (*path, "scale"), "copy"), (f"{hf}.bias", (*path, "bias"), "copy")]
 
 
-def get_variable(module: nnx.Module, path: tuple) -> nnx.Variable:
-    node = module
-    for part in path:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
-    if not isinstance(node, nnx.Variable):
-        raise TypeError(f"{path} leads to {type(node).__name__}, not an nnx Variable")
-    return node
+def rows_from_hf(tensors: dict[str, np.ndarray], rows, flat: dict, prefix: str = "") -> dict:
+    """HF tensors -> {state path: array} for the rows; `flat` (the module's flat state, abstract or
+    not) gives each path's shape and dtype."""
+    missing = [prefix + hf for hf, _, _ in rows if prefix + hf not in tensors]
+    if missing:
+        raise KeyError(f"checkpoint lacks {len(missing)} expected tensors, e.g. {missing[:5]}; does config.json match?")
+    out = {}
+    for hf, path, transform in rows:
+        value = TO_OURS[transform](np.asarray(tensors[prefix + hf], np.float32))
+        want = flat[path].get_value()
+        if value.shape != want.shape:
+            raise ValueError(
+                f"{prefix + hf}: checkpoint shape {value.shape} (after {transform}) != model shape "
+                f"{want.shape} at {'.'.join(map(str, path))}; config.json and weights disagree"
+            )
+        out[path] = jnp.asarray(value, want.dtype)
+    return out
 
 
-def _to_ours(value: np.ndarray, transform: str) -> np.ndarray:
-    return value.T if transform == "linear" else value
+def rows_to_hf(flat: dict, rows, prefix: str = "") -> dict[str, np.ndarray]:
+    """{state path: Variable or array} -> HF float32 tensors for the rows; inverse of `rows_from_hf`."""
+    out = {}
+    for hf, path, transform in rows:
+        value = flat[path]
+        value = np.asarray(value.get_value() if isinstance(value, nnx.Variable) else value, np.float32)
+        out[prefix + hf] = np.ascontiguousarray(TO_HF[transform](value))
+    return out
+
+
+def _flat(module_or_state) -> dict:
+    state = nnx.state(module_or_state) if isinstance(module_or_state, nnx.Module) else module_or_state
+    return dict(nnx.to_flat_state(state))
 
 
 def import_rows(tensors: dict[str, np.ndarray], module: nnx.Module, rows, prefix: str = "") -> set[str]:
     """Copy `tensors[prefix + hf_name]` into the module's Variables; returns the names consumed."""
-    missing = [prefix + hf for hf, _, _ in rows if prefix + hf not in tensors]
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} expected tensors, e.g. {missing[:5]}")
-    for hf, path, transform in rows:
-        var = get_variable(module, path)
-        value = _to_ours(np.asarray(tensors[prefix + hf]), transform)
-        if value.shape != var.get_value().shape:
-            raise ValueError(
-                f"{prefix + hf}: checkpoint shape {value.shape} (after {transform}) != model shape "
-                f"{var.get_value().shape} at {'.'.join(map(str, path))}; config.json and weights disagree"
-            )
-        var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
+    nnx.update(module, nnx.from_flat_state(rows_from_hf(tensors, rows, _flat(module), prefix)))
     return {prefix + hf for hf, _, _ in rows}
 
 
 def export_rows(module: nnx.Module, rows, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for hf, path, transform in rows:
-        value = np.asarray(get_variable(module, path).get_value(), dtype=np.float32)
-        out[prefix + hf] = np.ascontiguousarray(_to_ours(value, transform))
-    return out
+    return rows_to_hf(_flat(module), rows, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,17 +168,9 @@ def text_config_to_hf(cfg: TextConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTSAT audio tower (owned by the HTSAT helper): htsat_from_hf / htsat_to_hf / htsat_config_from_hf
-# --- HTSAT audio tower ---
-# Rows are (HF name below `prefix`, path in nnx.state(HTSAT), transform). Transforms: "copy",
-# "linear" (torch [out, in] <-> flax [in, out]), "conv" (torch OIHW <-> flax HWIO). HF buffers with no
-# learned state: `*.relative_position_index` (derived from window_size; checked on import, rebuilt
-# on export) and BatchNorm `*.num_batches_tracked` (not tracked by clapcomp; exported as 0).
-
-_HTSAT_TO_OURS = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(2, 3, 1, 0),
-                  "grid": lambda a: a.reshape(1, math.isqrt(a.shape[1]), -1, a.shape[2])}  # [1, N, C] -> [1, H, W, C]
-_HTSAT_TO_HF = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.transpose(3, 2, 0, 1),
-                "grid": lambda a: a.reshape(1, -1, a.shape[-1])}
+# HTSAT audio tower. HF buffers with no learned state: `*.relative_position_index` (derived from
+# window_size; checked on import, rebuilt on export) and BatchNorm `*.num_batches_tracked` (not
+# tracked by clapcomp; exported as 0).
 
 HF_AUDIO_DEFAULTS = {
     "window_size": 8, "num_mel_bins": 64, "spec_size": 256, "hidden_act": "gelu", "patch_size": 4,
@@ -278,12 +282,10 @@ def htsat_from_hf(tensors: dict[str, np.ndarray], cfg: HTSATConfig, prefix: str 
     """
     from clapcomp.models.htsat import HTSAT
 
-    abstract = dict(nnx.to_flat_state(nnx.state(nnx.eval_shape(lambda: HTSAT(cfg, rngs=nnx.Rngs(0))))))
+    abstract = _flat(nnx.eval_shape(lambda: HTSAT(cfg, rngs=nnx.Rngs(0))))
     rows, buffers = htsat_rows(cfg), _htsat_buffers(cfg)
     assert {path for _, path, _ in rows} == set(abstract), "htsat_rows out of sync with HTSAT"
-    missing = [prefix + hf for hf, _, _ in rows if prefix + hf not in tensors]
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} HTSAT tensors, e.g. {missing[:5]}; does config.json match?")
+    flat = rows_from_hf(tensors, rows, abstract, prefix)
     known = {hf for hf, _, _ in rows} | set(buffers)
     unused = sorted(k for k in tensors if k.startswith(prefix) and k[len(prefix) :] not in known)
     if unused:
@@ -291,40 +293,21 @@ def htsat_from_hf(tensors: dict[str, np.ndarray], cfg: HTSATConfig, prefix: str 
             f"{len(unused)} HTSAT tensors have no place in the model, e.g. {unused[:5]}; does config.json match?"
         )
     for hf, want in buffers.items():
-        if hf.endswith("relative_position_index") and prefix + hf in tensors:
-            if not np.array_equal(np.asarray(tensors[prefix + hf]), want):
-                raise ValueError(f"{prefix + hf} is not the Swin index for window_size {cfg.window_size}")
-    flat = {}
-    for hf, path, transform in rows:
-        value = _HTSAT_TO_OURS[transform](np.asarray(tensors[prefix + hf], np.float32))
-        shape = abstract[path].get_value().shape
-        if value.shape != shape:
-            raise ValueError(
-                f"{prefix + hf}: shape {value.shape} (after {transform}) != model shape {shape} at "
-                f"{'.'.join(map(str, path))}; config.json and weights disagree"
-            )
-        flat[path] = jnp.asarray(value)
+        got = tensors.get(prefix + hf) if hf.endswith("relative_position_index") else None
+        if got is not None and not np.array_equal(np.asarray(got), want):
+            raise ValueError(f"{prefix + hf} is not the Swin index for window_size {cfg.window_size}")
     return nnx.from_flat_state(flat)
 
 
 def htsat_to_hf(state, cfg: HTSATConfig, prefix: str = "") -> dict[str, np.ndarray]:
     """`nnx.state(htsat)` (or the HTSAT module) -> HF tensors incl. buffers; inverse of `htsat_from_hf`."""
-    if isinstance(state, nnx.Module):
-        state = nnx.state(state)
-    flat = dict(nnx.to_flat_state(state))
-    out = {}
-    for hf, path, transform in htsat_rows(cfg):
-        value = flat[path]
-        value = np.asarray(value.get_value() if isinstance(value, nnx.Variable) else value, np.float32)
-        out[prefix + hf] = np.ascontiguousarray(_HTSAT_TO_HF[transform](value))
+    out = rows_to_hf(_flat(state), htsat_rows(cfg), prefix)
     out |= {prefix + hf: value for hf, value in _htsat_buffers(cfg).items()}
     return out
 
 
-# --- end HTSAT audio tower ---
-
 # ---------------------------------------------------------------------------------------------
-# Whole model (text/clap helper)
+# Whole model
 
 PROJECTION_ROWS = linear_rows("linear1", ("linear1",)) + linear_rows("linear2", ("linear2",))
 AUDIO_PREFIX = "audio_model.audio_encoder."
@@ -357,7 +340,8 @@ def preprocessor_config_from_clap(cfg: ClapConfig) -> dict:
     return {
         "feature_extractor_type": "ClapFeatureExtractor", "feature_size": a.n_mels,
         "sampling_rate": a.sample_rate, "hop_length": a.hop_length,
-        "max_length_s": int(a.clip_seconds) if float(a.clip_seconds).is_integer() else a.clip_seconds,  # HF pads to an int
+        # HF pads to an int number of seconds
+        "max_length_s": int(a.clip_seconds) if float(a.clip_seconds).is_integer() else a.clip_seconds,
         "fft_window_size": a.n_fft, "frequency_min": a.f_min, "frequency_max": a.f_max,
         "padding_value": 0.0, "return_attention_mask": False, "padding": "repeatpad",
         "truncation": "fusion" if a.fusion else "rand_trunc",
@@ -422,7 +406,11 @@ def load_hf_clap(path: str | Path):
     tensors = read_tensors(path)
     model = nnx.eval_shape(lambda: ClapModel(cfg, rngs=nnx.Rngs(0)))  # no random init: every value is loaded
     clap_from_hf_tensors(model, tensors)
-    unset = [".".join(map(str, p)) for p, v in nnx.to_flat_state(nnx.state(model)) if not isinstance(v.get_value(), jax.Array)]
+    unset = [
+        ".".join(map(str, p))
+        for p, v in nnx.to_flat_state(nnx.state(model))
+        if not isinstance(v.get_value(), jax.Array)
+    ]
     if unset:
         raise ValueError(f"{path}: the checkpoint left {len(unset)} model variables unset, e.g. {unset[:5]}")
     return cfg, model
@@ -440,8 +428,10 @@ def clap_from_hf_tensors(model, tensors: dict[str, np.ndarray]) -> None:
     nnx.update(model.audio_tower, htsat_from_hf(tensors, model.cfg.htsat, prefix=AUDIO_PREFIX))  # checks its own keys
     unused = sorted(k for k in tensors if k not in used and not k.startswith(AUDIO_PREFIX))
     if unused:
-        raise ValueError(f"{len(unused)} checkpoint tensors have no place in the model, e.g. {unused[:5]}; "
-                         "is this an HF ClapModel checkpoint with a matching config.json?")
+        raise ValueError(
+            f"{len(unused)} checkpoint tensors have no place in the model, e.g. {unused[:5]}; "
+            "is this an HF ClapModel checkpoint with a matching config.json?"
+        )
 
 
 def clap_to_hf_tensors(model, cfg: ClapConfig) -> dict[str, np.ndarray]:
