@@ -53,7 +53,9 @@ class StableHLOClap:
         self.audio_samples = int(self.manifest["audio_samples"])
         self.max_length = int(self.manifest["max_length"])
         self.pad_token_id = int(self.manifest["pad_token_id"])
-        self.params = {k: jax.numpy.asarray(v) for k, v in read_safetensors(directory / self.manifest["params"]).items()}
+        self.params = {
+            k: jax.numpy.asarray(v) for k, v in read_safetensors(directory / self.manifest["params"]).items()
+        }
         self._fns = {
             kind: jax.export.deserialize(bytearray((directory / spec["file"]).read_bytes()))
             for kind, spec in self.manifest["functions"].items()

@@ -30,7 +30,7 @@ class Tokenizer:
         self._tok = tokenizer
 
     @classmethod
-    def from_file(cls, path: str | Path, max_length: int = 77) -> "Tokenizer":
+    def from_file(cls, path: str | Path, max_length: int = 77) -> Tokenizer:
         """Load a `tokenizer.json` (the `tokenizers` library format)."""
         from tokenizers import Tokenizer as _HFTokenizer
 
@@ -44,7 +44,7 @@ class Tokenizer:
         return cls(_HFTokenizer.from_file(str(path)), max_length=max_length, source=str(path))
 
     @classmethod
-    def from_dir(cls, directory: str | Path, max_length: int = 77) -> "Tokenizer":
+    def from_dir(cls, directory: str | Path, max_length: int = 77) -> Tokenizer:
         """Load `<directory>/tokenizer.json`; a clear error names what the directory holds instead."""
         directory = Path(directory)
         path = directory / "tokenizer.json"

@@ -57,9 +57,7 @@ def load_sentence_encoder(path: str | Path, *, max_length: int = 77, dtype=jnp.f
     hf = json.loads((path / "config.json").read_text())
     family = _FAMILIES.get(hf.get("model_type"))
     if family is None:
-        raise ValueError(
-            f"{path}/config.json has model_type {hf.get('model_type')!r}; supported: {sorted(_FAMILIES)}"
-        )
+        raise ValueError(f"{path}/config.json has model_type {hf.get('model_type')!r}; supported: {sorted(_FAMILIES)}")
     pooling, normalize = _pipeline(path)
     cfg = dataclasses.replace(
         text_config_from_hf(hf, family=family, pooling=pooling),

@@ -37,7 +37,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
     out = {}
     with safe_open(str(path), framework="flax") as f:  # flax/jax arrays also hold bfloat16
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
             value = f.get_tensor(name)
             floating = np.issubdtype(value.dtype, np.floating) or value.dtype == jnp.bfloat16
             out[name] = np.asarray(value.astype(jnp.float32) if floating else value)
@@ -48,7 +48,9 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"{path} is a PyTorch pickle; reading it needs torch (pip install torch) or a model.safetensors") from e
+        raise ImportError(
+            f"{path} is a PyTorch pickle; reading it needs torch (pip install torch) or a model.safetensors"
+        ) from e
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict of tensors")

@@ -35,10 +35,29 @@ CHANCE = {  # n -> percent; see module docstring
 
 # Most specific first; the earliest match in the caption wins (ties: the longer phrase).
 CONNECTIVES = (
-    "followed by", "succeeded by", "preceded by", "and then", "after which", "overlayed by",
-    "overlaid by", "accompanied by", "along with", "together with", "in the background of",
-    "at the same time as", "simultaneously with", "amidst", "amid", "during", "while", "before",
-    "after", "then", "as", "with", "and",
+    "followed by",
+    "succeeded by",
+    "preceded by",
+    "and then",
+    "after which",
+    "overlayed by",
+    "overlaid by",
+    "accompanied by",
+    "along with",
+    "together with",
+    "in the background of",
+    "at the same time as",
+    "simultaneously with",
+    "amidst",
+    "amid",
+    "during",
+    "while",
+    "before",
+    "after",
+    "then",
+    "as",
+    "with",
+    "and",
 )
 _CONNECTIVE_RE = re.compile(r"\b(" + "|".join(re.escape(c) for c in CONNECTIVES) + r")\b", re.IGNORECASE)
 NO_TRIPLET = {"", "-"}
@@ -66,7 +85,7 @@ def winoground_scores(sim: np.ndarray) -> dict[str, np.ndarray]:
 
 def summarize(flags: dict[str, np.ndarray], n: int) -> dict:
     """Percentages, counts, row count and chance level (n = 2 or 3) of `winoground_scores` output."""
-    rows = int(len(flags["text"]))
+    rows = len(flags["text"])
     out = {k: (100.0 * float(np.mean(v)) if rows else float("nan")) for k, v in flags.items()}
     out["counts"] = {k: int(np.sum(v)) for k, v in flags.items()}
     out["n"] = rows
@@ -81,13 +100,13 @@ def connective(caption: str) -> str:
 
 
 def swapped_words(caption: str, reversed_caption: str) -> str:
-    """"a/b" when the two captions differ by exchanging exactly two words (an attribute swap such as
+    """ "a/b" when the two captions differ by exchanging exactly two words (an attribute swap such as
     "loud"/"quiet"), else "other"."""
     a = re.findall(r"[\w'-]+", caption.lower())
     b = re.findall(r"[\w'-]+", reversed_caption.lower())
     if len(a) != len(b):
         return "other"
-    diff = {w for x, y in zip(a, b) if x != y for w in (x, y)}
+    diff = {w for x, y in zip(a, b, strict=True) if x != y for w in (x, y)}
     return "/".join(sorted(diff)) if len(diff) == 2 else "other"
 
 

@@ -87,8 +87,15 @@ def _grouped(plt, title: str, metrics, per_model: dict, ax=None, chance: dict | 
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     if chance:
         for j, k in enumerate(metrics):
-            ax.hlines(chance[k], j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1,
-                      label="chance" if j == 0 else None)
+            ax.hlines(
+                chance[k],
+                j - 0.45,
+                j + 0.45,
+                colors="k",
+                linestyles="--",
+                linewidth=1,
+                label="chance" if j == 0 else None,
+            )
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 122)
     ax.set_yticks(range(0, 101, 20))
@@ -101,10 +108,12 @@ def _grouped(plt, title: str, metrics, per_model: dict, ax=None, chance: dict | 
 def _compa_bars(plt, bench: str, per_model: dict):
     parts = [("pairs (all rows)", lambda r: r["pairs"])]
     if any("triplets" in r for r in per_model.values()):
-        parts += [("triplet rows, 3-way", lambda r: r.get("triplets", {}).get("three_way", {})),
-                  ("triplet rows, pair only", lambda r: r.get("triplets", {}).get("pairs", {}))]
+        parts += [
+            ("triplet rows, 3-way", lambda r: r.get("triplets", {}).get("three_way", {})),
+            ("triplet rows, pair only", lambda r: r.get("triplets", {}).get("pairs", {})),
+        ]
     fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.8), squeeze=False)
-    for ax, (name, get) in zip(axes[0], parts):
+    for ax, (name, get) in zip(axes[0], parts, strict=True):
         sub = {m: get(r) for m, r in per_model.items()}
         chance = next((s["chance"] for s in sub.values() if s), None)
         n = next((s["n"] for s in sub.values() if s), 0)
@@ -116,12 +125,15 @@ def _compa_bars(plt, bench: str, per_model: dict):
 def _breakdown(plt, bench: str, per_model: dict):
     kinds = list(dict.fromkeys(k for r in per_model.values() for k in r.get("breakdown", {})))
     fig, axes = plt.subplots(len(kinds) or 1, 1, figsize=(8, 3.4 * max(1, len(kinds))), squeeze=False)
-    for ax, kind in zip(axes[:, 0], kinds):
+    for ax, kind in zip(axes[:, 0], kinds, strict=False):  # no breakdown: one empty axis
         labels = list(dict.fromkeys(g for r in per_model.values() for g in r["breakdown"].get(kind, {})))
-        sub = {m: {g: r["breakdown"].get(kind, {}).get(g, {}).get("group", np.nan) for g in labels}
-               for m, r in per_model.items()}
-        counts = {g: max(r["breakdown"].get(kind, {}).get(g, {}).get("n", 0) for r in per_model.values())
-                  for g in labels}
+        sub = {
+            m: {g: r["breakdown"].get(kind, {}).get(g, {}).get("group", np.nan) for g in labels}
+            for m, r in per_model.items()
+        }
+        counts = {
+            g: max(r["breakdown"].get(kind, {}).get(g, {}).get("n", 0) for r in per_model.values()) for g in labels
+        }
         _grouped(plt, f"{bench}: group score by {kind.replace('_', ' ')}", labels, sub, ax=ax)
         ax.set_xticks(np.arange(len(labels)), [f"{g}\n(n={counts[g]})" for g in labels], fontsize=7)
     fig.tight_layout()
@@ -134,8 +146,7 @@ def _heatmap(plt, title: str, sample: dict):
     im = ax.imshow(sim, cmap="viridis", aspect="auto")
     fig.colorbar(im, ax=ax, label="cosine similarity")
     ax.set_xticks(range(sim.shape[1]), sample["audio"], rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(sim.shape[0]), [c if len(c) <= 48 else c[:45] + "..." for c in sample["captions"]],
-                  fontsize=7)
+    ax.set_yticks(range(sim.shape[0]), [c if len(c) <= 48 else c[:45] + "..." for c in sample["captions"]], fontsize=7)
     for i in range(sim.shape[0]):  # own pairs outlined
         ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="w", linewidth=1.5))
     if sim.size <= 400:
@@ -148,8 +159,13 @@ def _heatmap(plt, title: str, sample: dict):
 def _retrieval_bars(plt, bench: str, per_model: dict):
     metrics = ("R@1", "R@5", "R@10", "mAP@10")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, direction in zip(axes, ("text_to_audio", "audio_to_text")):
-        _grouped(plt, f"{bench}: {direction.replace('_', ' ')}", metrics,
-                 {m: r[direction] for m, r in per_model.items()}, ax=ax)
+    for ax, direction in zip(axes, ("text_to_audio", "audio_to_text"), strict=True):
+        _grouped(
+            plt,
+            f"{bench}: {direction.replace('_', ' ')}",
+            metrics,
+            {m: r[direction] for m, r in per_model.items()},
+            ax=ax,
+        )
     fig.tight_layout()
     return fig

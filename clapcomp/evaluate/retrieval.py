@@ -141,7 +141,7 @@ def embed_audio_files(embedder, paths: list, batch_size: int = 16) -> np.ndarray
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
             emb = np.asarray(embedder.embed_audio([read_audio(paths[i])[0] for i in chunk], rate))
-            for i, e in zip(chunk, emb):
+            for i, e in zip(chunk, emb, strict=True):
                 out[i] = e
     return np.stack(out).astype(np.float32)
 
@@ -156,7 +156,9 @@ def _sample_rate(path: Path) -> int:
 
 def embed_texts(embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Embed texts [N] -> [N, D] float32 in batches."""
-    chunks = [np.asarray(embedder.embed_text(list(texts[s : s + batch_size]))) for s in range(0, len(texts), batch_size)]
+    chunks = [
+        np.asarray(embedder.embed_text(list(texts[s : s + batch_size]))) for s in range(0, len(texts), batch_size)
+    ]
     return np.concatenate(chunks).astype(np.float32)
 
 
@@ -189,7 +191,7 @@ def read_captions(path: str | Path) -> tuple[list[Path], list[list[str]]]:
         if not audio or not caps:
             raise ValueError(
                 f"{path}: row {i + 1} needs an `audio` path and a `caption` (got columns {sorted(row)}); "
-                "use CSV `audio,caption` or JSONL {\"audio\": ..., \"caption\": [...]}"
+                'use CSV `audio,caption` or JSONL {"audio": ..., "caption": [...]}'
             )
         if isinstance(caps, str):
             caps = json.loads(caps) if caps.lstrip().startswith("[") else [caps]

@@ -37,8 +37,11 @@ def headline(result: dict) -> dict[str, float]:
             out.update({f"3way_{k}": result["triplets"]["three_way"][k] for k in ("text", "audio", "group")})
         return out
     if kind == "retrieval":
-        return {f"{short}_{m}": result[d][m] for short, d in (("t2a", "text_to_audio"), ("a2t", "audio_to_text"))
-                for m in ("R@1", "R@5", "R@10", "mAP@10")}
+        return {
+            f"{short}_{m}": result[d][m]
+            for short, d in (("t2a", "text_to_audio"), ("a2t", "audio_to_text"))
+            for m in ("R@1", "R@5", "R@10", "mAP@10")
+        }
     return {"top1": result["top1"], "mAP": result["mAP"]}
 
 
@@ -49,12 +52,22 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
         for bench, res in benches.items():
             cells = "  ".join(f"{k}={v:5.1f}" for k, v in headline(res).items())
             lines.append(f"{model:<16} {bench:<16} {cells}")
-    chance = next((res["pairs"]["chance"] for benches in results.values() for res in benches.values()
-                   if res["benchmark"] == "compa"), None)
+    chance = next(
+        (
+            res["pairs"]["chance"]
+            for benches in results.values()
+            for res in benches.values()
+            if res["benchmark"] == "compa"
+        ),
+        None,
+    )
     if chance:
-        lines.append(f"{'chance':<33} " + "  ".join(f"{k}={v:5.1f}" for k, v in chance.items())
-                     + "  (random similarities; a tie counts as a failure, so a model that cannot tell the"
-                     " captions apart scores near 0, not at chance)")
+        lines.append(
+            f"{'chance':<33} "
+            + "  ".join(f"{k}={v:5.1f}" for k, v in chance.items())
+            + "  (random similarities; a tie counts as a failure, so a model that cannot tell the"
+            " captions apart scores near 0, not at chance)"
+        )
     return "\n".join(lines)
 
 
@@ -63,7 +76,8 @@ class _ReadOnlyNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(
-            ("Given directory is read only", "CheckpointManagerOptions.read_only=True"))
+            ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+        )
 
 
 @contextlib.contextmanager
@@ -93,11 +107,21 @@ def _bench_names(paths: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clapcomp eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
-                        help="model to evaluate (HF dir, clapcomp export or workdir); repeat to compare")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="model to evaluate (HF dir, clapcomp export or workdir); repeat to compare",
+    )
     parser.add_argument("--benchmark", required=True, choices=sorted(EVALUATORS))
-    parser.add_argument("--data", action="append", required=True, metavar="FILE",
-                        help="compa: CompA CSV; retrieval: CSV audio,caption or JSONL; zeroshot: CSV audio,label")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="compa: CompA CSV; retrieval: CSV audio,caption or JSONL; zeroshot: CSV audio,label",
+    )
     parser.add_argument("--out", help="write results.json and PNG plots here")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt, must contain {label}")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -119,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in models:
         with _quiet_read_only_restore():
             embedder = clapcomp.load(path)
-        results[name] = {b: evaluate(embedder, data=d, **kwargs) for b, d in zip(_bench_names(args.data), args.data)}
+        results[name] = {
+            b: evaluate(embedder, data=d, **kwargs) for b, d in zip(_bench_names(args.data), args.data, strict=True)
+        }
 
     print(format_table(results))
     if args.out:

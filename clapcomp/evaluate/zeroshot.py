@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from clapcomp.evaluate.retrieval import (
-    _check_sim, average_precision, cosine, embed_audio_files, embed_texts, read_csv, relevant_positions, resolve,
+    _check_sim,
+    average_precision,
+    cosine,
+    embed_audio_files,
+    embed_texts,
+    read_csv,
+    relevant_positions,
+    resolve,
 )
 
 DEFAULT_TEMPLATE = "This is a sound of {label}."
@@ -81,5 +88,5 @@ def evaluate_zeroshot(
     ids = np.array([classes.index(label) for label in labels])
     sim = cosine(embed_audio_files(embedder, files, batch_size), embed_texts(embedder, prompts(classes, template)))
     out = zero_shot_metrics(sim, ids)
-    out["per_class_top1"] = dict(zip(classes, out["per_class_top1"]))
+    out["per_class_top1"] = dict(zip(classes, out["per_class_top1"], strict=True))
     return {"benchmark": "zeroshot", "data": str(data), "template": template, "classes": classes, **out}

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
+import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
 from clapcomp.convert.hf import clap_to_hf_tensors, config_from_hf, hf_config_from_clap, load_hf_clap, save_hf_clap
-
-import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def test_config_mapping(hf_dir):
     assert (cfg.text.num_layers, cfg.text.hidden_size, cfg.text.vocab_size) == (2, 32, 300)
     assert cfg.projection_dim == 24 and cfg.audio.f_min == 50.0  # LAION front end without a preprocessor config
     assert config_from_hf(hf_config_from_clap(cfg)) == cfg
-    with pytest.raises(ValueError, match="model_type 'bert'.*'clap'"):
+    with pytest.raises(ValueError, match=r"model_type 'bert'.*'clap'"):
         config_from_hf({"model_type": "bert"})
 
 
@@ -55,21 +54,23 @@ def test_pytorch_bin_loads_like_safetensors(hf_dir, tmp_path):
     _, b = load_hf_clap(tmp_path)
     import jax
 
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_bad_layouts_are_named(hf_dir, tmp_path):
     _, d = hf_dir
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         load_hf_clap(tmp_path)
     (tmp_path / "config.json").write_text((d / "config.json").read_text())
     (tmp_path / "weights.ckpt").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"expected one of \['model.safetensors'.*found \['config.json', 'weights.ckpt'\]"):
+    with pytest.raises(
+        FileNotFoundError, match=r"expected one of \['model.safetensors'.*found \['config.json', 'weights.ckpt'\]"
+    ):
         load_hf_clap(tmp_path)
     tensors = load_file(str(d / "model.safetensors"))
     save_file({**tensors, "extra_head.weight": np.zeros(3, np.float32)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match="no place in the model.*extra_head.weight"):
+    with pytest.raises(ValueError, match=r"no place in the model.*extra_head\.weight"):
         load_hf_clap(tmp_path)
     bad = dict(tensors)
     bad["text_projection.linear1.weight"] = np.zeros((24, 31), np.float32)
@@ -78,5 +79,5 @@ def test_bad_layouts_are_named(hf_dir, tmp_path):
         load_hf_clap(tmp_path)
     del bad["text_model.pooler.dense.bias"]
     save_file(bad, str(tmp_path / "model.safetensors"))
-    with pytest.raises(KeyError, match="text_model.pooler.dense.bias"):
+    with pytest.raises(KeyError, match=r"text_model\.pooler\.dense\.bias"):
         load_hf_clap(tmp_path)

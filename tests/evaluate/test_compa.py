@@ -49,13 +49,15 @@ def loop_reference(sim):
 
 
 def test_pair_scores_hand_computed_with_ties():
-    sim = np.array([
-        [[0.9, 0.1], [0.2, 0.8]],    # all pass
-        [[0.9, 0.95], [0.2, 0.99]],  # text only: both audios prefer own caption; caption 0 prefers audio 1
-        [[0.9, 0.1], [0.95, 0.99]],  # audio only: audio 0 prefers caption 1
-        [[0.5, 0.5], [0.2, 0.8]],    # tie s(C0,A0) = s(C0,A1): audio fails, text passes
-        [[0.5, 0.5], [0.5, 0.5]],    # constant model: everything fails
-    ])
+    sim = np.array(
+        [
+            [[0.9, 0.1], [0.2, 0.8]],  # all pass
+            [[0.9, 0.95], [0.2, 0.99]],  # text only: both audios prefer own caption; caption 0 prefers audio 1
+            [[0.9, 0.1], [0.95, 0.99]],  # audio only: audio 0 prefers caption 1
+            [[0.5, 0.5], [0.2, 0.8]],  # tie s(C0,A0) = s(C0,A1): audio fails, text passes
+            [[0.5, 0.5], [0.5, 0.5]],  # constant model: everything fails
+        ]
+    )
     got = compa.winoground_scores(sim)
     np.testing.assert_array_equal(got["text"], [True, True, False, True, False])
     np.testing.assert_array_equal(got["audio"], [True, False, True, False, False])
@@ -112,16 +114,26 @@ def test_connective_and_swapped_words():
 
 def make_benchmark(tmp_path):
     e1, e2, e3 = np.eye(3)
-    clips = {"a0.wav": e1, "a1.wav": e2, "b0.wav": e1, "b1.wav": e2, "c0.wav": e1, "c1.wav": e2,
-             "c2.wav": e1 + 0.1 * e3}
+    clips = {
+        "a0.wav": e1,
+        "a1.wav": e2,
+        "b0.wav": e1,
+        "b1.wav": e2,
+        "c0.wav": e1,
+        "c1.wav": e2,
+        "c2.wav": e1 + 0.1 * e3,
+    }
     (tmp_path / "audio").mkdir()
     for name, vec in clips.items():
-        write_clip(tmp_path / "audio" / name, vec, rate=16000 if name == "c2.wav" else 48000,
-                   stereo=name == "b1.wav")
+        write_clip(tmp_path / "audio" / name, vec, rate=16000 if name == "c2.wav" else 48000, stereo=name == "b1.wav")
     texts = {
-        "A dog barks followed by a bell rings": e1, "A bell rings followed by a dog barks": e2,
-        "A siren wails before a man speaks": e1 + e2, "A man speaks before a siren wails": e1 + e2,
-        "A loud dog and a quiet cat": e1, "A quiet dog and a loud cat": e2, "A dog barks while a cat meows": e3,
+        "A dog barks followed by a bell rings": e1,
+        "A bell rings followed by a dog barks": e2,
+        "A siren wails before a man speaks": e1 + e2,
+        "A man speaks before a siren wails": e1 + e2,
+        "A loud dog and a quiet cat": e1,
+        "A quiet dog and a loud cat": e2,
+        "A dog barks while a cat meows": e3,
     }
     csv = tmp_path / "order.csv"
     csv.write_text(
@@ -161,7 +173,7 @@ def test_category_column_overrides_connective(tmp_path):
     csv, embedder = make_benchmark(tmp_path)
     lines = csv.read_text().splitlines()
     cats = ["category", "x", "y", "x"]
-    csv.write_text("\n".join(f"{line},{c}" for line, c in zip(lines, cats)) + "\n")
+    csv.write_text("\n".join(f"{line},{c}" for line, c in zip(lines, cats, strict=True)) + "\n")
     res = compa.evaluate_compa(embedder, csv)
     assert res["breakdown"]["category"] == {
         "x": {"n": 2, "text": 100.0, "audio": 100.0, "group": 100.0},
@@ -174,12 +186,14 @@ def test_bad_inputs(tmp_path):
     bad.write_text("pair_caption,reversed_pair_caption,pair_file\na,b,x.wav\n")
     with pytest.raises(ValueError, match="lacks"):
         compa.read_compa_csv(bad)
-    bad.write_text("pair_caption,reversed_pair_caption,pair_file,reversed_pair_file,triplet_caption,triplet_file\n"
-                   "a,b,x.wav,y.wav,c,-\n")
+    bad.write_text(
+        "pair_caption,reversed_pair_caption,pair_file,reversed_pair_file,triplet_caption,triplet_file\n"
+        "a,b,x.wav,y.wav,c,-\n"
+    )
     with pytest.raises(ValueError, match="only one of triplet"):
         compa.read_compa_csv(bad)
     bad.write_text("pair_caption,reversed_pair_caption,pair_file,reversed_pair_file\na,b,x.wav,y.wav\n")
-    with pytest.raises(FileNotFoundError, match="x.wav"):
+    with pytest.raises(FileNotFoundError, match=r"x\.wav"):
         compa.evaluate_compa(FakeEmbedder({}), bad)
     with pytest.raises(ValueError, match="NaN"):
         compa.winoground_scores(np.full((1, 2, 2), np.nan))

@@ -11,8 +11,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def compa_result(seed):
     rng = np.random.default_rng(seed)
-    rows = [{"captions": [f"a{i} followed by b{i}", f"b{i} followed by a{i}"] + (["a and b"] if i < 2 else []),
-             "files": [], "category": None} for i in range(5)]
+    rows = [
+        {
+            "captions": [f"a{i} followed by b{i}", f"b{i} followed by a{i}"] + (["a and b"] if i < 2 else []),
+            "files": [],
+            "category": None,
+        }
+        for i in range(5)
+    ]
     sims = [np.eye(len(r["captions"])) + 0.6 * rng.normal(size=(len(r["captions"]),) * 2) for r in rows]
     out = {"benchmark": "compa", "data": "order.csv", **compa.compa_metrics(rows, sims)}
     out["sample"] = {"captions": rows[0]["captions"], "audio": ["x.wav", "y.wav", "z.wav"], "sim": sims[0].tolist()}
@@ -32,10 +38,17 @@ def test_write_report_json_and_pngs(tmp_path):
     results = {"plain CLAP": results_for(0), "CompA": results_for(1)}
     paths = report.write_report(results, tmp_path / "out")
     names = sorted(p.name for p in paths)
-    assert names == sorted([
-        "results.json", "order_scores.png", "order_breakdown.png", "order_similarity_plain_CLAP.png",
-        "order_similarity_CompA.png", "clotho_retrieval.png", "esc50_zeroshot.png",
-    ])
+    assert names == sorted(
+        [
+            "results.json",
+            "order_scores.png",
+            "order_breakdown.png",
+            "order_similarity_plain_CLAP.png",
+            "order_similarity_CompA.png",
+            "clotho_retrieval.png",
+            "esc50_zeroshot.png",
+        ]
+    )
     for p in paths:
         assert p.is_file() and p.stat().st_size > 0
         if p.suffix == ".png":

@@ -37,11 +37,13 @@ def test_relevant_positions_ties_go_against_the_query():
 
 
 def test_retrieval_metrics_hand_computed():
-    sim = np.array([
-        [0.9, 0.1, 0.5, 0.3, 0.2],
-        [0.4, 0.6, 0.7, 0.8, 0.1],
-        [0.2, 0.3, 0.7, 0.1, 0.5],
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.5, 0.3, 0.2],
+            [0.4, 0.6, 0.7, 0.8, 0.1],
+            [0.2, 0.3, 0.7, 0.1, 0.5],
+        ]
+    )
     owner = np.array([0, 0, 1, 1, 2])
     m = retrieval.retrieval_metrics(sim, owner)
     # t2a positions: t0 0, t1 2, t2 1 (ties a2 at 0.7), t3 0, t4 0
@@ -69,9 +71,11 @@ def reference_5_captions(sim):
         kept = ranks[ranks < 10] + 1
         a2t_map.append(np.sum(np.arange(1, len(kept) + 1) / kept) / 5)
     return {
-        "t2a_R@1": 100 * np.mean(t2a_ranks < 1), "t2a_R@10": 100 * np.mean(t2a_ranks < 10),
+        "t2a_R@1": 100 * np.mean(t2a_ranks < 1),
+        "t2a_R@10": 100 * np.mean(t2a_ranks < 10),
         "t2a_mAP@10": 100 * np.mean(np.where(t2a_ranks < 10, 1 / (t2a_ranks + 1), 0)),
-        "a2t_R@5": 100 * np.mean(np.array(a2t_best) < 5), "a2t_mAP@10": 100 * np.mean(a2t_map),
+        "a2t_R@5": 100 * np.mean(np.array(a2t_best) < 5),
+        "a2t_mAP@10": 100 * np.mean(a2t_map),
     }
 
 
@@ -119,9 +123,17 @@ def test_evaluate_retrieval_files(tmp_path, fmt):
         path.write_text('audio,caption\nx.wav,"[""c0"", ""c1""]"\ny.wav,c2\nz.wav,c3\n')
     else:
         path = tmp_path / "caps.jsonl"
-        path.write_text("\n".join(json.dumps(r) for r in [
-            {"audio": "x.wav", "caption": ["c0", "c1"]}, {"audio": "y.wav", "caption": "c2"},
-            {"audio": "z.wav", "caption": ["c3"]}]) + "\n")
+        path.write_text(
+            "\n".join(
+                json.dumps(r)
+                for r in [
+                    {"audio": "x.wav", "caption": ["c0", "c1"]},
+                    {"audio": "y.wav", "caption": "c2"},
+                    {"audio": "z.wav", "caption": ["c3"]},
+                ]
+            )
+            + "\n"
+        )
     res = retrieval.evaluate_retrieval(embedder, path)
     # c1 (describes x) embeds like y: t2a positions 0, 2, 0, 0.
     # a2t: x -> c0 at 0, c1 behind c2, c3 at 3; y -> c2 ties the irrelevant c1, so at 1; z -> 0
@@ -137,7 +149,7 @@ def test_read_audio_mixes_to_mono_and_reports_missing_files(tmp_path):
     sf.write(tmp_path / "s.wav", stereo, 22050, subtype="FLOAT")
     wave, rate = retrieval.read_audio(tmp_path / "s.wav")
     assert rate == 22050 and wave.shape == (50,) and np.allclose(wave, 0.2)
-    with pytest.raises(FileNotFoundError, match="nope.wav"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.wav"):
         retrieval.read_audio(tmp_path / "nope.wav")
     (tmp_path / "bad.csv").write_text("file,text\na.wav,hi\n")
     with pytest.raises(ValueError, match="needs an `audio` path"):

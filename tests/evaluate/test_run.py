@@ -48,8 +48,20 @@ def bench(tmp_path, monkeypatch):
 
 def test_eval_cli_compares_models_and_writes_report(bench, capsys):
     out = bench / "report"
-    rc = run.main(["--model", "plain=/m/plain", "--model", "/m/compa", "--benchmark", "compa",
-                   "--data", str(bench / "order.csv"), "--out", str(out)])
+    rc = run.main(
+        [
+            "--model",
+            "plain=/m/plain",
+            "--model",
+            "/m/compa",
+            "--benchmark",
+            "compa",
+            "--data",
+            str(bench / "order.csv"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "plain" in printed and "compa" in printed and "group=100.0" in printed and "group=  0.0" in printed
@@ -69,8 +81,18 @@ def test_eval_cli_errors(bench, capsys):
         run.main(["--model", "/m/compa", "--benchmark", "compa", "--data", str(bench / "missing.csv")])
     assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run.main(["--model", "x=/m/compa", "--model", "x=/m/plain", "--benchmark", "compa",
-                  "--data", str(bench / "order.csv")])
+        run.main(
+            [
+                "--model",
+                "x=/m/compa",
+                "--model",
+                "x=/m/plain",
+                "--benchmark",
+                "compa",
+                "--data",
+                str(bench / "order.csv"),
+            ]
+        )
 
 
 def test_evaluators_by_config_name(bench):
@@ -78,13 +100,18 @@ def test_evaluators_by_config_name(bench):
     (bench / "caps.csv").write_text("audio,caption\np.wav,one\nq.wav,two\n")
     (bench / "labels.csv").write_text("audio,label\np.wav,one\nq.wav,two\n")
     emb = FakeEmbedder({"one": e1, "two": e2, "This is a sound of one.": e1, "This is a sound of two.": e2})
-    configs = {"compa": dict(data=bench / "order.csv"), "retrieval": dict(data=bench / "caps.csv", batch_size=1),
-               "zeroshot": dict(data=bench / "labels.csv")}
+    configs = {
+        "compa": dict(data=bench / "order.csv"),
+        "retrieval": dict(data=bench / "caps.csv", batch_size=1),
+        "zeroshot": dict(data=bench / "labels.csv"),
+    }
     got = {name: run.EVALUATORS[name](emb, **cfg) for name, cfg in configs.items()}
     assert got["compa"]["pairs"]["group"] == 0.0  # emb has no CompA captions: all alike
     assert got["retrieval"]["text_to_audio"]["R@1"] == 100.0
     assert got["zeroshot"]["top1"] == 100.0
-    assert set(run.headline(got["retrieval"])) == {f"{d}_{m}" for d in ("t2a", "a2t") for m in ("R@1", "R@5", "R@10", "mAP@10")}
+    assert set(run.headline(got["retrieval"])) == {
+        f"{d}_{m}" for d in ("t2a", "a2t") for m in ("R@1", "R@5", "R@10", "mAP@10")
+    }
 
 
 def test_eval_cli_prints_chance_and_that_ties_fail(bench, capsys):

@@ -27,12 +27,14 @@ class FakeEmbedder:
 
 
 def test_zero_shot_metrics_hand_computed():
-    sim = np.array([
-        [0.9, 0.1, 0.7],   # label 0: correct
-        [0.05, 0.5, 0.1],  # label 0: wrong
-        [0.2, 0.6, 0.6],   # label 1: tie between 1 and 2 -> wrong
-        [0.1, 0.2, 0.7],   # label 2: correct
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.7],  # label 0: correct
+            [0.05, 0.5, 0.1],  # label 0: wrong
+            [0.2, 0.6, 0.6],  # label 1: tie between 1 and 2 -> wrong
+            [0.1, 0.2, 0.7],  # label 2: correct
+        ]
+    )
     m = zeroshot.zero_shot_metrics(sim, np.array([0, 0, 1, 2]))
     assert m["top1"] == pytest.approx(50.0)
     # AP class 0: column [.9, .05, .2, .1] -> relevant at 0 and 3 -> (1 + 2/4)/2 = 0.75
@@ -63,7 +65,10 @@ def test_map_matches_sort_reference_with_ties():
 
 
 def test_prompts_and_bad_inputs():
-    assert zeroshot.prompts(["dog", "chirping_birds"]) == ["This is a sound of dog.", "This is a sound of chirping birds."]
+    assert zeroshot.prompts(["dog", "chirping_birds"]) == [
+        "This is a sound of dog.",
+        "This is a sound of chirping birds.",
+    ]
     with pytest.raises(ValueError, match="must contain"):
         zeroshot.prompts(["dog"], "a sound")
     with pytest.raises(ValueError, match="labels must be"):
