@@ -129,7 +129,7 @@ def cnn_from_tensors(tensors: dict[str, np.ndarray], cfg: CnnConfig, *, dtype=No
         targets[f"{name}.{leaf}"] = (getattr(module, layer), leaf, value)
     if unmapped:
         raise ValueError(f"{len(unmapped)} CNN tensors have no place in a {cfg}: {sorted(unmapped)[:20]}")
-    want = {".".join(map(str, path)) for path, _ in nnx.state(model).flat_state()}
+    want = {".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model))}
     if want != set(targets):
         raise ValueError(f"the checkpoint does not fill the CNN: missing {sorted(want - set(targets))[:10]}, "
                          f"unexpected {sorted(set(targets) - want)[:10]}")  # fmt: skip
