@@ -26,7 +26,9 @@ gathers and masks, so the functions are jittable with static shapes.
 
 Options of `AudioConfig` for towers trained on another front end (defaults = the above; aisfx's CNN
 uses `configs.AISFX_AUDIO`): `mel_scale` / `mel_norm` pick the filter bank ("unit_sum": each filter's
-weights sum to 1, librosa `norm=1` / Essentia `unit_sum`), `pad_mode="constant"` centre-pads with zeros
+weights sum to 1, librosa `norm=1` / Essentia `unit_sum`), `mel_weighting="mel"` draws its triangles
+linear in mel (Essentia's "warping"), `window="symmetric"` is Essentia's Hann window (periodic:
+n / n_fft, symmetric: n / (n_fft - 1)), `pad_mode="constant"` centre-pads with zeros
 (librosa >= 0.9, Essentia's FrameCutter), `compression="log10_1e4"` is log10(1e4 p + 1) instead of dB,
 `peak_normalize` divides each clip by its largest |sample| first, `feature_range=(lo, hi)` maps the
 features to (x - lo) / (hi - lo).
@@ -76,13 +78,20 @@ def mel_to_hertz(mel: np.ndarray, mel_scale: str) -> np.ndarray:
 
 
 def mel_filter_bank(
-    n_freqs: int, n_mels: int, f_min: float, f_max: float, sample_rate: int, mel_scale: str, norm: str = "auto"
+    n_freqs: int,
+    n_mels: int,
+    f_min: float,
+    f_max: float,
+    sample_rate: int,
+    mel_scale: str,
+    norm: str = "auto",
+    weighting: str = "hz",
 ) -> np.ndarray:
     """Triangular mel filters `[n_freqs, n_mels]` float64 (power spectrum -> mel).
 
     Filter edges are n_mels + 2 points equally spaced in mel between f_min and f_max; the
-    triangles are built in Hz on the FFT bin frequencies linspace(0, sample_rate // 2, n_freqs).
-    norm "slaney": each filter scaled by 2 / (its width in Hz); "unit_sum": by 1 / (the sum of its
+    triangles are built on the FFT bin frequencies linspace(0, sample_rate // 2, n_freqs), linear in
+    Hz (weighting "hz") or in mel ("mel", Essentia's "warping"). norm "slaney": each filter scaled by 2 / (its width in Hz); "unit_sum": by 1 / (the sum of its
     weights; an empty filter stays 0); "none"; "auto": slaney for the slaney scale, none for htk.
     """
     if not 0 <= f_min < f_max <= sample_rate / 2:
@@ -91,13 +100,17 @@ def mel_filter_bank(
     edges = mel_to_hertz(edges_mel, mel_scale)  # [n_mels + 2] Hz
     bins = np.linspace(0.0, sample_rate // 2, n_freqs)[:, None]  # [n_freqs, 1]
     lower, centre, upper = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]
+    if weighting == "mel":
+        bins, lower, centre, upper = (hertz_to_mel(f, mel_scale) for f in (bins, lower, centre, upper))
+    elif weighting != "hz":
+        raise ValueError(f"unknown mel weighting {weighting!r}; use 'hz' (HF, librosa) or 'mel' (Essentia)")
     rising = (bins - lower) / (centre - lower)
     falling = (upper - bins) / (upper - centre)
     filters = np.maximum(0.0, np.minimum(rising, falling))
     if norm == "auto":
         norm = "slaney" if mel_scale == "slaney" else "none"
     if norm == "slaney":
-        filters = filters * (2.0 / (upper - lower))
+        filters = filters * (2.0 / (edges[None, 2:] - edges[None, :-2]))
     elif norm == "unit_sum":
         sums = filters.sum(axis=0, keepdims=True)
         filters = filters / np.where(sums > 0, sums, 1.0)
@@ -115,11 +128,15 @@ def resolved_mel_scale(cfg: AudioConfig) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _constants(cfg: AudioConfig, mel_scale: str) -> tuple[np.ndarray, np.ndarray]:
-    """(periodic Hann window [n_fft] f32, mel filters [n_fft // 2 + 1, n_mels] f32)."""
+    """(Hann window [n_fft] f32 (cfg.window), mel filters [n_fft // 2 + 1, n_mels] f32)."""
     n = np.arange(cfg.n_fft, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / cfg.n_fft)
+    if cfg.window not in ("periodic", "symmetric"):
+        raise ValueError(f"AudioConfig.window must be 'periodic' or 'symmetric', got {cfg.window!r}")
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / (cfg.n_fft - (cfg.window == "symmetric")))
     n_freqs = cfg.n_fft // 2 + 1
-    filters = mel_filter_bank(n_freqs, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.sample_rate, mel_scale, cfg.mel_norm)
+    filters = mel_filter_bank(
+        n_freqs, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.sample_rate, mel_scale, cfg.mel_norm, cfg.mel_weighting
+    )
     return window.astype(np.float32), filters.astype(np.float32)
 
 

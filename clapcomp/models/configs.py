@@ -29,6 +29,8 @@ class AudioConfig:
     # Front-end variants; the defaults are HF / LAION-CLAP (HTSAT and PANN alike). aisfx: AISFX_AUDIO below.
     mel_scale: str = "auto"  # "auto": htk if fusion else slaney (HF) | "slaney" | "htk"
     mel_norm: str = "auto"  # "auto": slaney area with the slaney scale, none with htk | "slaney" | "none" | "unit_sum"
+    mel_weighting: str = "hz"  # filter triangles linear in "hz" (HF, librosa) or in "mel" (Essentia's "warping")
+    window: str = "periodic"  # Hann window: "periodic" (HF, librosa, torchlibrosa) | "symmetric" (Essentia)
     pad_mode: str = "reflect"  # centre padding of the STFT: "reflect" (HF, torchlibrosa) | "constant" (zeros)
     compression: str = "db"  # "db": 10 log10(max(p, 1e-10)) | "log10_1e4": log10(1e4 p + 1) (Essentia shift_scale_log)
     peak_normalize: bool = False  # divide each clip by its largest |sample| before the STFT
@@ -111,12 +113,15 @@ CNN_PRESETS = {
     "Cnn14": CnnConfig(channels=(64, 128, 256, 512, 1024, 2048), pool_last=False),
     "aisfx": CnnConfig(n_mels=96, channels=(64, 128, 256, 512), pool="max", pool_last=False, input_norm=False, head="max"),
 }
-# The front end aisfx's CNN was trained on (44.1 kHz, 2048 / 1024 STFT, 96 HTK mels to 22.05 kHz with unit-sum
-# filters, log10(1e4 p + 1), min-max by its training range); its clips are 100 frames (2.3 s).
+# The front end aisfx's CNN was trained on, its Essentia spectrogram (44.1 kHz, 2048 / 1024 frames centred
+# with zeros, symmetric Hann, 96 HTK mels to 22.05 kHz, triangles in mel, unit-sum, log10(1e4 p + 1), min-max
+# by its training range); its clips are 100 frames (2.3 s). aisfx's librosa path instead peak-normalises the
+# audio and uses a periodic window with Hz triangles: replace(AISFX_AUDIO, peak_normalize=True,
+# window="periodic", mel_weighting="hz").
 AISFX_AUDIO = AudioConfig(
     sample_rate=44_100, n_fft=2048, hop_length=1024, n_mels=96, f_min=0.0, f_max=22_050.0,
-    clip_seconds=99 * 1024 / 44_100, mel_scale="htk", mel_norm="unit_sum", pad_mode="constant",
-    compression="log10_1e4", peak_normalize=True, feature_range=(0.0, 9.457798957824707),
+    clip_seconds=99 * 1024 / 44_100, mel_scale="htk", mel_norm="unit_sum", mel_weighting="mel", window="symmetric",
+    pad_mode="constant", compression="log10_1e4", feature_range=(0.0, 9.457798957824707),
 )  # fmt: skip
 
 

@@ -80,7 +80,7 @@ def test_laion_pann_checkpoint_matches_laion_module(tmp_path, pann_model, name):
     # clapcomp's unfused front end is LAION's PANN front end (torchlibrosa, slaney mel, dB)
     lengths = np.full(2, FRONT.clip_samples, np.int32)
     ours_mel = np.asarray(audio.features(jnp.asarray(wave), jnp.asarray(lengths), FRONT)[0])
-    np.testing.assert_allclose(ours_mel, mel, atol=2e-3)
+    np.testing.assert_allclose(ours_mel, mel, atol=1e-4)  # dB; measured 1.3e-5
 
 
 def test_panns_pth_layout_reads_the_same_tensors(tmp_path, pann_model):
