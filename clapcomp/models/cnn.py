@@ -77,9 +77,13 @@ class Cnn(nnx.Module):
 
     def __init__(self, cfg: CnnConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.kernel_size not in (3, 5):
-            raise ValueError(f"CnnConfig.kernel_size must be 3 (two 3x3 convs per block) or 5 (one 5x5), got {cfg.kernel_size}")
+            raise ValueError(
+                f"CnnConfig.kernel_size must be 3 (two 3x3 convs per block) or 5 (one 5x5), got {cfg.kernel_size}"
+            )
         if cfg.pool not in ("avg", "max") or cfg.head not in ("fc1", "max"):
-            raise ValueError(f"CnnConfig.pool must be 'avg' | 'max' and head 'fc1' | 'max', got {cfg.pool!r}, {cfg.head!r}")
+            raise ValueError(
+                f"CnnConfig.pool must be 'avg' | 'max' and head 'fc1' | 'max', got {cfg.pool!r}, {cfg.head!r}"
+            )
         if cfg.time_segments < 1:
             raise ValueError(f"CnnConfig.time_segments must be >= 1, got {cfg.time_segments}")
         self.cfg = cfg
@@ -157,4 +161,5 @@ class Cnn(nnx.Module):
             fine = self._fc1(win(pad, jnp.max) + win(zero, jnp.sum) / 3.0)
         else:
             fine = x
-        return {"embedding": self._pool(x), "fine_grained_embedding": jnp.repeat(fine, self.time_ratio, axis=1), "time_map": x}
+        fine = jnp.repeat(fine, self.time_ratio, axis=1)
+        return {"embedding": self._pool(x), "fine_grained_embedding": fine, "time_map": x}

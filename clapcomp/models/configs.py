@@ -111,7 +111,9 @@ CNN_PRESETS = {
     "Cnn6": CnnConfig(channels=(64, 128, 256, 512), kernel_size=5),
     "Cnn10": CnnConfig(),
     "Cnn14": CnnConfig(channels=(64, 128, 256, 512, 1024, 2048), pool_last=False),
-    "aisfx": CnnConfig(n_mels=96, channels=(64, 128, 256, 512), pool="max", pool_last=False, input_norm=False, head="max"),
+    "aisfx": CnnConfig(
+        n_mels=96, channels=(64, 128, 256, 512), pool="max", pool_last=False, input_norm=False, head="max"
+    ),
 }
 # The front end aisfx's CNN was trained on, its Essentia spectrogram (44.1 kHz, 2048 / 1024 frames centred
 # with zeros, symmetric Hann, 96 HTK mels to 22.05 kHz, triangles in mel, unit-sum, log10(1e4 p + 1), min-max

@@ -103,7 +103,7 @@ def test_unknown_tensor_is_named(tmp_path, pann_model):
 def aisfx():
     spec = importlib.util.find_spec("aisfx")
     if spec is None:
-        pytest.skip("aisfx is not installed: pip install --no-deps aisfx (its weights and model class are the reference)")
+        pytest.skip("aisfx is not installed: pip install --no-deps aisfx==0.1.2 (its weights and model are the reference)")
     root = spec.submodule_search_locations[0]
     module_spec = importlib.util.spec_from_file_location("aisfx_cnn2d", f"{root}/models/cnn2d.py")
     cnn2d = importlib.util.module_from_spec(module_spec)
@@ -147,8 +147,7 @@ def test_aisfx_minilm_clap_holds_both_pretrained_towers(aisfx):
     texts = ["a dog barks, then a door closes", "rain on a tin roof"]
     encoder = load_sentence_encoder(gt.get_model_path())
     ids, mask = encoder.tokenizer(texts)
-    np.testing.assert_allclose(
-        np.asarray(model.text_tower(jnp.asarray(ids), jnp.asarray(mask))), np.asarray(encoder.tower(jnp.asarray(ids), jnp.asarray(mask))), atol=1e-6
-    )
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    np.testing.assert_allclose(np.asarray(model.text_tower(ids, mask)), np.asarray(encoder.tower(ids, mask)), atol=1e-6)
     emb = np.asarray(model.embed_audio(jnp.asarray(wave), jnp.full(2, wave.shape[1])))
     assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
