@@ -148,7 +148,9 @@ def cnn_from_tensors(tensors: dict[str, np.ndarray], cfg: CnnConfig, *, dtype=No
 
 def load_panns_tower(path: str | Path, **overrides):
     """A PANNs `.pth` / LAION-CLAP PANN `.pt` -> `(CnnConfig, Cnn)`; `overrides` set CnnConfig fields
-    (e.g. `time_segments=4`). The front end is LAION's PANN one: `AudioConfig()` (unfused)."""
+    (e.g. `time_segments=4`). Use the front end the checkpoint was trained with: LAION-CLAP's is
+    `AudioConfig()` (48 kHz, hop 480); the original PANNs were trained at 32 kHz, `AudioConfig(
+    sample_rate=32_000, hop_length=320)` (the `_16k` ones: 16 kHz, n_fft 512, hop 160, f_max 8000)."""
     tensors = read_panns_checkpoint(path)
     cfg = panns_config(tensors, **overrides)
     return cfg, cnn_from_tensors(tensors, cfg)
