@@ -113,3 +113,11 @@ def test_too_many_segments_for_the_clip_says_what_to_do():
         tower(jnp.zeros((1, 1, 101, 16)))
     with pytest.raises(ValueError, match=r"expects mel \[B, 1, frames, 16\]"):
         tower(jnp.zeros((1, 4, 101, 16)))
+
+
+def test_hf_export_refuses_the_cnn_tower(tmp_path):
+    from clapcomp.export import save_hf
+
+    model = _clap()
+    with pytest.raises(ValueError, match="HTSAT audio tower only; this model's is 'cnn'"):
+        save_hf(model, model.cfg, tmp_path / "hf")
