@@ -25,8 +25,9 @@ $(DEMO_STAMP): pyproject.toml constraints.txt | $(PY)
 
 $(TEST_STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e '.[test]'
-	# LAION-CLAP's model classes, only as the reference of the .pt import test (its metadata pins numpy<2)
-	$(PIP) --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0
+	# LAION-CLAP's model classes, only as the reference of the .pt import test (its metadata pins numpy<2);
+	# aisfx: its pretrained CNN (CC BY 4.0) and model class (its metadata pins numpy==1.23 and librosa==0.9.2)
+	$(PIP) --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0 aisfx==0.1.2
 	$(GPU)
 	touch $@ $(DEMO_STAMP)
 

@@ -23,6 +23,15 @@ Numerics follow HF `ClapFeatureExtractor` (transformers), the reference clapcomp
 Batches are padded to a static length S; `lengths` carries the true sample counts and all
 per-clip work (repeat-pad, crop, reflect padding at the true end, resize, chunking) is done with
 gathers and masks, so the functions are jittable with static shapes.
+
+Options of `AudioConfig` for towers trained on another front end (defaults = the above; aisfx's CNN
+uses `configs.AISFX_AUDIO`): `mel_scale` / `mel_norm` pick the filter bank ("unit_sum": each filter's
+weights sum to 1, librosa `norm=1` / Essentia `unit_sum`), `mel_weighting="mel"` draws its triangles
+linear in mel (Essentia's "warping"), `window="symmetric"` is Essentia's Hann window (periodic:
+n / n_fft, symmetric: n / (n_fft - 1)), `pad_mode="constant"` centre-pads with zeros
+(librosa >= 0.9, Essentia's FrameCutter), `compression="log10_1e4"` is log10(1e4 p + 1) instead of dB,
+`peak_normalize` divides each clip by its largest |sample| first, `feature_range=(lo, hi)` maps the
+features to (x - lo) / (hi - lo).
 """
 
 from __future__ import annotations
@@ -69,13 +78,22 @@ def mel_to_hertz(mel: np.ndarray, mel_scale: str) -> np.ndarray:
 
 
 def mel_filter_bank(
-    n_freqs: int, n_mels: int, f_min: float, f_max: float, sample_rate: int, mel_scale: str
+    n_freqs: int,
+    n_mels: int,
+    f_min: float,
+    f_max: float,
+    sample_rate: int,
+    mel_scale: str,
+    norm: str = "auto",
+    weighting: str = "hz",
 ) -> np.ndarray:
     """Triangular mel filters `[n_freqs, n_mels]` float64 (power spectrum -> mel).
 
     Filter edges are n_mels + 2 points equally spaced in mel between f_min and f_max; the
-    triangles are built in Hz on the FFT bin frequencies linspace(0, sample_rate // 2, n_freqs).
-    "htk": no normalisation; "slaney": each filter scaled by 2 / (its width in Hz).
+    triangles are built on the FFT bin frequencies linspace(0, sample_rate // 2, n_freqs), linear in
+    Hz (weighting "hz") or in mel ("mel", Essentia's "warping"). norm "slaney": each filter scaled
+    by 2 / (its width in Hz); "unit_sum": by 1 / (the sum of its weights; an empty filter stays 0);
+    "none"; "auto": slaney for the slaney scale, none for htk.
     """
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got {f_min}, {f_max}, {sample_rate}")
@@ -83,21 +101,43 @@ def mel_filter_bank(
     edges = mel_to_hertz(edges_mel, mel_scale)  # [n_mels + 2] Hz
     bins = np.linspace(0.0, sample_rate // 2, n_freqs)[:, None]  # [n_freqs, 1]
     lower, centre, upper = edges[None, :-2], edges[None, 1:-1], edges[None, 2:]
+    if weighting == "mel":
+        bins, lower, centre, upper = (hertz_to_mel(f, mel_scale) for f in (bins, lower, centre, upper))
+    elif weighting != "hz":
+        raise ValueError(f"unknown mel weighting {weighting!r}; use 'hz' (HF, librosa) or 'mel' (Essentia)")
     rising = (bins - lower) / (centre - lower)
     falling = (upper - bins) / (upper - centre)
     filters = np.maximum(0.0, np.minimum(rising, falling))
-    if mel_scale == "slaney":
-        filters = filters * (2.0 / (upper - lower))
+    if norm == "auto":
+        norm = "slaney" if mel_scale == "slaney" else "none"
+    if norm == "slaney":
+        filters = filters * (2.0 / (edges[None, 2:] - edges[None, :-2]))
+    elif norm == "unit_sum":
+        sums = filters.sum(axis=0, keepdims=True)
+        filters = filters / np.where(sums > 0, sums, 1.0)
+    elif norm != "none":
+        raise ValueError(f"unknown mel norm {norm!r}; use 'auto', 'slaney', 'unit_sum' or 'none'")
     return filters
+
+
+def resolved_mel_scale(cfg: AudioConfig) -> str:
+    """cfg.mel_scale, with "auto" resolved as HF does: htk for fused models, slaney otherwise."""
+    if cfg.mel_scale == "auto":
+        return "htk" if cfg.fusion else "slaney"
+    return cfg.mel_scale
 
 
 @functools.lru_cache(maxsize=None)
 def _constants(cfg: AudioConfig, mel_scale: str) -> tuple[np.ndarray, np.ndarray]:
-    """(periodic Hann window [n_fft] f32, mel filters [n_fft // 2 + 1, n_mels] f32)."""
+    """(Hann window [n_fft] f32 (cfg.window), mel filters [n_fft // 2 + 1, n_mels] f32)."""
     n = np.arange(cfg.n_fft, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / cfg.n_fft)
+    if cfg.window not in ("periodic", "symmetric"):
+        raise ValueError(f"AudioConfig.window must be 'periodic' or 'symmetric', got {cfg.window!r}")
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / (cfg.n_fft - (cfg.window == "symmetric")))
     n_freqs = cfg.n_fft // 2 + 1
-    filters = mel_filter_bank(n_freqs, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.sample_rate, mel_scale)
+    filters = mel_filter_bank(
+        n_freqs, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.sample_rate, mel_scale, cfg.mel_norm, cfg.mel_weighting
+    )
     return window.astype(np.float32), filters.astype(np.float32)
 
 
@@ -126,23 +166,38 @@ def _log_mel_padded(padded: jax.Array, n_frames: int, cfg: AudioConfig, mel_scal
     spec = jnp.fft.rfft(frames * window, n=n_fft, axis=-1)
     power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2  # [B, n_frames, n_fft // 2 + 1]
     mel = jnp.einsum("btf,fm->btm", power, filters, precision=jax.lax.Precision.HIGHEST)
-    return 10.0 * jnp.log10(jnp.maximum(mel, MEL_FLOOR))
+    if cfg.compression == "db":
+        out = 10.0 * jnp.log10(jnp.maximum(mel, MEL_FLOOR))
+    elif cfg.compression == "log10_1e4":
+        out = jnp.log10(1e4 * mel + 1.0)
+    else:
+        raise ValueError(f"AudioConfig.compression must be 'db' or 'log10_1e4', got {cfg.compression!r}")
+    lo, hi = cfg.feature_range
+    if (lo, hi) != (0.0, 1.0):
+        out = (out - lo) / (hi - lo)
+    return out
 
 
 def log_mel(waveform: jax.Array, cfg: AudioConfig, *, mel_scale: str) -> jax.Array:
     """waveform [B, T] f32 -> log-mel [B, T // hop + 1, n_mels] f32 in dB.
 
     Exactly HF's `spectrogram(..., center=True, pad_mode="reflect", power=2, log_mel="dB")` with a
-    periodic Hann window. `mel_scale`: "htk" (unnormalised, fused models) or "slaney"
-    (Slaney-normalised, unfused models). Needs T > n_fft // 2 (reflect padding).
+    periodic Hann window (with the default options). `mel_scale`: "htk" (unnormalised, fused models)
+    or "slaney" (Slaney-normalised, unfused models). Needs T > n_fft // 2 (reflect padding).
     """
     if waveform.ndim != 2:
         raise ValueError(f"log_mel expects waveform [B, T], got shape {waveform.shape}")
     half = cfg.n_fft // 2
     if waveform.shape[1] <= half:
         raise ValueError(f"waveform has {waveform.shape[1]} samples; need more than n_fft // 2 = {half}")
-    padded = jnp.pad(waveform.astype(jnp.float32), ((0, 0), (half, half)), mode="reflect")
+    padded = jnp.pad(waveform.astype(jnp.float32), ((0, 0), (half, half)), mode=_pad_mode(cfg))
     return _log_mel_padded(padded, waveform.shape[1] // cfg.hop_length + 1, cfg, mel_scale)
+
+
+def _pad_mode(cfg: AudioConfig) -> str:
+    if cfg.pad_mode not in ("reflect", "constant"):
+        raise ValueError(f"AudioConfig.pad_mode must be 'reflect' or 'constant', got {cfg.pad_mode!r}")
+    return cfg.pad_mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +217,8 @@ def _padded_views(
 
     The view of clip b has view_len[b] samples: v[j] = x[(offsets[b] + j) % L] where clips
     shorter than a clip repeat whole times and are then zero (HF "repeatpad"), and it is
-    reflect-padded by n_fft // 2 at both of its own ends (not at the batch's padded end).
+    reflect-padded (zero-padded with cfg.pad_mode "constant") by n_fft // 2 at both of its own ends
+    (not at the batch's padded end).
     """
     half = cfg.n_fft // 2
     clip = cfg.clip_samples
@@ -175,7 +231,10 @@ def _padded_views(
     repeat_end = jnp.where(length >= clip, jnp.iinfo(jnp.int32).max, (clip // length) * length)
     src = (offsets[:, None] + j) % length
     values = jnp.take_along_axis(waveform, src, axis=1)
-    return jnp.where(j < repeat_end, values, 0.0)
+    inside = j < repeat_end
+    if _pad_mode(cfg) == "constant":
+        inside = inside & (q >= 0) & (q < vl)
+    return jnp.where(inside, values, 0.0)
 
 
 def crop_offsets(lengths: jax.Array, cfg: AudioConfig, key: jax.Array | None = None) -> jax.Array:
@@ -257,19 +316,23 @@ def features(
         raise ValueError(f"lengths must have shape [B] = ({batch},), got {jnp.shape(lengths)}")
     waveform = waveform.astype(jnp.float32)
     lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 1, size)
+    if cfg.peak_normalize:
+        valid = jnp.arange(size)[None, :] < lengths[:, None]
+        peak = jnp.max(jnp.where(valid, jnp.abs(waveform), 0.0), axis=1, keepdims=True)
+        waveform = waveform / jnp.where(peak > 0, peak, 1.0)
     clip, n_frames = cfg.clip_samples, cfg.n_frames
 
     if not cfg.fusion:
         offsets = crop_offsets(lengths, cfg, key)
         view_len = jnp.full_like(lengths, clip)
         padded = _padded_views(waveform, lengths, offsets, view_len, clip, cfg)
-        mel = _log_mel_padded(padded, n_frames, cfg, "slaney")
+        mel = _log_mel_padded(padded, n_frames, cfg, resolved_mel_scale(cfg))
         return mel[:, None], lengths > clip
 
     view_len = jnp.maximum(lengths, clip)
     out_len = max(size, clip)
     padded = _padded_views(waveform, lengths, jnp.zeros_like(lengths), view_len, out_len, cfg)
-    mel = _log_mel_padded(padded, out_len // cfg.hop_length + 1, cfg, "htk")  # [B, F, M]
+    mel = _log_mel_padded(padded, out_len // cfg.hop_length + 1, cfg, resolved_mel_scale(cfg))  # [B, F, M]
     total = view_len // cfg.hop_length + 1
     glob = _resize_frames(mel, total, n_frames)
     starts = fusion_chunk_starts(lengths, cfg, key)  # [B, 3]

@@ -278,3 +278,54 @@ def test_global_resize_matches_torch_bilinear():
         x = torch.from_numpy(mel[b, :total][None, None])
         ref = torch.nn.functional.interpolate(x, size=[1001, 3], mode="bilinear", align_corners=False)
         np.testing.assert_allclose(ours[b], ref[0, 0].numpy(), rtol=0, atol=1e-5)
+
+
+def _htk_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)
+
+
+@pytest.mark.parametrize("essentia", [True, False])
+def test_aisfx_front_end_options_match_a_numpy_float64_reference(essentia):
+    """AISFX_AUDIO = aisfx's Essentia spectrogram (frames centred with zeros, symmetric Hann, 96 HTK
+    mels with triangles linear in mel and unit-sum weights, log10(1e4 p + 1), min-max range); its
+    librosa variant (peak-normalised audio, periodic Hann, triangles linear in Hz). Written out in
+    NumPy float64 on a loud decaying noise and a quiet clip shorter than the clip (repeat-padded)."""
+    import dataclasses
+
+    from clapcomp.models.configs import AISFX_AUDIO
+
+    cfg = AISFX_AUDIO if essentia else dataclasses.replace(
+        AISFX_AUDIO, peak_normalize=True, window="periodic", mel_weighting="hz")  # fmt: skip
+    n = cfg.clip_samples
+    rng = np.random.default_rng(5)
+    clips = [0.3 * rng.standard_normal(n) * np.exp(-np.arange(n) / 20_000), 0.05 * rng.standard_normal(n // 2 + 333)]
+    clips = [np.clip(c, -1, 1).astype(np.float32) for c in clips]
+    wave, lengths = audio.prepare_waveforms(clips, cfg.sample_rate, cfg)
+    ours = np.asarray(audio.features(jnp.asarray(wave), jnp.asarray(lengths), cfg)[0][:, 0])
+    assert ours.shape == (2, 100, 96)
+
+    edges = 700.0 * (10.0 ** (np.linspace(0.0, _htk_mel(22_050.0), 98) / 2595.0) - 1.0)
+    bins = np.linspace(0.0, 22_050.0, 1025)[:, None]
+    warp = _htk_mel if essentia else (lambda f: f)
+    lo, mid, hi, at = warp(edges[:-2]), warp(edges[1:-1]), warp(edges[2:]), warp(bins)
+    filters = np.maximum(0.0, np.minimum((at - lo) / (mid - lo), (hi - at) / (hi - mid)))
+    filters = filters / filters.sum(axis=0, keepdims=True)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(2048) / (2047 if essentia else 2048))
+    for b, clip in enumerate(clips):
+        x = clip.astype(np.float64)
+        x = x if essentia else x / np.abs(x).max()
+        x = np.resize(x, (n // x.size) * x.size)  # HF repeat-pad: whole repeats, then zeros
+        x = np.pad(x, (1024, 1024 + n - x.size))
+        frames = np.stack([x[t * 1024 : t * 1024 + 2048] for t in range(100)])
+        power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+        ref = np.log10(1e4 * power @ filters + 1.0) / 9.457798957824707
+        np.testing.assert_allclose(ours[b], ref, rtol=0, atol=1e-4)
+
+
+def test_mel_filter_bank_unit_sum_and_unknown_norm():
+    bank = audio.mel_filter_bank(1025, 96, 0.0, 22_050.0, 44_100, "htk", "unit_sum")
+    np.testing.assert_allclose(bank.sum(axis=0), 1.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown mel norm 'l2'"):
+        audio.mel_filter_bank(1025, 96, 0.0, 22_050.0, 44_100, "htk", "l2")
+    with pytest.raises(ValueError, match="unknown mel weighting 'bark'"):
+        audio.mel_filter_bank(1025, 96, 0.0, 22_050.0, 44_100, "htk", "unit_sum", "bark")

@@ -366,6 +366,9 @@ def config_from_hf(d: dict, preprocessor: dict | None = None) -> ClapConfig:
 
 def hf_config_from_clap(cfg: ClapConfig) -> dict:
     """`ClapConfig` -> an HF `ClapConfig` dict (config.json), inverse of `config_from_hf`."""
+    if cfg.audio_tower != "htsat":
+        raise ValueError(f"HF ClapModel holds an HTSAT audio tower only; this model's is {cfg.audio_tower!r}: export "
+                         "it as safetensors or stablehlo instead")  # fmt: skip
     h = cfg.htsat
     if h.ape or h.time_segments != 1:
         raise ValueError(f"HF ClapAudioModel has no absolute position embedding and pools over the whole clip; this "

@@ -1,4 +1,7 @@
-"""The CLAP dual encoder: HTSAT audio tower + text tower + projection MLPs + a learnable logit scale.
+"""The CLAP dual encoder: audio tower + text tower + projection MLPs + a learnable logit scale.
+
+The audio tower is HTSAT (`cfg.audio_tower="htsat"`, the default) or a PANNs-style CNN ("cnn",
+`models/cnn.py`); both map mel [B, C, F, M] to the pooled vector the audio projection takes.
 
 Embeddings are `projection(tower(x))`, L2-normalised, float32, as HF `ClapModel.get_*_features`.
 One `logit_scale` (LAION-CLAP's `logit_scale_a`, which its loss uses for both directions).
@@ -14,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from clapcomp import audio
+from clapcomp.models.cnn import Cnn
 from clapcomp.models.configs import ClapConfig
 from clapcomp.models.htsat import HTSAT
 from clapcomp.models.text import TextEncoder
@@ -47,10 +51,9 @@ class Projection(nnx.Module):
         return self.linear2(jax.nn.relu(self.linear1(x))).astype(jnp.float32)
 
 
-class ClapModel(nnx.Module):
-    """Towers + heads. `embed_*` return `[B, projection_dim]` float32 L2-normalised embeddings."""
-
-    def __init__(self, cfg: ClapConfig, *, rngs: nnx.Rngs):
+def _audio_tower(cfg: ClapConfig, dtype, rngs: nnx.Rngs) -> tuple[HTSAT | Cnn, int]:
+    """The tower `cfg.audio_tower` names, checked against the front end, and its pooled width."""
+    if cfg.audio_tower == "htsat":
         if cfg.audio.fusion != cfg.htsat.enable_fusion:
             raise ValueError(
                 f"AudioConfig.fusion={cfg.audio.fusion} but HTSATConfig.enable_fusion={cfg.htsat.enable_fusion}; "
@@ -58,11 +61,25 @@ class ClapModel(nnx.Module):
             )
         if cfg.audio.n_mels != cfg.htsat.n_mels:
             raise ValueError(f"AudioConfig.n_mels={cfg.audio.n_mels} != HTSATConfig.n_mels={cfg.htsat.n_mels}")
+        return HTSAT(cfg.htsat, dtype=dtype, rngs=rngs), cfg.htsat.pooled_size
+    if cfg.audio_tower == "cnn":
+        if cfg.audio.fusion:
+            raise ValueError("the CNN audio tower takes one mel channel: set AudioConfig.fusion=False")
+        if cfg.audio.n_mels != cfg.cnn.n_mels:
+            raise ValueError(f"AudioConfig.n_mels={cfg.audio.n_mels} != CnnConfig.n_mels={cfg.cnn.n_mels}")
+        return Cnn(cfg.cnn, dtype=dtype, rngs=rngs), cfg.cnn.pooled_size
+    raise ValueError(f"ClapConfig.audio_tower must be 'htsat' or 'cnn', got {cfg.audio_tower!r}")
+
+
+class ClapModel(nnx.Module):
+    """Towers + heads. `embed_*` return `[B, projection_dim]` float32 L2-normalised embeddings."""
+
+    def __init__(self, cfg: ClapConfig, *, rngs: nnx.Rngs):
         dtype = compute_dtype(cfg)
         self.cfg = cfg
-        self.audio_tower = HTSAT(cfg.htsat, dtype=dtype, rngs=rngs)
+        self.audio_tower, pooled_size = _audio_tower(cfg, dtype, rngs)
         self.text_tower = TextEncoder(cfg.text, dtype=dtype, rngs=rngs)
-        self.audio_projection = Projection(cfg.htsat.pooled_size, cfg.projection_dim, dtype=dtype, rngs=rngs)
+        self.audio_projection = Projection(pooled_size, cfg.projection_dim, dtype=dtype, rngs=rngs)
         self.text_projection = Projection(cfg.text.hidden_size, cfg.projection_dim, dtype=dtype, rngs=rngs)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32))
 
