@@ -16,7 +16,8 @@ WORKDIR/report/compare.json and the PNG charts.
 
 `--config` is any config file whose get_config(arg) takes "plain" / "compa" / "modular" (the audio
 tower is the config's: swap configs/demo.py for a pretrained-tower config to switch it);
-`--set key=value` (repeatable) overrides any field, e.g. `--set optimizer.lr=1e-4`.
+`--set key=value` (repeatable) overrides any field, e.g. `--set optimizer.lr=1e-4`, for every
+run; `--set3 key=value` only for the stage-3 run (after `--set`).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def run_seed(a, seed: int) -> dict:
     train(cfg("plain"), records, seed, a.steps, workdir / "plain")
     train(cfg("compa"), records, seed, a.steps, workdir / "compa")
     train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3")
-    train(cfg("modular"), records, seed, s3, workdir / "compa_s3", init=workdir / "compa_s2_for_s3")
+    train(load_config(a.config, "modular", a.set + a.set3), records, seed, s3, workdir / "compa_s3",
+          init=workdir / "compa_s2_for_s3")
     tok = cfg("plain").tokenizer
     test = a.corpus / "test"
     return {name: evaluate(workdir / d, tok, test) for name, d in zip(MODELS, ("plain", "compa", "compa_s3"))}
@@ -118,6 +120,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--config", type=Path, default=Path("configs/demo.py"))
     ap.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    ap.add_argument("--set3", action="append", default=[], help="override for the stage-3 run only, e.g. optimizer.lr=1e-4")
     ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
     ap.add_argument("--steps", type=int, required=True, help="optimizer steps of every model")
     ap.add_argument("--stage3-steps", type=int, default=None, help="of --steps, spent in stage 3 (default half)")
@@ -133,7 +136,8 @@ def main(argv: list[str]) -> int:
     per_seed = [run_seed(a, s) for s in seeds]
     out = a.workdir / "report"
     write_report(per_seed[-1], out)
-    summary = {"seeds": seeds, "steps": a.steps, "config": str(a.config), "set": a.set, "corpus": str(a.corpus),
+    summary = {"seeds": seeds, "steps": a.steps, "stage3_steps": a.stage3_steps, "config": str(a.config), "set": a.set,
+               "set3": a.set3, "corpus": str(a.corpus),
                "per_seed": [_numbers(r) for r in per_seed], "seconds": time.perf_counter() - t0}  # fmt: skip
     (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n== held-apart real-sound test split (percent; pairs scored Winoground-style)")

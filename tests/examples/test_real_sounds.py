@@ -69,3 +69,55 @@ def test_split_by_source_keeps_sources_whole_stratified_and_seeded():
     assert split == bc.split_by_source(list(reversed(clips)), 0.2, seed=0)
     others = [bc.split_by_source(clips, 0.2, seed=s) for s in range(1, 6)]
     assert any(o != split for o in others)
+
+
+def test_test_set_files_use_only_the_given_clips(tmp_path):
+    import argparse
+    import csv
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    sr, clips = 8000, []
+    (tmp_path / "events").mkdir()
+    for i, cls in enumerate(["a", "b", "c"]):
+        sf.write(tmp_path / "events" / f"{i}.flac", 0.3 * np.sin(np.arange(2000 + 1000 * i) * 0.05 * (i + 1)), sr)
+        clips.append({"audio": f"events/{i}.flac", "caption": f"a sound {cls}", "class": cls})
+    a = argparse.Namespace(seed=0, sample_rate=sr, count_seconds=0.2, n_order=4, n_attribute=4, n_retrieval=3)
+    counts = bc.test_set(tmp_path, clips, a)
+    assert counts["order_triplets"] == 1 and counts["attribute_categories"] == {"loudness": 2, "counting": 2}
+    with (tmp_path / "test" / "order.csv").open() as f:
+        order = list(csv.DictReader(f))
+    with (tmp_path / "test" / "attribute.csv").open() as f:
+        attribute = list(csv.DictReader(f))
+    captions = {c["caption"] for c in clips}
+    for r in order:
+        x, y = r["pair_caption"].split(" followed by ")
+        assert {x, y} <= captions and r["reversed_pair_caption"] == f"{y} followed by {x}"
+        a_, b_ = (sf.read(tmp_path / "test" / r[k])[0] for k in ("pair_file", "reversed_pair_file"))
+        assert a_.size == b_.size  # the same two clips, swapped
+    assert [r["triplet_file"] != "-" for r in order] == [False, False, False, True]
+    for r in attribute:
+        pair, rev = (sf.read(tmp_path / "test" / r[k])[0] for k in ("pair_file", "reversed_pair_file"))
+        assert pair.size == rev.size and not np.allclose(pair, rev)
+        if r["category"] == "loudness":
+            assert r["reversed_pair_caption"] == r["pair_caption"].replace("loud", "@").replace("quiet", "loud").replace("@", "quiet")
+        else:
+            assert "followed by" in r["pair_caption"] and r["pair_caption"] != r["reversed_pair_caption"]
+    rows = [json.loads(line) for line in (tmp_path / "test" / "retrieval.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["tree", "loudness", "counting"]
+    assert all((tmp_path / "test" / r["audio"]).is_file() for r in rows)
+
+
+def test_compare_config_overrides():
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
+    c = compare.load_config(demo, "compa", ["model.audio.clip_seconds=8.0", "optimizer.lr=1e-4", "loss=modular"])
+    assert (c.model.audio.clip_seconds, c.optimizer.lr, c.loss, c.data.num_negatives) == (8.0, 1e-4, "modular", 3)
+    with pytest.raises(ValueError, match="no field"):
+        compare.load_config(demo, "plain", ["optimizer.lrr=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        compare.load_config(demo, "plain", ["optimizer.lr"])
