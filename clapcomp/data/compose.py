@@ -467,14 +467,20 @@ def trim(x: np.ndarray, n: int, fade: int) -> np.ndarray:
 def compose_one(kind: str, clips: Sequence[np.ndarray], labels: Sequence[str], rng: np.random.Generator, *,
                 sample_rate: int, gap_seconds: float = 0.25, count_seconds: float = 1.0) -> tuple[np.ndarray, dict]:
     """One composed example of `kind` ("tree": a random `SHAPES` expression; "loudness"; "counting")
-    from clips drawn with `rng`. Returns (audio [T] float32, {"caption", "positives", "negatives"})."""
+    from clips drawn with `rng` (loudness / counting: two clips with different labels, else a swap
+    negative would describe the same scene). Returns (audio [T] float32, {"caption", "positives",
+    "negatives"})."""
     if kind == "tree":
         shape = parse(SHAPES[int(rng.integers(len(SHAPES)))])
         names = leaves(shape)
         picks = rng.choice(len(clips), size=len(names), replace=len(names) > len(clips))
         ex = example(shape, {n: labels[int(k)] for n, k in zip(names, picks)}, rng)
         return render_audio(shape, {n: clips[int(k)] for n, k in zip(names, picks)}), ex
-    x, y = (int(k) for k in rng.choice(len(clips), size=2, replace=False))
+    x = int(rng.integers(len(clips)))
+    other = [k for k in range(len(clips)) if labels[k] != labels[x]]  # same-label pairs make false negatives
+    if not other:
+        raise ValueError(f"{kind} compositions need clips with at least two different labels, got only {labels[x]!r}")
+    y = other[int(rng.integers(len(other)))]
     if kind == "loudness":
         loud_first = bool(rng.integers(2))
         db = (LOUDNESS_DB["loud"], LOUDNESS_DB["quiet"]) if loud_first else (LOUDNESS_DB["quiet"], LOUDNESS_DB["loud"])

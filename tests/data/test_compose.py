@@ -244,3 +244,16 @@ def test_cli_loudness_and_counting(tmp_path):
             assert " and " in r["caption"] and ("loud" in r["caption"] and "quiet" in r["caption"])
     with pytest.raises(SystemExit):
         compose.main(["--events", str(tmp_path / "events.csv"), "--out", str(tmp_path / "p"), "--kinds", "volume"])
+
+
+def test_attribute_compositions_pair_different_labels():
+    rng = np.random.default_rng(0)
+    clips = [np.ones(800), np.ones(900), np.ones(700)]
+    labels = ["a cow mooing", "a cow mooing", "a bell ringing"]
+    for _ in range(20):
+        for kind in ("loudness", "counting"):
+            _, ex = compose.compose_one(kind, clips, labels, rng, sample_rate=1000, count_seconds=0.5)
+            if " and " in ex["caption"] or " followed by " in ex["caption"]:
+                assert "cow" in ex["caption"] and "bell" in ex["caption"], ex["caption"]
+    with pytest.raises(ValueError, match="two different labels"):
+        compose.compose_one("loudness", clips[:2], labels[:2], rng, sample_rate=1000)
