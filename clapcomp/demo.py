@@ -98,16 +98,16 @@ def _numbers(results: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def format_table(per_seed: list[dict]) -> str:
-    """Side-by-side table (mean ± std over seeds) with the random-chance column."""
+def format_table(per_seed: list[dict], models: tuple[str, ...] = tuple(MODELS)) -> str:
+    """Side-by-side table (mean ± std over seeds) of `models` with the random-chance column."""
     rows = [_numbers(r) for r in per_seed]
-    chance = {f"{b} {m}": per_seed[0]["plain CLAP"][b]["pairs"]["chance"][m] for b, m in HEADLINE}
-    metrics = list(rows[0]["plain CLAP"])
-    head = f"{'metric':<22}" + "".join(f"{name:>18}" for name in MODELS) + f"{'chance':>10}"
+    chance = {f"{b} {m}": per_seed[0][models[0]][b]["pairs"]["chance"][m] for b, m in HEADLINE}
+    metrics = list(rows[0][models[0]])
+    head = f"{'metric':<22}" + "".join(f"{name:>18}" for name in models) + f"{'chance':>10}"
     lines = [head, "-" * len(head)]
     for metric in metrics:
         cells = []
-        for name in MODELS:
+        for name in models:
             v = np.array([r[name][metric] for r in rows])
             cells.append(f"{v.mean():>11.1f} ± {v.std():4.1f}" if len(v) > 1 else f"{v.mean():>18.1f}")
         c = chance.get(metric)

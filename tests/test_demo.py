@@ -31,6 +31,14 @@ def test_table_reports_mean_and_population_spread_per_model():
     assert lines["order text"][2:5] == ["30.0", "±", "10.0"]
 
 
+def test_table_takes_any_models_in_the_order_given():
+    seeds = [{"plain": _result(10, 20, 30), "s2": _result(40, 50, 31), "s2+s3": _result(45, 55, 29)}]
+    lines = demo.format_table(seeds, ("s2+s3", "plain", "s2")).splitlines()
+    assert lines[0].split()[1:] == ["s2+s3", "plain", "s2", "chance"]
+    row = {line.split("  ")[0]: line.split() for line in lines[2:]}
+    assert row["order group"][2:] == ["45.0", "10.0", "40.0", "16.7"]
+
+
 @pytest.mark.parametrize(
     "compa, verdict",
     [((37, 41, 29.0), "fixes"),  # +20 / +21 points, R@1 -1: exactly at the bar

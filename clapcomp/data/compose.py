@@ -20,9 +20,14 @@ CompA: positives = the captions of all proper sub-expressions (the operands, rec
 negatives = `+`<->`*` swaps at one operator and operand swaps at one `+` (at most 5 of each,
 deduplicated, never equal to the caption or a positive).
 
-CLI: `clapcomp data compose --events events.csv --out DIR [--n N --seed S]`, events.csv having
-columns `audio,label`; writes `DIR/audio/*.flac` and `DIR/manifest.jsonl` (audio, caption,
-positives, negatives; paths relative to the manifest).
+Attribute compositions (CompA-attribute style): loudness, two events started together at +0 /
+-15 dB after RMS matching, "a loud X and a quiet Y" (negatives: the swap, then both loud / both
+quiet); counting, one or two events each repeated 1-4 times with silent gaps, "X twice followed
+by Y three times" (negatives: the counts swapped, then each count one up or down).
+
+CLI: `clapcomp data compose --events events.csv --out DIR [--n N --seed S --kinds
+tree,loudness,counting]`, events.csv having columns `audio,label`; writes `DIR/audio/*.flac` and
+`DIR/manifest.jsonl` (audio, kind, caption, positives, negatives; paths relative to the manifest).
 """
 
 from __future__ import annotations
@@ -340,6 +345,85 @@ def _remap_choice(orig: Expr, new: Expr, choice: Mapping[tuple, float]) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------
+# attribute compositions: loudness and counting
+
+LOUDNESS_DB = {"loud": 0.0, "quiet": -15.0}
+COUNT_WORDS = {1: "once", 2: "twice", 3: "three times", 4: "four times"}
+
+
+def with_attribute(phrase: str, word: str) -> str:
+    """Put an adjective after the phrase's article: ("a dog barking", "loud") -> "a loud dog
+    barking", ("an owl", "quiet") -> "a quiet owl", ("footsteps", "loud") -> "loud footsteps"."""
+    m = re.match(r"(?i)(an?|the)\s+(.*)", phrase.strip())
+    if not m:
+        return f"{word} {phrase.strip()}"
+    art = m.group(1) if m.group(1).lower() == "the" else ("an" if word[:1].lower() in "aeiou" else "a")
+    return f"{art} {word} {m.group(2)}"
+
+
+def loudness_audio(a: np.ndarray, b: np.ndarray, db_a: float, db_b: float, *, peak: float | None = PEAK) -> np.ndarray:
+    """[Ta], [Tb] -> [max(Ta, Tb)]: each clip scaled to unit RMS, then by its gain (dB), the two
+    started together (no tiling), summed, peak-normalised: the level difference is kept."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a = a / _rms(a) * 10 ** (db_a / 20) if _rms(a) > 0 else a
+    b = b / _rms(b) * 10 ** (db_b / 20) if _rms(b) > 0 else b
+    return overlay_audio(a, b, balance=False, tile=False, peak=peak)
+
+
+def loudness_example(x: str, y: str, loud_first: bool = True) -> dict:
+    """Caption / positives / negatives for two events of different loudness heard together:
+    "a loud X and a quiet Y"; negatives: the swap ("a quiet X and a loud Y"), then the two
+    single flips (both loud, both quiet)."""
+    wa, wb = ("loud", "quiet") if loud_first else ("quiet", "loud")
+    cap = f"{with_attribute(x, wa)} and {with_attribute(y, wb)}"
+    negs = [f"{with_attribute(x, wb)} and {with_attribute(y, wa)}",
+            f"{with_attribute(x, wb)} and {with_attribute(y, wb)}",
+            f"{with_attribute(x, wa)} and {with_attribute(y, wa)}"]  # fmt: skip
+    return {"caption": cap, "positives": [with_attribute(x, wa), with_attribute(y, wb)], "negatives": negs}
+
+
+def repeat_audio(x: np.ndarray, count: int, gap: int) -> np.ndarray:
+    """[T] -> [count * T + (count - 1) * gap]: `count` copies separated by `gap` zero samples."""
+    x = np.asarray(x, np.float64)
+    if count < 1 or gap < 0:
+        raise ValueError(f"count must be >= 1 and gap >= 0, got count={count}, gap={gap}")
+    parts = [x if i == 0 else np.concatenate([np.zeros(gap), x]) for i in range(count)]
+    return np.concatenate(parts)
+
+
+def counting_audio(clips: Sequence[np.ndarray], counts: Sequence[int], gap: int, *, peak: float | None = PEAK) -> np.ndarray:
+    """Each clip repeated its count (`repeat_audio`), the runs joined by the same silent gap, then
+    peak-normalised: [sum_i (c_i * T_i) + (sum_i c_i - 1) * gap]."""
+    runs = [repeat_audio(x, c, gap) for x, c in zip(clips, counts, strict=True)]
+    out = runs[0]
+    for r in runs[1:]:
+        out = np.concatenate([out, np.zeros(gap), r])
+    return peak_normalize(out, peak) if peak is not None else out
+
+
+def counting_example(phrases: Sequence[str], counts: Sequence[int]) -> dict:
+    """Caption / positives / negatives for events repeated a number of times, in sequence:
+    "a dog barking twice followed by a bell ringing three times". Negatives: the counts swapped
+    between events (when they differ), then each count one up or down (within `COUNT_WORDS`)."""
+    def render(cs):
+        return " followed by ".join(f"{p} {COUNT_WORDS[c]}" for p, c in zip(phrases, cs, strict=True))
+
+    counts = [int(c) for c in counts]
+    if any(c not in COUNT_WORDS for c in counts):
+        raise ValueError(f"counts must be in {sorted(COUNT_WORDS)}, got {counts}")
+    cap, cands = render(counts), []
+    if len(counts) == 2:
+        cands.append(render(counts[::-1]))
+    for i, c in enumerate(counts):
+        for d in (1, -1):
+            if c + d in COUNT_WORDS:
+                cands.append(render(counts[:i] + [c + d] + counts[i + 1 :]))
+    negs = list(dict.fromkeys(n for n in cands if n != cap))
+    pos = [f"{p} {COUNT_WORDS[c]}" for p, c in zip(phrases, counts)] if len(counts) > 1 else []
+    return {"caption": cap, "positives": pos, "negatives": negs}
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 
 SHAPES = ("A + B", "A * B", "A + B + C", "(A + B) * C", "A * B + C", "A + B * C")
@@ -369,6 +453,52 @@ def _load_events(path: Path, sample_rate: int) -> tuple[list[np.ndarray], list[s
     return clips, labels
 
 
+def trim(x: np.ndarray, n: int, fade: int) -> np.ndarray:
+    """[T] -> [min(T, n)]: the first n samples, the last `fade` of them faded out linearly when cut."""
+    x = np.asarray(x, np.float64)
+    if x.size <= n:
+        return x
+    out = x[:n].copy()
+    f = min(fade, n)
+    out[n - f :] *= 1.0 - (np.arange(f) + 0.5) / f
+    return out
+
+
+def compose_one(kind: str, clips: Sequence[np.ndarray], labels: Sequence[str], rng: np.random.Generator, *,
+                sample_rate: int, gap_seconds: float = 0.25, count_seconds: float = 1.0) -> tuple[np.ndarray, dict]:
+    """One composed example of `kind` ("tree": a random `SHAPES` expression; "loudness"; "counting")
+    from clips drawn with `rng` (loudness / counting: two clips with different labels, else a swap
+    negative would describe the same scene). Returns (audio [T] float32, {"caption", "positives",
+    "negatives"})."""
+    if kind == "tree":
+        shape = parse(SHAPES[int(rng.integers(len(SHAPES)))])
+        names = leaves(shape)
+        picks = rng.choice(len(clips), size=len(names), replace=len(names) > len(clips))
+        ex = example(shape, {n: labels[int(k)] for n, k in zip(names, picks)}, rng)
+        return render_audio(shape, {n: clips[int(k)] for n, k in zip(names, picks)}), ex
+    x = int(rng.integers(len(clips)))
+    other = [k for k in range(len(clips)) if labels[k] != labels[x]]  # same-label pairs make false negatives
+    if not other:
+        raise ValueError(f"{kind} compositions need clips with at least two different labels, got only {labels[x]!r}")
+    y = other[int(rng.integers(len(other)))]
+    if kind == "loudness":
+        loud_first = bool(rng.integers(2))
+        db = (LOUDNESS_DB["loud"], LOUDNESS_DB["quiet"]) if loud_first else (LOUDNESS_DB["quiet"], LOUDNESS_DB["loud"])
+        return loudness_audio(clips[x], clips[y], *db).astype(np.float32), loudness_example(labels[x], labels[y], loud_first)
+    if kind == "counting":
+        picks = [x, y] if rng.integers(2) else [x]
+        counts = [int(c) for c in rng.integers(1, 4, size=len(picks))]
+        if len(picks) == 1:
+            counts = [int(rng.integers(2, 5))]
+        n, fade = int(count_seconds * sample_rate), int(0.01 * sample_rate)
+        audio = counting_audio([trim(clips[k], n, fade) for k in picks], counts, int(gap_seconds * sample_rate))
+        return audio.astype(np.float32), counting_example([labels[k] for k in picks], counts)
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+KINDS = ("tree", "loudness", "counting")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="clapcomp data compose", description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", required=True, type=Path, help="CSV with columns audio,label")
@@ -376,9 +506,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=100, help="number of composed examples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-rate", type=int, default=48_000)
+    ap.add_argument("--kinds", default="tree", help=f"comma-separated, drawn uniformly per example: {', '.join(KINDS)}")
+    ap.add_argument("--gap-seconds", type=float, default=0.25, help="silence between repeats (counting)")
+    ap.add_argument("--count-seconds", type=float, default=1.0, help="each repeated clip cut to this (counting)")
     args = ap.parse_args(argv)
     import soundfile as sf
 
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(KINDS):
+        ap.error(f"--kinds must name some of {', '.join(KINDS)}, got {args.kinds!r}")
     clips, labels = _load_events(args.events, args.sample_rate)
     if len(clips) < 2:
         raise SystemExit(f"{args.events} needs at least 2 event clips to compose")
@@ -386,13 +522,11 @@ def main(argv: list[str]) -> int:
     (args.out / "audio").mkdir(parents=True, exist_ok=True)
     with (args.out / "manifest.jsonl").open("w") as f:
         for n in range(args.n):
-            shape = parse(SHAPES[int(rng.integers(len(SHAPES)))])
-            names = leaves(shape)
-            picks = rng.choice(len(clips), size=len(names), replace=len(names) > len(clips))
-            sources = {name: clips[int(k)] for name, k in zip(names, picks)}
-            ex = example(shape, {name: labels[int(k)] for name, k in zip(names, picks)}, rng)
+            kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+            audio, ex = compose_one(kind, clips, labels, rng, sample_rate=args.sample_rate,
+                                    gap_seconds=args.gap_seconds, count_seconds=args.count_seconds)
             rel = f"audio/{n:06d}.flac"
-            sf.write(str(args.out / rel), render_audio(shape, sources), args.sample_rate, format="FLAC")
-            f.write(json.dumps({"audio": rel, **ex}) + "\n")
+            sf.write(str(args.out / rel), audio, args.sample_rate, format="FLAC")
+            f.write(json.dumps({"audio": rel, "kind": kind, **ex}) + "\n")
     print(f"wrote {args.n} composed examples to {args.out / 'manifest.jsonl'}")
     return 0

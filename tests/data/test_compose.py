@@ -149,7 +149,7 @@ def test_cli_writes_audio_and_manifest(tmp_path):
     assert text == (tmp_path / "o2" / "manifest.jsonl").read_text()
     for line in text.splitlines():
         row = json.loads(line)
-        assert set(row) == {"audio", "caption", "positives", "negatives"}
+        assert set(row) == {"audio", "kind", "caption", "positives", "negatives"} and row["kind"] == "tree"
         info = sf.info(tmp_path / "o1" / row["audio"])
         assert info.samplerate == 16000 and info.channels == 1
         x, _ = sf.read(tmp_path / "o1" / row["audio"])
@@ -158,3 +158,102 @@ def test_cli_writes_audio_and_manifest(tmp_path):
     (tmp_path / "bad.csv").write_text("audio,label\nmissing.wav,x\n")
     with pytest.raises(ValueError, match="missing file"):
         compose.main(["--events", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o3")])
+
+
+def test_with_attribute_fixes_articles():
+    assert compose.with_attribute("a dog barking", "loud") == "a loud dog barking"
+    assert compose.with_attribute("an owl hooting", "quiet") == "a quiet owl hooting"
+    assert compose.with_attribute("a cow mooing", "early") == "an early cow mooing"
+    assert compose.with_attribute("footsteps on gravel", "loud") == "loud footsteps on gravel"
+    assert compose.with_attribute("the wind", "loud") == "the loud wind"
+
+
+def test_loudness_audio_hand_computed():
+    a, b = 2.0 * np.ones(4), np.array([1.0, -1.0])  # RMS 2 and 1
+    out = compose.loudness_audio(a, b, 0.0, -20.0)
+    # a -> 1, b -> 0.1 * [1, -1] then zero-padded: [1.1, 0.9, 1, 1]; peak 1.1 -> 0.5
+    np.testing.assert_allclose(out, np.array([1.1, 0.9, 1.0, 1.0]) * 0.5 / 1.1, atol=1e-12)
+    rng = np.random.default_rng(0)
+    x, y = 3.0 * rng.standard_normal(4000), 0.01 * rng.standard_normal(4000)
+    raw = compose.loudness_audio(x, y, 0.0, -15.0, peak=None)  # the quiet part is 15 dB below
+    quiet = raw - x / np.sqrt(np.mean(x**2))
+    assert 20 * np.log10(np.sqrt(np.mean(quiet**2))) == pytest.approx(-15.0, abs=1e-9)
+
+
+def test_loudness_example_first_negative_is_the_rule_swap():
+    from clapcomp.data.negatives import attribute_swaps
+
+    ex = compose.loudness_example("a dog barking", "an owl hooting", loud_first=False)
+    assert ex["caption"] == "a quiet dog barking and a loud owl hooting"
+    assert ex["positives"] == ["a quiet dog barking", "a loud owl hooting"]
+    assert ex["negatives"] == ["a loud dog barking and a quiet owl hooting", "a loud dog barking and a loud owl hooting",
+                               "a quiet dog barking and a quiet owl hooting"]  # fmt: skip
+    assert attribute_swaps(ex["caption"]) == ex["negatives"][:1]
+
+
+def test_repeat_counting_and_trim_hand_computed():
+    np.testing.assert_array_equal(compose.repeat_audio(np.array([1.0, 2.0]), 3, 1), [1, 2, 0, 1, 2, 0, 1, 2])
+    out = compose.counting_audio([np.array([1.0, 2.0]), np.array([-3.0])], [2, 1], gap=1)
+    np.testing.assert_allclose(out, np.array([1, 2, 0, 1, 2, 0, -3]) * 0.5 / 3, atol=1e-12)
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        compose.repeat_audio(np.ones(3), 0, 1)
+    np.testing.assert_allclose(compose.trim(np.ones(6), 4, 2), [1, 1, 0.75, 0.25])
+    np.testing.assert_array_equal(compose.trim(np.ones(3), 4, 2), np.ones(3))
+
+
+def test_counting_example_negatives():
+    ex = compose.counting_example(["a dog barking", "a bell ringing"], [2, 3])
+    assert ex["caption"] == "a dog barking twice followed by a bell ringing three times"
+    assert ex["positives"] == ["a dog barking twice", "a bell ringing three times"]
+    assert ex["negatives"] == [
+        "a dog barking three times followed by a bell ringing twice",
+        "a dog barking three times followed by a bell ringing three times",
+        "a dog barking once followed by a bell ringing three times",
+        "a dog barking twice followed by a bell ringing four times",
+        "a dog barking twice followed by a bell ringing twice",
+    ]
+    one = compose.counting_example(["a door knock"], [4])
+    assert one == {"caption": "a door knock four times", "positives": [], "negatives": ["a door knock three times"]}
+    with pytest.raises(ValueError, match="counts must be in"):
+        compose.counting_example(["a door knock"], [5])
+
+
+def test_cli_loudness_and_counting(tmp_path):
+    sr = 8000
+    rows = ["audio,label"]
+    for i, n in enumerate([4000, 12000, 2000]):
+        sf.write(tmp_path / f"{i}.wav", 0.2 * np.sin(np.arange(n) * (0.1 + 0.1 * i)), sr)
+        rows.append(f"{i}.wav,a sound {i}")
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    assert compose.main(["--events", str(tmp_path / "events.csv"), "--out", str(tmp_path / "o"), "--n", "40", "--seed", "1",
+                         "--sample-rate", str(sr), "--kinds", "loudness,counting", "--count-seconds", "1.0"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "o" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"loudness", "counting"}
+    lengths = {f"a sound {i}": min(n, sr) for i, n in enumerate([4000, 12000, 2000])}  # counting cuts to 1 s
+    words = {w: c for c, w in compose.COUNT_WORDS.items()}
+    for r in rows:
+        x, _ = sf.read(tmp_path / "o" / r["audio"])
+        assert r["negatives"] and r["caption"] not in r["negatives"]
+        if r["kind"] == "counting":  # the length follows from the caption: clips, repeats and 0.25-s gaps
+            parts = [p.rsplit(" ", 1) if not p.endswith("times") else p.rsplit(" ", 2)[:1] + [p.rsplit(" ", 2)[1] + " times"]
+                     for p in r["caption"].split(" followed by ")]  # fmt: skip
+            counts = [(ph, words[w]) for ph, w in parts]
+            expected = sum(lengths[ph] * c for ph, c in counts) + (sum(c for _, c in counts) - 1) * sr // 4
+            assert x.size == expected, r["caption"]
+        else:
+            assert " and " in r["caption"] and ("loud" in r["caption"] and "quiet" in r["caption"])
+    with pytest.raises(SystemExit):
+        compose.main(["--events", str(tmp_path / "events.csv"), "--out", str(tmp_path / "p"), "--kinds", "volume"])
+
+
+def test_attribute_compositions_pair_different_labels():
+    rng = np.random.default_rng(0)
+    clips = [np.ones(800), np.ones(900), np.ones(700)]
+    labels = ["a cow mooing", "a cow mooing", "a bell ringing"]
+    for _ in range(20):
+        for kind in ("loudness", "counting"):
+            _, ex = compose.compose_one(kind, clips, labels, rng, sample_rate=1000, count_seconds=0.5)
+            if " and " in ex["caption"] or " followed by " in ex["caption"]:
+                assert "cow" in ex["caption"] and "bell" in ex["caption"], ex["caption"]
+    with pytest.raises(ValueError, match="two different labels"):
+        compose.compose_one("loudness", clips[:2], labels[:2], rng, sample_rate=1000)

@@ -1,0 +1,150 @@
+"""Plain vs CompA stage 2 vs CompA stage 2 + modular stage 3 on the real-sound corpus.
+
+    python examples/real_sounds/compare.py --corpus data/real_sounds --workdir runs/real_sounds \
+        --config configs/demo.py --seeds 0,1,2 --steps 1200
+
+For every seed, from the same initialisation (config.init and the seed), the same training
+records (the corpus's composed train split) and the same number of optimizer steps:
+- "plain":          get_config("plain"),  `steps` steps of the standard contrastive loss;
+- "CompA s2":       get_config("compa"),  `steps` steps with K hard negatives per audio;
+- "CompA s2+s3":    get_config("compa") for `steps - stage3_steps` steps, then get_config("modular")
+                    initialised from that checkpoint (init.kind = "checkpoint") for `stage3_steps`.
+Each model is evaluated on the held-apart test files the corpus built from test-split clips
+only: test/order.csv, test/attribute.csv (loudness + counting) and test/retrieval.jsonl. Prints
+the table of `clapcomp.demo.format_table` (mean ± std over seeds) and writes
+WORKDIR/report/compare.json and the PNG charts.
+
+`--config` is any config file whose get_config(arg) takes "plain" / "compa" / "modular" (the audio
+tower is the config's: swap configs/demo.py for a pretrained-tower config to switch it);
+`--set key=value` (repeatable) overrides any field, e.g. `--set optimizer.lr=1e-4`, for every
+run; `--set3 key=value` only for the stage-3 run (after `--set`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("plain", "CompA s2", "CompA s2+s3")
+
+
+def load_config(path: Path, arg: str, overrides: list[str]):
+    spec = importlib.util.spec_from_file_location(f"real_sounds_config_{arg}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs key=value, got {item!r}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a plain string
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"--set {key}: {path} has no field {key!r}")
+        node[leaf] = value
+    return config
+
+
+def records_for(corpus: Path, workdir: Path, sample_rate: int) -> Path:
+    """The corpus's train records at `sample_rate` (built into WORKDIR once when the corpus lacks them)."""
+    from clapcomp.data import build
+
+    for rec in (corpus / f"records_{sample_rate}", workdir / f"records_{sample_rate}"):
+        if (rec / "stats.json").is_file():
+            return rec
+    stats = build.build([str(corpus / "train.jsonl")], rec, format="manifest", sample_rate=sample_rate)
+    print(f"   built {rec}: written {stats['written']}, skipped {stats['skipped']}", flush=True)
+    return rec
+
+
+def train(config, records: Path, seed: int, steps: int, run_dir: Path, init: Path | None = None) -> None:
+    from clapcomp.train import loop
+
+    config.seed = seed
+    config.data.train = str(records)
+    config.total_steps = steps
+    config.ckpt_every = steps
+    if init is not None:
+        config.init.kind, config.init.path = "checkpoint", str(init)
+    print(f"\n== seed {seed}: {config.loss} loss, {steps} steps -> {run_dir}", flush=True)
+    loop.train(config, run_dir)
+
+
+def evaluate(run_dir: Path, tokenizer_path: str, test: Path) -> dict:
+    from clapcomp.evaluate.run import EVALUATORS
+    from clapcomp.inference import Clap
+    from clapcomp.tokenizer import Tokenizer
+    from clapcomp.train import checkpoint
+
+    cfg, model = checkpoint.load_model(run_dir)
+    embedder = Clap.from_model(model, cfg, Tokenizer.from_file(tokenizer_path, max_length=cfg.text.max_length))
+    return {
+        "order": EVALUATORS["compa"](embedder, data=str(test / "order.csv")),
+        "attribute": EVALUATORS["compa"](embedder, data=str(test / "attribute.csv")),
+        "retrieval": EVALUATORS["retrieval"](embedder, data=str(test / "retrieval.jsonl")),
+    }
+
+
+def run_seed(a, seed: int) -> dict:
+    workdir = a.workdir / f"seed{seed}"
+    cfg = lambda loss: load_config(a.config, loss, a.set)  # noqa: E731
+    records = records_for(a.corpus, a.workdir, cfg("plain").model.audio.sample_rate)
+    s3 = a.stage3_steps if a.stage3_steps is not None else a.steps // 2
+    if not 0 < s3 < a.steps:
+        raise ValueError(f"--stage3-steps must be in (0, --steps={a.steps}), got {s3}")
+    train(cfg("plain"), records, seed, a.steps, workdir / "plain")
+    train(cfg("compa"), records, seed, a.steps, workdir / "compa")
+    train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3")
+    train(load_config(a.config, "modular", a.set + a.set3), records, seed, s3, workdir / "compa_s3",
+          init=workdir / "compa_s2_for_s3")
+    tok = cfg("plain").tokenizer
+    test = a.corpus / "test"
+    return {name: evaluate(workdir / d, tok, test) for name, d in zip(MODELS, ("plain", "compa", "compa_s3"))}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, required=True, help="the folder build_corpus.py wrote")
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.py"))
+    ap.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    ap.add_argument("--set3", action="append", default=[], help="override for the stage-3 run only, e.g. optimizer.lr=1e-4")
+    ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    ap.add_argument("--steps", type=int, required=True, help="optimizer steps of every model")
+    ap.add_argument("--stage3-steps", type=int, default=None, help="of --steps, spent in stage 3 (default half)")
+    a = ap.parse_args(argv)
+    if not (a.corpus / "corpus.json").is_file():
+        ap.error(f"{a.corpus} has no corpus.json; build it with examples/real_sounds/build_corpus.py")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    from clapcomp.demo import _numbers, format_table
+    from clapcomp.evaluate.report import write_report
+
+    t0 = time.perf_counter()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    per_seed = [run_seed(a, s) for s in seeds]
+    out = a.workdir / "report"
+    write_report(per_seed[-1], out)
+    summary = {"seeds": seeds, "steps": a.steps, "stage3_steps": a.stage3_steps, "config": str(a.config), "set": a.set,
+               "set3": a.set3, "corpus": str(a.corpus),
+               "per_seed": [_numbers(r) for r in per_seed], "seconds": time.perf_counter() - t0}  # fmt: skip
+    (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print("\n== held-apart real-sound test split (percent; pairs scored Winoground-style)")
+    print(format_table(per_seed, MODELS))
+    print(f"\n{out}/compare.json; total {summary['seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
