@@ -14,6 +14,10 @@ their total against the chip's HBM, FLOPs per sample against the analytic count 
 benchmarks/train_throughput.py, compile seconds, and every collective (kind, shapes, bytes, mesh
 axes). It also checks that no all-gather carries the K (hard-negative) axis.
 `--set model.htsat.remat=nothing_saveable` (any dotted config field) changes the config.
+
+Per-chip memory is linear in the per-chip batch b (state + b x activations), so two compiles give
+the figure at any b: `python benchmarks/tpu_aot.py --fit b32.json b64.json --at 128` (a third
+compile at that b checks the fit).
 """
 
 from __future__ import annotations
@@ -53,7 +57,21 @@ def parse_args(argv):
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override, repeatable")
     p.add_argument("--hlo", help="also write the compiled HLO text to this file")
     p.add_argument("--out", help="also write the report as JSON to this file")
+    p.add_argument("--fit", nargs=2, metavar="JSON", help="two --out reports of one setup at two per-chip batches")
+    p.add_argument("--at", type=int, default=128, help="per-chip batch to extrapolate --fit to")
     return p.parse_args(argv)
+
+
+def fit(a: dict, b: dict, at: int) -> dict:
+    """Per-chip bytes at `at` samples per chip, linear through two reports of the same setup."""
+    (x0, r0), (x1, r1) = sorted(((r["per_chip_batch"], r) for r in (a, b)), key=lambda t: t[0])
+    if x0 == x1:
+        raise ValueError(f"--fit needs two different per-chip batches, got {x0} twice")
+    out = {}
+    for key in ("arguments", "temporaries", "outputs", "code", "total"):
+        slope = (r1["bytes"][key] - r0["bytes"][key]) / (x1 - x0)
+        out[key] = r0["bytes"][key] + slope * (at - x0)
+    return dict(per_chip_batch=at, bytes=out, hbm=r0["bytes"]["hbm"], fits=out["total"] <= r0["bytes"]["hbm"] if r0["bytes"]["hbm"] else None)
 
 
 def load_config(args):
@@ -187,6 +205,10 @@ def print_report(r: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.fit:
+        r = fit(*(json.loads(Path(f).read_text()) for f in args.fit), args.at)
+        print(json.dumps(r, indent=1))
+        return 0
     config = load_config(args)
     compiled, mesh, compile_s = compile_step(config, args.topology, args.per_chip_batch)
     if args.hlo:

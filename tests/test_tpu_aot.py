@@ -89,3 +89,15 @@ def test_parser_sees_a_gathered_k_axis():
     assert found["kind"] == "all-gather" and found["axes"] == ["data"] and found["result_bytes"] == 8 * 3 * 32 * 4
     assert [c["operands"] for c in hlo.gathers_with_axis(text, 2, 3)] == [[[2, 3, 32]]]
     assert hlo.gathers_with_axis(text, 2, 5) == []
+
+
+def test_linear_fit_of_two_compiles():
+    def report(b, args, temps):
+        return dict(per_chip_batch=b, bytes=dict(arguments=args, temporaries=temps, outputs=0, code=10,
+                                                  total=args + temps + 10, hbm=1000))  # fmt: skip
+
+    r = aot.fit(report(64, 120, 400), report(32, 110, 200), 128)  # by hand: +10 / +200 bytes per 32 samples
+    assert r["bytes"] == {"arguments": 140, "temporaries": 800, "outputs": 0, "code": 10, "total": 950}
+    assert r["fits"] is True and aot.fit(report(32, 110, 200), report(64, 120, 400), 160)["fits"] is False
+    with pytest.raises(ValueError, match="two different per-chip batches"):
+        aot.fit(report(32, 1, 1), report(32, 1, 1), 128)
