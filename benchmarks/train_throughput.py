@@ -26,9 +26,10 @@ the allocator's peak bytes in use (`memory_stats()["peak_bytes_in_use"]` /
 `torch.cuda.max_memory_allocated`; not on CPU) and XLA's program size (arguments + outputs +
 temporaries). Peaks of the second row of a JAX part (text extra, audio) are since the process began.
 
-The JAX parts import only jax, flax, optax, numpy and clapcomp's model / loss / train-step modules:
-the recipe fields the train step reads are restated in `RECIPES` (configs/*.py need ml_collections;
-tests/test_benchmarks.py checks that both agree).
+The recipes are the real config files (`configs/clap_htsat_roberta.py` for the plain step,
+`configs/compa_stage2.py` for the CompA step, `configs/tiny.py` for --config tiny), loaded with
+ml_collections; the step is `clapcomp.train.step.from_config` of them. Besides ml_collections the
+JAX parts need only jax, flax, optax, numpy and clapcomp's model / loss / train-step modules.
 """
 
 from __future__ import annotations
@@ -42,16 +43,14 @@ import statistics
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
+from pathlib import Path
 
 PARTS = ("train", "compa", "infer", "torch")
 RESULT = "@@result "
-_OPT = dict(lr=1e-4, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
-RECIPES = {  # the fields of configs/<name>.py that clapcomp.train.state / step read
-    "clap_htsat_roberta": dict(seed=0, loss="plain", total_steps=100_000, optimizer=dict(_OPT, warmup_steps=3200)),
-    "compa_stage2": dict(seed=3407, loss="compa", total_steps=20_000, optimizer=dict(_OPT, warmup_steps=1600)),
-    "tiny": dict(seed=0, loss="plain", total_steps=24, optimizer=dict(_OPT, lr=1e-2, warmup_steps=3, weight_decay=1e-4)),
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# --config tiny keeps configs/tiny.py's sizes but gives its text tower the RoBERTa form, so that an
+# HF ClapModel (whose text tower is RoBERTa) can mirror it in the torch part
+TINY_ROBERTA = dict(family="roberta", vocab_size=1000, type_vocab_size=1, pad_token_id=1, pooling="pooler")
 # device_kind substring -> (dense bf16 FLOP/s, dense TF32 FLOP/s, measured bf16 matmul ceiling); first match wins
 PEAKS = [("H100 PCIe", 756e12, 378e12, None), ("H100", 989e12, 494e12, 788e12), ("H200", 989e12, 494e12, None),
          ("A100", 312e12, 156e12, None)]  # fmt: skip
@@ -84,29 +83,27 @@ def parse_args(argv):
 # ----------------------------------------------------------------------------- shared pieces
 
 
+def train_config(args, loss: str = "plain"):
+    """The config file behind --config and `loss` (see module doc), computing in --dtype."""
+    import importlib.util
+
+    name = "tiny" if args.config == "tiny" else {"plain": "clap_htsat_roberta", "compa": "compa_stage2"}[loss]
+    spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.loss = loss
+    config.model.dtype = {"bf16": "bfloat16", "fp32": "float32"}[args.dtype]
+    if args.config == "tiny":
+        config.model.text.update(TINY_ROBERTA)
+    return config
+
+
 def model_config(args):
-    """The ClapConfig of --config (LAION-CLAP defaults = configs/clap_htsat_roberta.py's model)."""
-    from clapcomp.models.configs import AudioConfig, ClapConfig, HTSATConfig, TextConfig
+    """The ClapConfig of --config (the same model in every recipe of that --config)."""
+    from clapcomp.train.state import model_config as from_config
 
-    dtype = {"bf16": "bfloat16", "fp32": "float32"}[args.dtype]
-    if args.config == "clap_htsat_roberta":
-        return ClapConfig(dtype=dtype)
-    return ClapConfig(  # configs/tiny.py's audio/HTSAT, with a RoBERTa tower (HF ClapModel's kind) of its width
-        audio=AudioConfig(sample_rate=8000, n_fft=256, hop_length=80, n_mels=16, f_min=50.0, f_max=4000.0, clip_seconds=1.0),
-        htsat=HTSATConfig(n_mels=16, spec_size=64, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=8,
-                          drop_path_rate=0.0, spec_augment=False),
-        text=TextConfig(vocab_size=1000, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                        max_position_embeddings=32, max_length=16, dropout=0.0, attn_dropout=0.0),
-        projection_dim=32, logit_scale_init=2.6592600369262695, dtype=dtype,
-    )  # fmt: skip
-
-
-def train_config(args, loss: str):
-    """A stand-in for the ml_collections config: the fields clapcomp.train.state / step read."""
-    recipe = RECIPES["tiny" if args.config == "tiny" else {"plain": "clap_htsat_roberta", "compa": "compa_stage2"}[loss]]
-    cfg = model_config(args)
-    return SimpleNamespace(seed=recipe["seed"], loss=loss, total_steps=recipe["total_steps"], freeze="", fsdp_text=False,
-                           optimizer=SimpleNamespace(**recipe["optimizer"]), model=SimpleNamespace(to_dict=cfg.to_dict))
+    return from_config(train_config(args))
 
 
 def model_flops(cfg, audio_rows: int, text_rows: int, *, train: bool) -> float:
@@ -215,7 +212,7 @@ def run_train(args, loss: str) -> list[dict]:
     cfg = state_lib.model_config(config)
     mesh = jax.make_mesh((1, 1), AXES, axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:1])
     graphdef, state = state_lib.init_state(config, mesh)
-    step = step_lib.jit_train_step(graphdef, config, mesh, state_lib.abstract_state(config, mesh))
+    step = step_lib.from_config(graphdef, config, mesh, state_lib.abstract_state(config, mesh))
     data = inputs(cfg, args.batch, args.k, args.seed)
     batch = {k: jax.device_put(data[k], NamedSharding(mesh, BATCH)) for k in step_lib.batch_spec(loss)}
     start = time.perf_counter()
@@ -321,9 +318,9 @@ def run_torch(args) -> tuple[dict, list[dict], str | None]:
     ids = torch.from_numpy(data["input_ids"]).long().to(device)
     mask = torch.from_numpy(data["attention_mask"]).long().to(device)
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")  # noqa: E731
-    o = RECIPES["tiny" if args.config == "tiny" else "clap_htsat_roberta"]["optimizer"]
-    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=(o["b1"], o["b2"]), eps=o["eps"],
-                            weight_decay=o["weight_decay"], fused=True)  # fmt: skip
+    o = train_config(args).optimizer
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay,
+                            fused=True)  # fmt: skip
     compile_ = lambda f: torch.compile(f, mode=args.torch_compile_mode)  # noqa: E731
 
     def measure(name, call, batch, flops):

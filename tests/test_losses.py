@@ -7,7 +7,6 @@ reuses code from clapcomp.losses.
 
 import importlib.util
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
@@ -274,25 +273,6 @@ def test_errors_say_what_is_wrong():
 
 # ----------------------------------------------------------------------------- communication
 
-_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) (all-gather|all-reduce|reduce-scatter|"
-                         r"all-to-all|collective-permute)(?:-start)?\((.*?)\)")
-_DEF = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ")
-_SHAPE = re.compile(r"[a-z0-9]+\[([\d,]*)\]")
-
-
-def _collective_shapes(hlo: str):
-    """[(op, operand and result shapes)] of every collective in the compiled HLO text."""
-    defs = {m[1]: m[2] for m in map(_DEF.match, hlo.splitlines()) if m}
-    found = []
-    for match in map(_COLLECTIVE.match, hlo.splitlines()):
-        if match:
-            shapes = [match[2]] + [defs[op.strip().lstrip("%")] for op in match[4].split(",")]
-            dims = {tuple(int(x) for x in s.split(",") if x)
-                    for text in shapes for s in _SHAPE.findall(text)}
-            found.append((match[3], dims))
-    return found
-
-
 @pytest.mark.parametrize("which", ["contrastive", "modular"])
 def test_compiled_sharded_program_only_moves_audio_and_main_captions(which):
     n_local, k, d = 2, 5, 7  # distinct sizes: any gathered K/P/Q axis would show up in a shape
@@ -306,14 +286,14 @@ def test_compiled_sharded_program_only_moves_audio_and_main_captions(which):
     else:
         fn = lambda a, p, x, s: modular_loss(a, p, mask[:, :3], x, mask, s, mesh=mesh)  # noqa: E731
     args = (a, a if which == "contrastive" else pos, extra, 1.0)
-    found = _collective_shapes(_compiled_grad_hlo(fn, args))
+    found = _load_benchmark("hlo").collective_shapes(_compiled_grad_hlo(fn, args))
     gathers = [dims for op, dims in found if op == "all-gather"]
     assert len(gathers) == 2 and all(dims == {(n_local, d), (n, d)} for dims in gathers), found
     allowed = {(), (n_local, d), (n, d)}
     assert all(dims <= allowed for _, dims in found), found
     if which == "contrastive":  # control: the parser does see a gather of hard negatives
-        naive = lambda a, t, x, s: _load_benchmark().dense_gather_loss(mesh, a, t, x, mask, s)  # noqa: E731
-        found = _collective_shapes(_compiled_grad_hlo(naive, args))
+        naive = lambda a, t, x, s: _load_benchmark("loss_sharding").dense_gather_loss(mesh, a, t, x, mask, s)  # noqa: E731
+        found = _load_benchmark("hlo").collective_shapes(_compiled_grad_hlo(naive, args))
         assert any((n_local, k, d) in dims for op, dims in found if op == "all-gather"), found
 
 
@@ -321,9 +301,10 @@ def _compiled_grad_hlo(fn, args):
     return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3))).lower(*args).compile().as_text()
 
 
-def _load_benchmark():
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "loss_sharding.py"
-    spec = importlib.util.spec_from_file_location("loss_sharding", path)
+def _load_benchmark(name: str):
+    """benchmarks/<name>.py (the HLO collective parser lives in benchmarks/hlo.py, shared with tpu_aot.py)."""
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench

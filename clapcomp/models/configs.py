@@ -68,6 +68,7 @@ class HTSATConfig:
     spec_augment: bool = True  # time/freq stripe masking, training only
     ape: bool = False  # LAION-CLAP / Swin absolute position embedding added to the patch tokens
     time_segments: int = 1  # pooled output: mean of each of this many time spans, concatenated (1 = LAION/HF)
+    remat: str = "none"  # training: rematerialise each Swin block (clapcomp.models.remat.POLICIES)
 
     @property
     def hidden_size(self) -> int:
@@ -146,6 +147,7 @@ class TextConfig:
     attn_dropout: float = 0.1
     pooling: str = "pooler"  # "pooler" (dense+tanh on token 0, CLAP) | "mean" | "cls"
     max_length: int = 77
+    remat: str = "none"  # training: rematerialise each layer (clapcomp.models.remat.POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)

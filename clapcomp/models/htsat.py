@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from clapcomp.audio import spec_augment
+from clapcomp.models import remat
 from clapcomp.models.configs import HTSATConfig
 
 _BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum 0.1
@@ -279,10 +280,12 @@ class SwinStage(nnx.Module):
         )
         last = index == len(cfg.depths) - 1
         self.downsample = None if last else PatchMerging(dim, dtype=dtype, rngs=rngs)
+        self.remat = cfg.remat
 
     def __call__(self, x, *, key=None):
+        call = remat.blockwise(lambda block, x, k: block(x, key=k), self.remat, "htsat.remat")
         for block, k in zip(self.blocks, _split(key, len(self.blocks))):
-            x = block(x, key=k)
+            x = call(block, x, k)
         return x if self.downsample is None else self.downsample(x)
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from clapcomp.models import remat
 from clapcomp.models.configs import TextConfig
 
 _ACTIVATIONS = {
@@ -138,8 +139,9 @@ class TextEncoder(nnx.Module):
         )
         x = _dropout(self.embed_norm(x), self.cfg.dropout, _key(key, 1_000_000))
         mask = attention_mask.astype(bool)
+        call = remat.blockwise(lambda layer, x, mask, k: layer(x, mask, k), self.cfg.remat, "text.remat")
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, _key(key, i))
+            x = call(layer, x, mask, _key(key, i))
         return self._pool(x, mask)
 
     def _pool(self, x: jax.Array, mask: jax.Array) -> jax.Array:

@@ -70,7 +70,7 @@ def train(config, workdir: str | Path) -> dict:
         for step in range(start, config.total_steps):
             batch = {k: v for k, v in next(iterator).items() if k in keys}
             if train_step is None:
-                train_step = step_lib.jit_train_step(graphdef, config, mesh, abstract).lower(state, batch).compile()
+                train_step = step_lib.from_config(graphdef, config, mesh, abstract).lower(state, batch).compile()
                 reporter.set_flops(train_step)
             state, metrics = train_step(state, batch)
             done = step + 1

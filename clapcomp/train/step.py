@@ -1,23 +1,31 @@
-"""The train step: a pure function (graphdef, state, batch) -> (state, metrics), jitted with the
-state donated.
+"""The train step, built once from objects (big_vision style) and jitted with the state donated:
 
-Per step:
+    tx, schedule = state_lib.make_optimizer(config, params), state_lib.learning_rate(config)
+    train_step = make_train_step(graphdef, tx, schedule, loss_fn(config.loss), mesh,
+                                 seed=config.seed, state_sharding=shardings)
+    state, metrics = train_step(state, batch)
+
+No config is read inside the trace. Per step:
   key = fold_in(key(seed), step)             the same step always draws the same randomness, so a
                                              resumed run is bit-identical to an unbroken one
   audio  = embed_audio(waveform, lengths)    log-mel on device, random crop / SpecAugment / dropout
   texts  = embed_tokens(captions), and the hard negatives [B, K, L] or modular positives
            [B, P, L] / negatives [B, Q, L], flattened to rows of the same text tower
   loss   = clapcomp.losses (plain | compa | modular), sharded over the mesh's batch axes
-  grads -> clip -> Adam(W) -> logit_scale clamped to [0, ln 100]
+  grads -> tx (clip -> Adam(W) with `schedule`) -> logit_scale clamped to [0, ln 100]
 If the loss or any gradient is NaN/inf, the update is dropped: parameters, optimizer state and
 BatchNorm statistics stay as they were, `metrics["nonfinite"]` is 1 and `state.nonfinite_run`
 counts the skipped steps in a row (the loop stops the run when it reaches the config's limit).
+The learning rate follows the count of *applied* updates (the optimizer's own step count, which a
+skipped step does not advance), and `metrics["learning_rate"]` is `schedule(that count)`: the rate
+this step applied, or would have applied had it not been skipped.
 No host synchronisation happens inside.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +38,7 @@ from clapcomp.train import state as state_lib
 from clapcomp.train.distributed import BATCH
 
 LOSSES = ("plain", "compa", "modular")
+LossFn = Callable[..., jax.Array]  # (model, batch, key, mesh) -> [] float32
 
 
 def batch_spec(loss: str) -> dict[str, P]:
@@ -48,8 +57,8 @@ def _embed_rows(model, ids, mask, key):
     return model.embed_tokens(ids.reshape(b * k, length), mask.reshape(b * k, length), train=True, key=key).reshape(b, k, -1)
 
 
-def compute_loss(model, batch, key, *, loss: str, mesh: Mesh | None):
-    """The configured contrastive loss of `model` on `batch` (train mode, randomness from `key`)."""
+def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str):
+    """The contrastive loss `loss` of `model` on `batch` (train mode, randomness from `key`)."""
     k_audio, k_text, k_neg, k_pos = jax.random.split(key, 4)
     audio = model.embed_audio(batch["waveform"], batch["lengths"], train=True, key=k_audio)
     text = model.embed_tokens(batch["input_ids"], batch["attention_mask"], train=True, key=k_text)
@@ -65,45 +74,74 @@ def compute_loss(model, batch, key, *, loss: str, mesh: Mesh | None):
     return losses.modular_loss(audio, positives, positive_mask, negatives, batch["neg_mask"], scale, mesh=mesh)
 
 
-def train_step(graphdef, state: state_lib.TrainState, batch: dict, *, config, mesh: Mesh | None):
-    """One optimizer step; see the module doc. Returns (new state, metrics of scalars)."""
-    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
-    tx = state_lib.make_optimizer(config, state.params)
-
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.model_state)
-        value = compute_loss(model, batch, key, loss=config.loss, mesh=mesh)
-        return value, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
-
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = state_lib.clamp_logit_scale(optax.apply_updates(state.params, updates))
-
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
-    new_state = state_lib.TrainState(
-        step=state.step + 1,
-        params=keep(params, state.params),
-        model_state=keep(model_state, state.model_state),
-        opt_state=keep(opt_state, state.opt_state),
-        nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
-    )
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        "learning_rate": state_lib.learning_rate(config)(state.step),
-        "logit_scale": jnp.exp(new_state.params["logit_scale"]),
-        "nonfinite": (~finite).astype(jnp.int32),
-        "nonfinite_run": new_state.nonfinite_run,
-    }
-    return new_state, metrics
+def loss_fn(name: str) -> LossFn:
+    """The train loss `name` ("plain" | "compa" | "modular") as (model, batch, key, mesh) -> scalar."""
+    if name not in LOSSES:
+        raise ValueError(f"config.loss must be one of {LOSSES}, got {name!r}")
+    return functools.partial(compute_loss, loss=name)
 
 
-def jit_train_step(graphdef, config, mesh: Mesh, abstract: state_lib.TrainState):
-    """`train_step` jitted for `mesh`: state donated, in/out shardings pinned to the state's own."""
-    if config.loss not in LOSSES:
-        raise ValueError(f"config.loss must be one of {LOSSES}, got {config.loss!r}")
+def applied_updates(opt_state) -> jax.Array:
+    """[] int32: how many updates the optimizer has applied (its learning-rate schedule's count)."""
+    counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+    counts = [v for path, v in counts if getattr(path[-1], "tuple_name", "") == "ScaleByScheduleState"]
+    if len(counts) != 1:
+        raise ValueError(
+            f"the optimizer must apply its learning rate through one schedule (optax.scale_by_schedule, as "
+            f"optax.adamw(schedule) does); found {len(counts)} schedule counts in its state"
+        )
+    return counts[0]
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, loss_fn: LossFn,
+                    mesh: Mesh, *, seed: int, state_sharding: state_lib.TrainState):  # fmt: skip
+    """The jitted `train_step(state, batch) -> (state, metrics)` of the module doc, for `mesh`.
+
+    `tx` must apply `schedule` (e.g. `optax.adamw(schedule)`); `state_sharding` is the TrainState's
+    NamedShardings (e.g. of `state_lib.abstract_state`): state in and out keep them, the state is
+    donated, every batch array is split on dim 0 over all devices. Metrics are replicated scalars.
+    """
+
+    def train_step(state: state_lib.TrainState, batch: dict):
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+
+        def objective(params):
+            model = nnx.merge(graphdef, params, state.model_state)
+            value = loss_fn(model, batch, key, mesh)
+            return value, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+        (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = state_lib.clamp_logit_scale(optax.apply_updates(state.params, updates))
+
+        leaves = jax.tree_util.tree_leaves(grads)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+        keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
+        new_state = state_lib.TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            model_state=keep(model_state, state.model_state),
+            opt_state=keep(opt_state, state.opt_state),
+            nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": schedule(applied_updates(state.opt_state)),
+            "logit_scale": jnp.exp(new_state.params["logit_scale"]),
+            "nonfinite": (~finite).astype(jnp.int32),
+            "nonfinite_run": new_state.nonfinite_run,
+        }
+        return new_state, metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(train_step, in_shardings=(state_sharding, NamedSharding(mesh, BATCH)),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0)  # fmt: skip
+
+
+def from_config(graphdef, config, mesh: Mesh, abstract: state_lib.TrainState):
+    """`make_train_step` with the objects `config` describes (optimizer, schedule, loss, seed)."""
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
-    batch = {k: NamedSharding(mesh, spec) for k, spec in batch_spec(config.loss).items()}
-    step = functools.partial(train_step, graphdef, config=config, mesh=mesh)
-    return jax.jit(step, in_shardings=(shardings, batch), out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    tx = state_lib.make_optimizer(config, abstract.params)
+    return make_train_step(graphdef, tx, state_lib.learning_rate(config), loss_fn(config.loss), mesh,
+                           seed=config.seed, state_sharding=shardings)  # fmt: skip

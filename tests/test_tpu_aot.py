@@ -1,0 +1,103 @@
+"""benchmarks/tpu_aot.py: the tiny config's CompA step (K = 3) compiled by the TPU compiler for a
+v5e 2x2 slice on this CPU host. Needs libtpu (`pip install "jax[tpu]==<jax version>"`); those tests
+skip, saying so, where it is not installed. The collectives are checked against what the sharded loss
+and data parallelism imply; the HLO parser is checked on a hand-written gather of the K axis."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+aot, hlo = _load("tpu_aot"), _load("hlo")
+B, K, CHIPS = 2, 3, 4  # samples per chip, hard negatives, chips of v5e:2x2
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    pytest.importorskip("libtpu", reason='libtpu (the TPU compiler) is not installed: pip install "jax[tpu]==<jax version>"')
+    args = aot.parse_args(["--config", str(ROOT / "configs" / "tiny.py"), "--topology", "v5e:2x2",
+                           "--per-chip-batch", str(B), "--loss", "compa", "--k", str(K), "--dtype", "fp32"])  # fmt: skip
+    config = aot.load_config(args)
+    step, mesh, seconds = aot.compile_step(config, args.topology, args.per_chip_batch)
+    return aot.report(args, config, step, mesh, seconds), step.as_text(), config
+
+
+def test_memory_report_per_chip(compiled):
+    import jax
+
+    from clapcomp.train import state as state_lib
+
+    r, _, config = compiled
+    assert r["chips"] == CHIPS and r["mesh"] == {"data": CHIPS, "fsdp": 1} and r["global_batch"] == B * CHIPS
+    by = r["bytes"]
+    assert by["hbm"] == 16 * 2**30 and r["fits"] is True
+    assert by["total"] == by["arguments"] + by["temporaries"] + by["outputs"] + by["code"]
+    # arguments: the replicated state (params + Adam moments + counters) and this chip's batch rows,
+    # at least their logical size (TPU layouts pad small arrays to tiles)
+    abstract = state_lib.abstract_state(config, jax.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1]))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract))
+    cfg = state_lib.model_config(config)
+    batch_bytes = B * (4 * cfg.audio.clip_samples + 4 + (1 + K) * 2 * 4 * cfg.text.max_length + K)
+    assert state_bytes + batch_bytes <= by["arguments"] <= 4 * (state_bytes + batch_bytes), (by, state_bytes, batch_bytes)
+    assert by["temporaries"] > 0 and by["outputs"] >= 0 and r["compile_s"] > 0
+    # the compiled FLOPs per sample cover at least the analytic matmul count of the towers
+    assert 0 < r["flops_per_sample"]["model"] <= r["flops_per_sample"]["compiled"]
+
+
+def test_no_gather_carries_the_hard_negative_axis(compiled):
+    r, text, config = compiled
+    d = config.model.projection_dim
+    assert r["k_axis_gathers"] == [] and hlo.gathers_with_axis(text, B, K) == []
+    gathers = [c for c in r["collectives"] if c["kind"] == "all-gather"]
+    # the sharded loss gathers exactly two [B_local, D] blocks (audio and main-caption embeddings) over `data`
+    assert len(gathers) == 2, gathers
+    for c in gathers:
+        assert math.prod(c["result"][0]) == CHIPS * B * d and c["axes"] == ["data"], c
+    assert all(c["kind"] != "reduce-scatter" for c in r["collectives"])  # nothing is sharded but the batch
+
+
+def test_collectives_match_the_mesh(compiled):
+    import jax
+
+    from clapcomp.train import state as state_lib
+
+    r, _, config = compiled
+    assert {c["kind"] for c in r["collectives"]} <= {"all-gather", "all-reduce", "all-to-all"}
+    assert all(c["axes"] == ["data"] for c in r["collectives"]), r["collectives"]
+    # data parallelism: every parameter's gradient is summed over `data`, so the all-reduced bytes
+    # cover the float32 parameters at least once
+    _, params, _ = state_lib.abstract_model(config)
+    param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(params))
+    assert r["collective_bytes"]["all-reduce"] >= param_bytes
+
+
+def test_parser_sees_a_gathered_k_axis():
+    text = ("%p = f32[2,3,32]{2,1,0} parameter(0)\n"
+            "%ag = f32[8,3,32]{2,1,0} all-gather(%p), channel_id=1, replica_groups=[1,4]<=[4], dimensions={0}\n")  # fmt: skip
+    [found] = hlo.collectives(text, {"data": 4, "fsdp": 1})
+    assert found["kind"] == "all-gather" and found["axes"] == ["data"] and found["result_bytes"] == 8 * 3 * 32 * 4
+    assert [c["operands"] for c in hlo.gathers_with_axis(text, 2, 3)] == [[[2, 3, 32]]]
+    assert hlo.gathers_with_axis(text, 2, 5) == []
+
+
+def test_linear_fit_of_two_compiles():
+    def report(b, args, temps):
+        return dict(per_chip_batch=b, bytes=dict(arguments=args, temporaries=temps, outputs=0, code=10,
+                                                  total=args + temps + 10, hbm=1000))  # fmt: skip
+
+    r = aot.fit(report(64, 120, 400), report(32, 110, 200), 128)  # by hand: +10 / +200 bytes per 32 samples
+    assert r["bytes"] == {"arguments": 140, "temporaries": 800, "outputs": 0, "code": 10, "total": 950}
+    assert r["fits"] is True and aot.fit(report(32, 110, 200), report(64, 120, 400), 160)["fits"] is False
+    with pytest.raises(ValueError, match="two different per-chip batches"):
+        aot.fit(report(32, 1, 1), report(32, 1, 1), 128)
