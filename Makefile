@@ -28,6 +28,9 @@ $(TEST_STAMP): pyproject.toml constraints.txt | $(PY)
 	# LAION-CLAP's model classes, only as the reference of the .pt import test (its metadata pins numpy<2);
 	# aisfx: its pretrained CNN (CC BY 4.0) and model class (its metadata pins numpy==1.23 and librosa==0.9.2)
 	$(PIP) --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0 aisfx==0.1.2
+	# the TPU compiler, for the ahead-of-time compile test only: kept out of site-packages (found through
+	# TPU_LIBRARY_PATH), so nothing else in this venv probes for a TPU at start-up
+	$(PIP) --no-deps --target $(VENV)/libtpu libtpu==0.0.42.1
 	$(GPU)
 	touch $@ $(DEMO_STAMP)
 
@@ -37,13 +40,15 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 TPU_LIBRARY_PATH=$(CURDIR)/$(VENV)/libtpu/libtpu/libtpu.so
+
 # Everything, as CI runs it; the slowest 15 tests are printed so they stay visible.
 test: $(TEST_STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # Without the multi-process / end-to-end tests (marked `slow`): the edit-test loop.
 test-fast: $(TEST_STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/clapcomp demo --workdir runs/demo
