@@ -194,6 +194,7 @@ class DeviceIterator:
         self.sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes)))
         self.max_error_rate, self.min_examples_for_rate = max_error_rate, min_examples_for_rate
         self.metrics = {"examples": 0, "skipped": dict.fromkeys(READ_REASONS, 0)}
+        self._skips_before: dict[str, int] = {}
 
     def __iter__(self):
         return self
@@ -217,6 +218,21 @@ class DeviceIterator:
                 f"{bad} of {seen} records read were bad ({self.metrics['skipped']}), more than "
                 f"max_error_rate={self.max_error_rate:g}; the warnings log names them. Rebuild the "
                 "dataset with `clapcomp data build` or raise max_error_rate.")
+
+    def skip_totals(self) -> dict[str, int]:
+        """Bad records replaced since the run began, summed over processes, plus the counts
+        restored with a checkpoint (`restore_skips`). A collective: call it on every process."""
+        import jax
+        from jax.experimental import multihost_utils
+
+        local = np.array([self.metrics["skipped"][r] for r in READ_REASONS], np.int64)
+        if jax.process_count() > 1:
+            local = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(READ_REASONS)).sum(0)
+        return {r: int(self._skips_before.get(r, 0)) + int(n) for r, n in zip(READ_REASONS, local)}
+
+    def restore_skips(self, totals: dict[str, int]) -> None:
+        """Counts saved with the checkpoint this run resumes from (`skip_totals` adds them)."""
+        self._skips_before = {r: int(n) for r, n in totals.items()}
 
     def get_state(self) -> dict:
         return self.grain_iterator.get_state()
