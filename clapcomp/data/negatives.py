@@ -75,7 +75,17 @@ _WORD = re.compile(r"([A-Za-z]+(?:-[A-Za-z]+)*)")
 
 def normalize(caption: str) -> str:
     """Case-, space- and final-punctuation-insensitive form used to compare captions."""
-    return re.sub(r"\s+", " ", caption.strip().lower()).rstrip(".!? ")
+    return re.sub(r"\s+", " ", caption.strip().casefold()).rstrip(".!?;:, ")
+
+
+def clean_negatives(negatives: Sequence[str], positives: Sequence[str]) -> tuple[list[str], int]:
+    """(`negatives` without those equal to a positive caption after `normalize`, how many dropped).
+
+    A negative equal to the row's own caption would sit in its own softmax denominator: the
+    contradictory supervision the CompA losses must never see."""
+    same = {normalize(p) for p in positives}
+    kept = [n for n in negatives if normalize(n) not in same]
+    return kept, len(negatives) - len(kept)
 
 
 def _fix_articles(text: str) -> str:
