@@ -137,7 +137,8 @@ def make_dataset(source, *, tokenizer, seed: int, global_batch_size: int, clip_s
     repeats forever. `process_index/process_count` default to JAX's; each host gets the disjoint
     slice `[process_index::process_count]` of the shuffled stream and batches of
     `global_batch_size // process_count`. `num_workers > 0` decodes in that many (spawned)
-    processes, so a script must guard its entry with `if __name__ == "__main__":`; batches are
+    processes, so a script must guard its entry with `if __name__ == "__main__":` and parse absl
+    flags (grain's workers read them; this function never changes global flag state); batches are
     identical for any worker count. Each process builds `read_threads` batches at a
     time and buffers `prefetch_batches` (memory: ~(threads + buffer) x batch x S x 4 bytes).
     Negatives come from the record, else (if `generate_negatives`) from
@@ -172,8 +173,10 @@ def make_dataset(source, *, tokenizer, seed: int, global_batch_size: int, clip_s
     if num_workers > 0:
         from absl import flags
 
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults are fine)
-            flags.FLAGS.mark_as_parsed()
+        if not flags.FLAGS.is_parsed():
+            raise RuntimeError(
+                "num_workers > 0 runs grain worker processes, which read absl flags: parse them in your "
+                "program's entry point first (absl.app.run, or flags.FLAGS.mark_as_parsed() for the defaults)")
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
 

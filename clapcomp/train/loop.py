@@ -144,6 +144,11 @@ def _data_iterator(config, mesh, tokenizer):
         raise ValueError("config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)")
     from clapcomp.data.records import RecordSource
 
+    if config.data.workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # the trainer is the application: grain's workers read absl flags
+            flags.FLAGS.mark_as_parsed()
     audio = state_lib.model_config(config).audio
     return pipeline.make_iterator(
         RecordSource(config.data.train),

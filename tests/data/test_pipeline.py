@@ -125,7 +125,29 @@ def test_same_seed_same_batches_other_seed_other_order(source, tok):
     assert epochs[:3] == ids and epochs[3:] != ids  # each epoch reshuffles
 
 
-def test_worker_count_does_not_change_batches(source, tok):
+@pytest.fixture
+def absl_flags_parsed():
+    """grain's worker processes read absl flags; an application parses them (pipeline never does)."""
+    from absl import flags
+
+    was = flags.FLAGS.is_parsed()
+    flags.FLAGS.mark_as_parsed()
+    yield
+    if not was:
+        flags.FLAGS.unparse_flags()
+
+
+def test_workers_need_parsed_absl_flags_and_leave_them_alone(source, tok):
+    from absl import flags
+
+    if flags.FLAGS.is_parsed():
+        flags.FLAGS.unparse_flags()
+    with pytest.raises(RuntimeError, match="absl flags"):
+        _ds(source, tok, num_workers=2)
+    assert not flags.FLAGS.is_parsed()
+
+
+def test_worker_count_does_not_change_batches(source, tok, absl_flags_parsed):
     _assert_same(list(_ds(source, tok, num_epochs=2)), list(_ds(source, tok, num_epochs=2, num_workers=2)))
 
 
