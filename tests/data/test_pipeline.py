@@ -304,3 +304,18 @@ def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
         assert out["waveform"].shape == (CLIP,) and out["input_ids"].shape == (L,)
         skipped += int(out["_skips"].sum())
     assert skipped > 50  # most mutations are caught (some flip bytes a decoder cannot notice)
+
+
+def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source, tok, caplog):
+    class Broken:
+        def generate(self, caption, k):
+            raise KeyError("bug in a custom negative generator")
+
+    records = [encode_record({**_record(i), "negatives": []}) for i in range(N)]
+    transform = pipeline.RecordTransform(records, tokenizer=tok, sample_rate=16000, clip_samples=CLIP,
+                                         k_negatives=K, negative_generator=Broken(), max_unexpected=3)
+    rng = np.random.default_rng(0)
+    with pytest.raises(RuntimeError, match="3 unexpected errors.*KeyError.*a bug"):
+        transform(records[0], rng)
+    assert transform.unexpected == 3
+    assert caplog.text.count("Traceback") == 3 and "bug in a custom negative generator" in caplog.text
