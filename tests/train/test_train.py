@@ -53,6 +53,9 @@ class _Poisoned:
         self.iterator, self.bad, self.n = iterator, set(bad), 0
         self.grain_iterator = iterator.grain_iterator
 
+    def __getattr__(self, name):  # skip counters etc. from the real iterator
+        return getattr(self.iterator, name)
+
     def __next__(self):
         batch = next(self.iterator)
         self.n += 1
@@ -81,3 +84,31 @@ def test_nonfinite_steps_skipped_counted_then_stop(tmp_path, tiny, helpers, monk
     assert not np.array_equal(state[3].params["logit_scale"], state[4].params["logit_scale"])
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state[7].params))
     assert int(state[7].nonfinite_run) == 2 and ckpt_lib.read_config(tmp_path).max_consecutive_nonfinite == 3
+
+
+def test_data_skip_counters_reach_metrics_and_survive_a_resume(tmp_path, tiny, tone_records):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from clapcomp.data.records import shard_paths
+
+    bad = tmp_path / "bad.array_record"
+    w = ArrayRecordWriter(str(bad), "group_size:1")
+    for i in range(8):
+        w.write(b"junk, not a record %d" % i)
+    w.close()
+    config = tiny("plain")
+    config.data.train = shard_paths(str(tone_records)) + [str(bad)]
+    config.total_steps, config.ckpt_every = 4, 4
+    workdir = tmp_path / "run"
+    loop.train(config, workdir)
+    config.total_steps = 6  # a change a resume accepts (logged, recorded)
+    loop.train(config, workdir)
+
+    rows = {r["step"]: r for r in _losses(workdir)}
+    counts = [rows[s]["data/skipped/bad_record"] for s in range(1, 7)]
+    saved = json.loads(next((workdir / "checkpoints" / "4" / "skips").iterdir()).read_text())
+    assert counts[3] > 0 and saved["bad_record"] == counts[3]  # checkpointed with the iterator
+    assert counts == sorted(counts)  # cumulative across the resume, never reset
+    assert all(rows[s]["data/skipped/corrupt_audio"] == 0 for s in range(1, 7))
+    events = [json.loads(line) for line in (workdir / "restore_log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "resumed" and events[-1]["changed"] == ["total_steps: 4 -> 6"]
