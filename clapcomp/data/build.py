@@ -12,9 +12,12 @@ Formats (``--format``):
 
 Every input item is decoded with soundfile, mixed to mono, resampled with soxr to
 ``sample_rate`` and stored as 16-bit FLAC (or raw int16 with ``audio_format="pcm16"``: bigger,
-much faster to decode). A bad item is skipped and counted by reason (see
-`REASONS`); ``stats.json`` next to the shards holds the counts, examples of each skip reason and
-duration figures. Once ``max_error_rate`` of the items seen (after ``min_items_for_rate``) are
+much faster to decode). A bad item is skipped and counted by reason (the readers and
+`REASONS` live in `clapcomp.data.sources`; this module orchestrates them). A negative equal to
+one of the row's captions or positives (`clapcomp.data.negatives.normalize`) is dropped and
+counted. ``stats.json`` next to the shards holds the counts, examples of each skip reason,
+duration figures and what the data can train (``rows_with_negatives``, ``negatives_per_row``,
+``rows_with_positives``). Once ``max_error_rate`` of the items seen (after ``min_items_for_rate``) are
 bad, the build stops with `BuildError`; the shards written until then stay valid.
 """
 

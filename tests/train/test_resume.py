@@ -108,6 +108,8 @@ def test_load_newest_or_explicit_step_and_a_corrupt_step_is_an_error(tmp_path, r
     import jax
     import pytest
 
+    from flax import nnx
+
     import clapcomp
     from clapcomp.train import checkpoint as ckpt_lib
 
@@ -124,8 +126,15 @@ def test_load_newest_or_explicit_step_and_a_corrupt_step_is_an_error(tmp_path, r
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     with pytest.raises(ckpt_lib.CheckpointError, match=r"step 8 .* cannot be read.*--step 4"):
         clapcomp.load(workdir)  # never a quiet older model
-    model = clapcomp.load(workdir, step=4).model
-    from flax import nnx
+    from clapcomp import export
+
+    with pytest.raises(ckpt_lib.CheckpointError, match="step 8"):
+        export.main(["--model", str(workdir), "--format", "safetensors", "--out", str(tmp_path / "x")])
+    assert export.main(["--model", str(workdir), "--format", "safetensors", "--out", str(tmp_path / "e4"), "--step", "4"]) == 0
+    model = clapcomp.load(tmp_path / "e4").model  # the export of step 4 ...
+    loaded = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
+    helpers.assert_states_bitwise_equal(helpers.read_state(reference_run, 4).params, loaded)
+    model = clapcomp.load(workdir, step=4).model  # ... equals step 4 loaded from the workdir
 
     loaded = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
     helpers.assert_states_bitwise_equal(helpers.read_state(reference_run, 4).params, loaded)
