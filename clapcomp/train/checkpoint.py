@@ -163,12 +163,12 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                self._check_compatible(step, abstract, mode)
-                return self._read_with_retries(step, abstract, iterator, mode)
+                self._retrying(step, lambda: self._check_compatible(step, abstract, mode))
+                return self._retrying(step, lambda: self._read(step, abstract, iterator, mode))
+            except CheckpointError:
+                raise
             except Exception as e:
-                if isinstance(e, CheckpointError) or cause(e) != "corrupt":
-                    if isinstance(e, CheckpointError):
-                        raise
+                if cause(e) != "corrupt":
                     raise CheckpointError(
                         f"reading checkpoint step {step} in {self.directory} failed with an unexpected "
                         f"{_first_line(e)}; no file was changed. Report this with the traceback above.") from e
@@ -208,17 +208,23 @@ class Checkpointer:
                     "or pass --restore=params_only to restore parameters and optimizer state and restart the data "
                     "iterator from the beginning of the data.")
 
-    def _read_with_retries(self, step: int, abstract, iterator, mode: str):
+    def _read(self, step: int, abstract, iterator, mode: str):
         items = {"state": self._ocp.args.StandardRestore(abstract)}
         if mode == "latest":
             items["data"] = _grain_args(save=False)(iterator)
             if (self.directory / str(step) / "skips").is_dir():
                 items["skips"] = self._ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=self._ocp.args.Composite(**items))
+        self.restored_skips = dict(restored.get("skips") or {}) if "skips" in items else {}
+        return restored.state
+
+    def _retrying(self, step: int, read):
+        """`read()`, retried with exponential back-off while it fails with a transient I/O error."""
         for attempt in range(self.retries + 1):
             try:
-                restored = self.manager.restore(step, args=self._ocp.args.Composite(**items))
-                self.restored_skips = dict(restored.get("skips") or {}) if "skips" in items else {}
-                return restored.state
+                return read()
+            except CheckpointError:
+                raise
             except Exception as e:
                 if cause(e) != "transient":
                     raise

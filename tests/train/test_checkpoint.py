@@ -158,6 +158,26 @@ def test_transient_read_error_is_retried_refused_and_then_resumes(tmp_path):
     assert int(state["step"]) == 4 and next(it) == 6
 
 
+def test_a_fault_that_clears_during_the_retries_resumes_the_newest_step(tmp_path):
+    import orbax.checkpoint as ocp
+
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2, 4], mesh)
+    real, calls = ocp.StandardCheckpointHandler.metadata, []
+
+    def flaky(self, directory):  # the first two reads of the metadata fail, as on a storage hiccup
+        calls.append(directory)
+        if len(calls) <= 2:
+            raise OSError(errno.EIO, "Input/output error", str(directory))
+        return real(self, directory)
+
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5, retries=2, backoff_s=0.01)
+    with mock.patch.object(ocp.StandardCheckpointHandler, "metadata", flaky):
+        state = ck.restore(_abstract(mesh), _iterator())
+    ck.close()
+    assert int(state["step"]) == 4 and len(calls) == 3 and not _log_events(tmp_path)
+
+
 def test_unknown_read_error_is_not_treated_as_corrupt(tmp_path):
     mesh = distributed.make_mesh()
     _save_steps(tmp_path, [2, 4], mesh)
