@@ -114,3 +114,33 @@ def test_data_skip_counters_reach_metrics_and_survive_a_resume(tmp_path, tiny, t
     assert all(rows[s]["data/skipped/corrupt_audio"] == 0 for s in range(1, 7))
     events = [json.loads(line) for line in (workdir / "restore_log.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "resumed" and events[-1]["changed"] == ["total_steps: 4 -> 6"]
+
+
+def test_second_ctrl_c_exits_at_once_even_inside_a_blocking_call(tmp_path, helpers):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "guarded.py"
+    script.write_text(
+        "import os\n"
+        "from clapcomp.train.loop import PreemptionGuard\n"
+        "guard = PreemptionGuard()\n"
+        "print('ready', flush=True)\n"
+        "r, w = os.pipe()\n"
+        "os.read(r, 1)  # blocks in C forever, as a long XLA compile or Orbax write would\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env=helpers.train_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None  # the first Ctrl-C only asks for a checkpoint after the step
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert "Ctrl-C again to exit at once" in err and "second SIGINT: exiting now" in err
