@@ -307,11 +307,14 @@ def check_resume_config(workdir: str | Path, config) -> list[str]:
         return []
     accepted, refused = config_changes(json.loads(path.read_text()), config)
     if refused:
+        new_run = f"to start a new run from its weights: --workdir NEW --config.init.kind=checkpoint --config.init.path={workdir}"
+        if any(r.startswith("model.") for r in refused):
+            new_run += " (only if the towers and projections keep their shapes)"
         raise IncompatibleCheckpoint(
             f"{workdir} holds checkpoints of a run whose config differs from this one in fields a resume cannot "
             "change (config.json -> command line):\n  " + "\n  ".join(refused) + "\nNothing was changed. To resume, "
-            "rerun with the run's values (drop these overrides). To start a new run from its weights: --workdir NEW "
-            f"--config.init.kind=checkpoint --config.init.path={workdir}. Fields a resume may change: {', '.join(RESUMABLE)}.")
+            f"rerun with the run's values (drop these overrides); {new_run}. Fields a resume may change: "
+            f"{', '.join(RESUMABLE)}.")
     return accepted
 
 
