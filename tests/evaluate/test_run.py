@@ -27,6 +27,9 @@ class FakeEmbedder:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+LOADED: list = []  # (path, step) of every clapcomp.load call in a test
+
+
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     e1, e2 = np.eye(2)
@@ -41,7 +44,8 @@ def bench(tmp_path, monkeypatch):
     )
     good = {"a dog then a bell": e1, "a bell then a dog": e2, "a cat while rain": e2, "rain while a cat": e1}
     models = {"/m/compa": FakeEmbedder(good), "/m/plain": FakeEmbedder({})}  # plain: all captions alike
-    monkeypatch.setattr(clapcomp, "load", lambda path: models[path])
+    LOADED.clear()
+    monkeypatch.setattr(clapcomp, "load", lambda path, step=None: LOADED.append((path, step)) or models[path])
     return tmp_path
 
 
@@ -84,3 +88,8 @@ def test_evaluators_by_config_name(bench):
     assert got["retrieval"]["text_to_audio"]["R@1"] == 100.0
     assert got["zeroshot"]["top1"] == 100.0
     assert set(run.headline(got["retrieval"])) == {f"{d}_{m}" for d in ("t2a", "a2t") for m in ("R@1", "R@10", "mAP@10")}
+
+
+def test_eval_cli_passes_step_to_load(bench):
+    assert run.main(["--model", "/m/compa", "--benchmark", "compa", "--data", str(bench / "order.csv"), "--step", "4"]) == 0
+    assert LOADED == [("/m/compa", 4)]
