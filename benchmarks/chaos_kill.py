@@ -21,7 +21,7 @@ XLA compilation cache (DIR/xla_cache; the reference fills it), so relaunches loa
 Every launch is bounded by --launch-timeout. Logs: DIR/logs/*.log. Prints a table and writes
 DIR/summary.json. Exit status: 0 all equal; 1 a difference, a launch that failed other than by our
 SIGKILL or hung, or a relaunch that resumed from an older checkpoint than the newest one without
-the unreadable-checkpoint warning; 2 bad arguments; 3 the run completed before all kills landed
+the corrupt-checkpoint warning; 2 bad arguments; 3 the run completed before all kills landed
 (raise --steps).
 """
 
@@ -46,7 +46,7 @@ PHASES = ("write", "steps", "startup", "compile")  # cycled, then shuffled: 1 ki
 START = re.compile(rb"(starting|resuming) at step (\d+) of")
 STEP = re.compile(rb"^step (\d+)/", re.M)
 TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
-FALLBACK = b"is unreadable"
+FALLBACK = b"is corrupt ("
 POLL_S = 0.002
 
 

@@ -2,7 +2,7 @@
 
 `KINDS[name] = (family, expected outcomes, maker)`; family "manifest" (one CSV/JSONL row),
 "webdataset" (one tar holding one item) or "record" (one raw ArrayRecord record). Expected outcomes
-are `OK` or skip reasons of `clapcomp.data.build.REASONS` / `clapcomp.data.pipeline.READ_REASONS`.
+are `OK` or skip reasons of `clapcomp.data.sources.REASONS` / `clapcomp.data.pipeline.READ_REASONS`.
 `write_inputs(out, n, seed)` writes n inputs (every kind at least once when n allows) under OUT/inputs.
 """
 

@@ -60,6 +60,9 @@ def main() -> None:
                    choices=["flac", "pcm16"], help="record audio storage to compare")
     p.add_argument("--tokenizer", default=None)
     a = p.parse_args()
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (their defaults)
 
     from clapcomp.data.records import RecordSource, write_records
     from clapcomp.tokenizer import Tokenizer

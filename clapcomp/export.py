@@ -196,11 +196,11 @@ def save_stablehlo(model, config, out: str | Path, tokenizer=None, *, audio_samp
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _load_source(path: str):
+def _load_source(path: str, step: int | None = None):
     """Any model `clapcomp.load` reads (HF dir, clapcomp export, LAION .pt, ...) -> (model, config, tokenizer)."""
     from clapcomp.inference import load
 
-    clap = load(path)
+    clap = load(path, step=step)
     return clap.model, clap.config, clap.tokenizer
 
 
@@ -212,8 +212,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokenizer", help="tokenizer.json to ship with the export (default: the model's)")
     parser.add_argument("--audio-samples", type=int, help="stablehlo: waveform length S (default: one clip)")
     parser.add_argument("--platforms", default="cpu,cuda,tpu", help="stablehlo: comma-separated lowering platforms")
+    parser.add_argument("--step", type=int, help="for a training workdir: this checkpoint step (default: the newest)")
     args = parser.parse_args(argv)
-    model, config, tokenizer = _load_source(args.model)
+    model, config, tokenizer = _load_source(args.model, args.step)
     if args.tokenizer:
         from clapcomp.tokenizer import Tokenizer
 

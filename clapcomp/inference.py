@@ -62,15 +62,17 @@ LAYOUTS: list[Layout] = [
            _is_hf_clap, "clapcomp.convert.hf:load_hf_clap"),
     Layout("clapcomp-export", "`clapcomp export --format safetensors|stablehlo` dir (clapcomp.json + model.safetensors)",
            lambda p: importlib.import_module("clapcomp.export").is_exported(p), "clapcomp.export:load_exported"),
-    Layout("clapcomp-workdir", "`clapcomp train --workdir` dir (config.json + checkpoints/; newest readable step)",
+    Layout("clapcomp-workdir", "`clapcomp train --workdir` dir (config.json + checkpoints/; newest step or step=)",
            lambda p: _training_config(p) is not None, "clapcomp.train.checkpoint:load_model"),
     Layout("laion-pt", "LAION-CLAP / CompA checkpoint file (.pt / .pth / .ckpt)",
            lambda p: p.is_file() and p.suffix in (".pt", ".pth", ".ckpt"), "clapcomp.convert.laion:load_laion_clap"),
 ]  # fmt: skip
 
 
-def load(path: str | Path, *, tokenizer: Tokenizer | str | Path | None = None, max_batch: int = 16) -> "Clap":
-    """Load a model directory for inference (see `LAYOUTS`); the tokenizer from `tokenizer` or `path`."""
+def load(path: str | Path, *, tokenizer: Tokenizer | str | Path | None = None, max_batch: int = 16,
+         step: int | None = None) -> "Clap":
+    """Load a model directory for inference (see `LAYOUTS`); the tokenizer from `tokenizer` or `path`.
+    `step`: for a training workdir, that checkpoint instead of the newest."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; clapcomp.load expects a model directory or a LAION .pt file")
@@ -80,7 +82,10 @@ def load(path: str | Path, *, tokenizer: Tokenizer | str | Path | None = None, m
         known = "; ".join(f"{lay.name}: {lay.description}" for lay in LAYOUTS)
         raise ValueError(f"unknown model layout at {path} (found {found}); clapcomp.load understands: {known}")
     module, function = layout.loader.split(":")
-    config, model = getattr(importlib.import_module(module), function)(path)
+    if step is not None and layout.name != "clapcomp-workdir":
+        raise ValueError(f"step={step} selects a checkpoint of a training workdir; {path} is a {layout.name}")
+    kwargs = {} if step is None else {"step": step}
+    config, model = getattr(importlib.import_module(module), function)(path, **kwargs)
     return Clap(model, config, _tokenizer(tokenizer, path, config), max_batch=max_batch)
 
 

@@ -75,7 +75,17 @@ _WORD = re.compile(r"([A-Za-z]+(?:-[A-Za-z]+)*)")
 
 def normalize(caption: str) -> str:
     """Case-, space- and final-punctuation-insensitive form used to compare captions."""
-    return re.sub(r"\s+", " ", caption.strip().lower()).rstrip(".!? ")
+    return re.sub(r"\s+", " ", caption.strip().casefold()).rstrip(".!?;:, ")
+
+
+def clean_negatives(negatives: Sequence[str], positives: Sequence[str]) -> tuple[list[str], int]:
+    """(`negatives` without those equal to a positive caption after `normalize`, how many dropped).
+
+    A negative equal to the row's own caption would sit in its own softmax denominator: the
+    contradictory supervision the CompA losses must never see."""
+    same = {normalize(p) for p in positives}
+    kept = [n for n in negatives if normalize(n) not in same]
+    return kept, len(negatives) - len(kept)
 
 
 def _fix_articles(text: str) -> str:
@@ -348,7 +358,8 @@ def main(argv: list[str]) -> int:
             args.llm_url, args.llm_model, api_key_env=args.llm_key_env, cache_path=cache,
             retries=args.llm_retries, backoff=args.llm_backoff,
         )  # fmt: skip
-    counts = {"rows": 0, "written": 0, "kept": 0, "no_caption": 0, "bad_row": 0, "llm_failed": 0}
+    counts = {"rows": 0, "written": 0, "kept": 0, "no_caption": 0, "bad_row": 0, "llm_failed": 0,
+              "negatives_dropped_equal_to_positive": 0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.manifest.open() as fin, args.out.open("w") as fout:
         for line in fin:
@@ -361,10 +372,14 @@ def main(argv: list[str]) -> int:
                 counts["bad_row"] += 1
                 fout.write(line if line.endswith("\n") else line + "\n")
                 continue
-            cap = row.get("caption")
-            cap = cap[0] if isinstance(cap, list) and cap else cap
+            captions = row.get("caption") if isinstance(row.get("caption"), list) else [row.get("caption")]
+            cap = captions[0] if captions else None
+            same = [c for c in captions + list(row.get("positives") or []) if isinstance(c, str)]
             if row.get("negatives") and not args.overwrite:
                 counts["kept"] += 1
+                if isinstance(row["negatives"], list) and all(isinstance(n, str) for n in row["negatives"]):
+                    row["negatives"], dropped = clean_negatives(row["negatives"], same)
+                    counts["negatives_dropped_equal_to_positive"] += dropped
             elif not isinstance(cap, str) or not cap.strip():
                 counts["no_caption"] += 1
             else:
@@ -375,7 +390,9 @@ def main(argv: list[str]) -> int:
                     except RuntimeError as e:
                         counts["llm_failed"] += 1
                         log.warning("%s; using rules for %r", e, cap)
-                row["negatives"] = _distinct(cap, negs + rules.generate(cap, args.k))[: args.k]
+                negs, dropped = clean_negatives(_distinct(cap, negs + rules.generate(cap, args.k)), same)
+                row["negatives"] = negs[: args.k]
+                counts["negatives_dropped_equal_to_positive"] += dropped
                 counts["written"] += 1
             fout.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(json.dumps(counts))

@@ -10,8 +10,10 @@
 A bad record found at read time (unparsable, undecodable, too long, no caption, decode
 timeout) is replaced by another record drawn with the same per-record rng, so batches keep their
 size and order stays deterministic; each replacement is counted by reason in the `_skips` field,
-which `DeviceIterator` sums into `metrics` (and strips from the batch). Past `max_error_rate`
-the iterator stops with a clear error.
+which `DeviceIterator` sums into `metrics` (and strips from the batch; `skip_totals` gives the
+run's totals, which the trainer logs and checkpoints). Past `max_error_rate` the iterator stops
+with a clear error. Any other exception in the transform is a bug, not bad data: it is logged with
+its traceback, counted as `unexpected_error`, and the third one stops the pipeline.
 
 Waveforms: unfused mode crops a random `clip_samples` window from longer clips; shorter clips are
 zero-padded and `lengths` holds the true count (`clapcomp.audio.features` repeat-pads on device).
@@ -48,13 +50,14 @@ class RecordTransform:
 
     def __init__(self, source, *, tokenizer, sample_rate, clip_samples, k_negatives,
                  n_positives=0, fused=False, max_samples=None, negative_generator=None,
-                 decode_timeout_s=10.0, max_record_seconds=600.0, max_retries=16):
+                 decode_timeout_s=10.0, max_record_seconds=600.0, max_retries=16, max_unexpected=3):
         self.source, self.tokenizer, self.sample_rate = source, tokenizer, sample_rate
         self.k, self.p = k_negatives, n_positives
         self.out_samples = (max_samples or 3 * clip_samples) if fused else clip_samples
         self.negative_generator = negative_generator
         self.decode_timeout_s, self.max_retries = decode_timeout_s, max_retries
         self.max_record_seconds = max_record_seconds
+        self.max_unexpected, self.unexpected = max_unexpected, 0
 
     def __call__(self, record: bytes, rng: np.random.Generator) -> dict:
         skips = np.zeros(len(READ_REASONS), np.int32)
@@ -63,11 +66,20 @@ class RecordTransform:
                 example = self._load(record, rng)
                 example["_skips"] = skips
                 return example
-            except Exception as e:  # a worker never dies on one record
-                reason = e.reason if isinstance(e, RecordError) else "unexpected_error"
-                skips[READ_REASONS.index(reason)] += 1
-                _log.warning("skipping a bad record (%s): %s", reason, e)
-                record = self.source[int(rng.integers(len(self.source)))]
+            except RecordError as e:  # bad data: replaced and counted
+                skips[READ_REASONS.index(e.reason)] += 1
+                _log.warning("skipping a bad record (%s): %s", e.reason, e)
+            except Exception as e:  # not bad data: a bug; tolerated a few times, with its traceback
+                self.unexpected += 1
+                skips[READ_REASONS.index("unexpected_error")] += 1
+                _log.exception("unexpected error in the record transform (%d of at most %d)",
+                               self.unexpected, self.max_unexpected)
+                if self.unexpected >= self.max_unexpected:
+                    raise RuntimeError(
+                        f"{self.unexpected} unexpected errors in the record transform, last {type(e).__name__}: "
+                        f"{e}; this is a bug (in clapcomp or a custom tokenizer / negative generator), not bad "
+                        "data: see the tracebacks in the log") from e
+            record = self.source[int(rng.integers(len(self.source)))]
         raise RuntimeError(
             f"{self.max_retries + 1} bad records in a row ({dict(zip(READ_REASONS, skips.tolist()))}); "
             "the dataset looks broken: rebuild it with `clapcomp data build`")
@@ -137,7 +149,8 @@ def make_dataset(source, *, tokenizer, seed: int, global_batch_size: int, clip_s
     repeats forever. `process_index/process_count` default to JAX's; each host gets the disjoint
     slice `[process_index::process_count]` of the shuffled stream and batches of
     `global_batch_size // process_count`. `num_workers > 0` decodes in that many (spawned)
-    processes, so a script must guard its entry with `if __name__ == "__main__":`; batches are
+    processes, so a script must guard its entry with `if __name__ == "__main__":` and parse absl
+    flags (grain's workers read them; this function never changes global flag state); batches are
     identical for any worker count. Each process builds `read_threads` batches at a
     time and buffers `prefetch_batches` (memory: ~(threads + buffer) x batch x S x 4 bytes).
     Negatives come from the record, else (if `generate_negatives`) from
@@ -172,8 +185,10 @@ def make_dataset(source, *, tokenizer, seed: int, global_batch_size: int, clip_s
     if num_workers > 0:
         from absl import flags
 
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults are fine)
-            flags.FLAGS.mark_as_parsed()
+        if not flags.FLAGS.is_parsed():
+            raise RuntimeError(
+                "num_workers > 0 runs grain worker processes, which read absl flags: parse them in your "
+                "program's entry point first (absl.app.run, or flags.FLAGS.mark_as_parsed() for the defaults)")
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
 
@@ -194,6 +209,7 @@ class DeviceIterator:
         self.sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes)))
         self.max_error_rate, self.min_examples_for_rate = max_error_rate, min_examples_for_rate
         self.metrics = {"examples": 0, "skipped": dict.fromkeys(READ_REASONS, 0)}
+        self._skips_before: dict[str, int] = {}
 
     def __iter__(self):
         return self
@@ -217,6 +233,21 @@ class DeviceIterator:
                 f"{bad} of {seen} records read were bad ({self.metrics['skipped']}), more than "
                 f"max_error_rate={self.max_error_rate:g}; the warnings log names them. Rebuild the "
                 "dataset with `clapcomp data build` or raise max_error_rate.")
+
+    def skip_totals(self) -> dict[str, int]:
+        """Bad records replaced since the run began, summed over processes, plus the counts
+        restored with a checkpoint (`restore_skips`). A collective: call it on every process."""
+        import jax
+        from jax.experimental import multihost_utils
+
+        local = np.array([self.metrics["skipped"][r] for r in READ_REASONS], np.int64)
+        if jax.process_count() > 1:
+            local = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(READ_REASONS)).sum(0)
+        return {r: int(self._skips_before.get(r, 0)) + int(n) for r, n in zip(READ_REASONS, local)}
+
+    def restore_skips(self, totals: dict[str, int]) -> None:
+        """Counts saved with the checkpoint this run resumes from (`skip_totals` adds them)."""
+        self._skips_before = {r: int(n) for r, n in totals.items()}
 
     def get_state(self) -> dict:
         return self.grain_iterator.get_state()

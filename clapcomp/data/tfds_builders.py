@@ -36,6 +36,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from clapcomp.data.sources import Skip
+
 _AUDIO = tfds.features.Tensor(shape=(), dtype=np.object_)
 _EXTS = (".wav", ".flac", ".ogg")
 
@@ -75,8 +77,6 @@ class _Base(tfds.core.GeneratorBasedBuilder):
 
 
 def _candidate(key: str, audio: bytes, filename: str, captions, negatives=()):
-    from clapcomp.data.build import Skip
-
     if not audio:
         return key, Skip("missing_file", f"{filename} was not in manual_dir")
     return key, dict(key=key, audio=audio, name=filename, captions=[_text(c) for c in captions],

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write results.json and PNG plots here")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt, must contain {label}")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--step", type=int, help="for a training workdir: this checkpoint step (default: the newest)")
     args = parser.parse_args(argv)
 
     import clapcomp
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict]] = {}
     for name, path in models:
         with _quiet_read_only_restore():
-            embedder = clapcomp.load(path)
+            embedder = clapcomp.load(path, step=args.step)
         results[name] = {
             b: evaluate(embedder, data=d, **kwargs) for b, d in zip(_bench_names(args.data), args.data, strict=True)
         }

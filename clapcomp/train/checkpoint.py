@@ -5,14 +5,22 @@ Layout of a workdir:
     <workdir>/checkpoints/<step>/state    TrainState (Orbax StandardSave: step, params, model_state,
                                           opt_state, nonfinite_run)
     <workdir>/checkpoints/<step>/data     the grain iterator position (one JSON per process)
+    <workdir>/restore_log.jsonl           what a restore skipped or accepted (one JSON per event)
 
 Saves are asynchronous (the device->host copy blocks, the writes run in the background) and atomic
 (Orbax writes a temporary directory and renames it when complete), so a process killed at any
 moment leaves every finished checkpoint intact. `restore` reads the newest checkpoint into the
-*current* mesh's abstract state (resharding on read: 8-device checkpoints restore on 4 or 1); if
-it is unreadable (truncated or deleted files) it warns, names the skipped step and the reason,
-moves it to `<workdir>/checkpoints_unreadable/` and falls back to the next newest. It never starts
-from scratch silently: when checkpoints exist and none can be read, it raises.
+*current* mesh's abstract state (resharding on read: 8-device checkpoints restore on 4 or 1). What
+happens when a step cannot be read depends on the cause, and no file is ever moved or deleted by a
+restore:
+- incompatible (array tree, shape or dtype differs from the current config; the data state was
+  written by another process count) -> `IncompatibleCheckpoint`, naming what differs and how to go on;
+- corrupt (missing or truncated files) -> skipped, recorded in restore_log.jsonl, the previous step
+  is tried; when training later reaches a skipped step number again, `save` keeps the corrupt copy
+  as `<workdir>/checkpoints_corrupt/<step>` (loudly) before writing the new one;
+- transient I/O (permission, I/O errors) -> retried with back-off, then `TransientCheckpointError`;
+- anything else -> `CheckpointError` with the original error; nothing is skipped.
+It never starts from scratch over existing checkpoints: when none can be read, it raises.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import jax
@@ -33,19 +43,54 @@ from clapcomp.train import state as state_lib
 
 log = logging.getLogger("clapcomp.train")
 
+RESTORE_MODES = ("latest", "params_only")
+# tensorstore/Orbax report file problems as ValueError/RuntimeError with an absl status name.
+_CORRUPT_STATUS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "Error decoding", "Error reading")
+_TRANSIENT_STATUS = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or none could be read."""
 
 
+class IncompatibleCheckpoint(CheckpointError):
+    """The newest checkpoint cannot be restored into the current config (nothing was changed)."""
+
+
+class TransientCheckpointError(CheckpointError):
+    """Reading a checkpoint kept failing with an I/O error that may clear (nothing was changed)."""
+
+
+def cause(e: BaseException) -> str | None:
+    """"corrupt" | "transient" | None (unknown) for an exception raised while reading a step."""
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError,
+                      UnicodeDecodeError, EOFError)):
+        return "corrupt"
+    if isinstance(e, OSError):
+        return "transient"
+    text = str(e)
+    if any(s in text for s in _TRANSIENT_STATUS):
+        return "transient"
+    if isinstance(e, (ValueError, RuntimeError)) and any(s in text for s in _CORRUPT_STATUS):
+        return "corrupt"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 class Checkpointer:
     """Keep-N async checkpoints of (TrainState, data iterator) under `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir: str | Path, *, keep: int):
+    def __init__(self, workdir: str | Path, *, keep: int, retries: int = 3, backoff_s: float = 1.0):
         import orbax.checkpoint as ocp
 
         self.workdir = Path(workdir)
         self.directory = self.workdir / "checkpoints"
+        self.retries, self.backoff_s = retries, backoff_s
+        self.skipped_corrupt: list[int] = []
+        self.restored_skips: dict = {}  # the skip counters saved with the restored step
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True)
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
@@ -53,13 +98,21 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: state_lib.TrainState, iterator) -> None:
-        """Starts an async save of `state` and `iterator` as checkpoint `step` (returns once the
+    def save(self, step: int, state: state_lib.TrainState, iterator, *, skips: dict | None = None) -> None:
+        """Starts an async save of `state`, `iterator` (and the data pipeline's skip counters
+        `skips`, {reason: n}) as checkpoint `step` (returns once the
         arrays are on the host). A failure (e.g. a full disk) raises CheckpointError; earlier
-        checkpoints are untouched because Orbax only renames a step directory once complete."""
-        args = self._ocp.args.Composite(state=self._ocp.args.StandardSave(state), data=_grain_args(save=True)(iterator))
+        checkpoints are untouched because Orbax only renames a step directory once complete.
+        The first save after a restore that skipped corrupt steps keeps those as
+        `<workdir>/checkpoints_corrupt/<step>` (Orbax never writes over an existing step, and its
+        keep-N rule would otherwise count them and delete good checkpoints)."""
+        if self.skipped_corrupt:
+            self._keep_corrupt_aside(step)
+        items = {"state": self._ocp.args.StandardSave(state), "data": _grain_args(save=True)(iterator)}
+        if skips is not None:
+            items["skips"] = self._ocp.args.JsonSave(skips)
         try:
-            self.manager.save(step, args=args, force=True)
+            self.manager.save(step, args=self._ocp.args.Composite(**items), force=True)
         except Exception as e:
             raise self._save_error(step, e) from e
 
@@ -83,45 +136,186 @@ class Checkpointer:
             "rerun the same command: training resumes from the newest intact checkpoint."
         )
 
-    def restore(self, abstract: state_lib.TrainState, iterator):
+    def _keep_corrupt_aside(self, step: int) -> None:
+        multihost_utils.sync_global_devices(f"corrupt_aside_{step}_a")
+        for s in self.skipped_corrupt:
+            aside = self.workdir / "checkpoints_corrupt" / str(s)
+            if aside.exists():
+                aside = aside.with_name(f"{s}-{time.strftime('%Y%m%dT%H%M%S')}")
+            log.warning(
+                "checkpoint step %d was corrupt (skipped at restore, see %s); training continued from an older "
+                "step, so before saving step %d the corrupt files are kept at %s (nothing is deleted)",
+                s, self.workdir / "restore_log.jsonl", step, aside)
+            if jax.process_index() == 0 and (self.directory / str(s)).exists():
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(self.directory / str(s)), aside)
+                record(self.workdir, "corrupt_step_kept_aside", step=s, path=str(aside), before_saving=step)
+        multihost_utils.sync_global_devices(f"corrupt_aside_{step}_b")
+        self.skipped_corrupt = []
+        self.manager.reload()
+
+    def restore(self, abstract: state_lib.TrainState, iterator, *, mode: str = "latest"):
         """Newest readable checkpoint -> TrainState laid out as `abstract` (iterator positioned in
-        place). None when there is no checkpoint; unreadable ones are skipped with a warning."""
+        place; left at its start with `mode="params_only"`). None when there is no checkpoint.
+        Raises IncompatibleCheckpoint / TransientCheckpointError / CheckpointError (module doc)."""
+        if mode not in RESTORE_MODES:
+            raise ValueError(f"restore mode must be one of {RESTORE_MODES}, got {mode!r}")
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
-            args = self._ocp.args.Composite(
-                state=self._ocp.args.StandardRestore(abstract), data=_grain_args(save=False)(iterator)
-            )
             try:
-                return self.manager.restore(step, args=args).state
-            except Exception as e:  # Orbax / tensorstore raise many types for damaged files
-                self._set_aside(step, e)
+                self._retrying(step, lambda: self._check_compatible(step, abstract, mode))
+                return self._retrying(step, lambda: self._read(step, abstract, iterator, mode))
+            except CheckpointError:
+                raise
+            except Exception as e:
+                if cause(e) != "corrupt":
+                    raise CheckpointError(
+                        f"reading checkpoint step {step} in {self.directory} failed with an unexpected "
+                        f"{_first_line(e)}; no file was changed. Report this with the traceback above.") from e
+                log.warning("checkpoint step %d in %s is corrupt (%s); leaving its files in place, recording "
+                            "it in restore_log.jsonl and trying the previous step", step, self.directory, _first_line(e))
+                if jax.process_index() == 0:
+                    record(self.workdir, "skipped_corrupt_step", step=step, error=_first_line(e))
+                self.skipped_corrupt.append(step)
         if steps:
             raise CheckpointError(
-                f"checkpoints {steps} exist in {self.directory} but none can be read (see the warnings above); "
-                "refusing to start from scratch over them. Move the workdir away to start a new run."
-            )
+                f"checkpoints {sorted(steps)} exist in {self.directory} but none can be read (see the warnings "
+                "above and restore_log.jsonl); refusing to start from scratch over them. To start a new run, "
+                "pass a new --workdir; nothing in this one was changed.")
         return None
 
-    def _set_aside(self, step: int, e: Exception) -> None:
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        aside = self.workdir / "checkpoints_unreadable" / str(step)
-        log.warning(
-            "checkpoint step %d in %s is unreadable (%s); skipping it, moving it to %s and falling back "
-            "to an older checkpoint", step, self.directory, reason, aside,
-        )
-        multihost_utils.sync_global_devices(f"set_aside_{step}_a")
-        if jax.process_index() == 0:
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(aside, ignore_errors=True)
-            shutil.move(str(self.directory / str(step)), aside)
-        multihost_utils.sync_global_devices(f"set_aside_{step}_b")
-        self.manager.reload()
+    def _check_compatible(self, step: int, abstract, mode: str) -> None:
+        """Array tree/shapes/dtypes from the step's metadata vs `abstract`, and the data state's
+        process count; raises IncompatibleCheckpoint before any array is read."""
+        step_dir = self.directory / str(step)
+        meta = self._ocp.StandardCheckpointHandler().metadata(step_dir / "state")
+        saved = meta.tree if hasattr(meta, "tree") else meta
+        diff = tree_diff(saved, abstract)
+        if diff:
+            raise IncompatibleCheckpoint(
+                f"checkpoint step {step} in {self.directory} does not fit the current config ({len(diff)} "
+                "difference(s), saved -> current):\n  " + "\n  ".join(diff[:20]) + "\nNothing was changed. "
+                "Rerun with the run's own settings (see config.json), or start a new run from these weights: "
+                f"--workdir NEW --config.init.kind=checkpoint --config.init.path={self.workdir}")
+        if mode == "latest":
+            counts = {m.group(1) for f in (step_dir / "data").glob("process_*-of-*.json")
+                      if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))}
+            if counts and counts != {str(jax.process_count())}:
+                raise IncompatibleCheckpoint(
+                    f"checkpoint step {step} in {self.directory} holds the data-iterator position of "
+                    f"{'/'.join(sorted(counts))} process(es), this run has {jax.process_count()}; the per-process "
+                    "position cannot be split or merged. Nothing was changed. Rerun with the same process count, "
+                    "or pass --restore=params_only to restore parameters and optimizer state and restart the data "
+                    "iterator from the beginning of the data.")
+
+    def _read(self, step: int, abstract, iterator, mode: str):
+        items = {"state": self._ocp.args.StandardRestore(abstract)}
+        if mode == "latest":
+            items["data"] = _grain_args(save=False)(iterator)
+            if (self.directory / str(step) / "skips").is_dir():
+                items["skips"] = self._ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=self._ocp.args.Composite(**items))
+        self.restored_skips = dict(restored.get("skips") or {}) if "skips" in items else {}
+        return restored.state
+
+    def _retrying(self, step: int, read):
+        """`read()`, retried with exponential back-off while it fails with a transient I/O error."""
+        for attempt in range(self.retries + 1):
+            try:
+                return read()
+            except CheckpointError:
+                raise
+            except Exception as e:
+                if cause(e) != "transient":
+                    raise
+                if attempt == self.retries:
+                    raise TransientCheckpointError(
+                        f"reading checkpoint step {step} in {self.directory} failed {self.retries + 1} times with "
+                        f"{_first_line(e)} (an I/O error that may clear: permissions, a storage outage). No file "
+                        "was changed; fix access to the files and rerun the same command.") from e
+                wait = self.backoff_s * 2**attempt
+                log.warning("reading checkpoint step %d failed (%s); retrying in %.1f s", step, _first_line(e), wait)
+                time.sleep(wait)
+
+
+def tree_diff(saved, abstract) -> list[str]:
+    """`path: saved (shape, dtype) -> current` for every leaf that differs, is missing or is new."""
+
+    def name(k):
+        return str(next(getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)))
+
+    def flat(tree, leaf):
+        return {"/".join(map(name, p)): leaf(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    def describe(x):
+        return tuple(x.shape), str(np.dtype(x.dtype))
+
+    a, b = flat(saved, describe), flat(abstract, describe)
+    out = []
+    for k in sorted(a.keys() | b.keys()):
+        if a.get(k, "absent") != b.get(k, "absent"):
+            out.append(f"{k}: {a.get(k, 'absent')} -> {b.get(k, 'absent')}")
+    return out
+
+
+def record(workdir: str | Path, event: str, **fields) -> None:
+    """Appends one event to `<workdir>/restore_log.jsonl` (call from process 0)."""
+    with open(Path(workdir) / "restore_log.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}) + "\n")
 
 
 def _grain_args(save: bool):
     import grain.checkpoint
 
     return grain.checkpoint.CheckpointSave if save else grain.checkpoint.CheckpointRestore
+
+
+# Fields a resume may change: they shape neither the saved arrays nor the data position (paths may
+# move between machines). Every other field must match config.json. A prefix covers its subfields.
+RESUMABLE = ("total_steps", "log_every", "ckpt_every", "eval_every", "evaluators", "keep_checkpoints",
+             "max_consecutive_nonfinite", "optimizer.warmup_steps", "data.workers", "data.train", "tokenizer",
+             "init", "mesh", "fsdp_text")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict, config) -> tuple[list[str], list[str]]:
+    """(accepted, refused) differences `field: saved -> new` between config.json and `config`."""
+    old, new = _flat(saved), _flat(json.loads(json.dumps(config.to_dict())))
+    accepted, refused = [], []
+    for k in sorted(old.keys() | new.keys()):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if a != b:
+            ok = any(k == f or k.startswith(f + ".") for f in RESUMABLE)
+            (accepted if ok else refused).append(f"{k}: {a!r} -> {b!r}")
+    return accepted, refused
+
+
+def check_resume_config(workdir: str | Path, config) -> list[str]:
+    """Compares `<workdir>/config.json` with `config` before any array is read: returns the accepted
+    changes, raises IncompatibleCheckpoint naming the others (nothing is changed)."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return []
+    accepted, refused = config_changes(json.loads(path.read_text()), config)
+    if refused:
+        new_run = f"to start a new run from its weights: --workdir NEW --config.init.kind=checkpoint --config.init.path={workdir}"
+        if any(r.startswith("model.") for r in refused):
+            new_run += " (only if the towers and projections keep their shapes)"
+        raise IncompatibleCheckpoint(
+            f"{workdir} holds checkpoints of a run whose config differs from this one in fields a resume cannot "
+            "change (config.json -> command line):\n  " + "\n  ".join(refused) + "\nNothing was changed. To resume, "
+            f"rerun with the run's values (drop these overrides); {new_run}. Fields a resume may change: "
+            f"{', '.join(RESUMABLE)}.")
+    return accepted
 
 
 def save_config(workdir: str | Path, config) -> None:
@@ -143,8 +337,9 @@ def read_config(workdir: str | Path):
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def load_weights(workdir: str | Path, mesh: Mesh | None = None):
-    """A training workdir's newest readable checkpoint -> (ClapConfig, graphdef, params, model_state).
+def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | None = None):
+    """A training workdir's checkpoint `step` (default: the newest) -> (ClapConfig, graphdef, params,
+    model_state). A step that cannot be read raises CheckpointError: never a quiet older model.
 
     For inference, export and `init.kind="checkpoint"`; arrays are laid out on `mesh` (default: one
     local device)."""
@@ -155,18 +350,24 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None):
         mesh = Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), ("data", "fsdp"))
     abstract = state_lib.abstract_state(config, mesh)
     manager = ocp.CheckpointManager(Path(workdir, "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
-        except Exception as e:
-            log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one", step, workdir, type(e).__name__, e)
-            continue
-        graphdef = state_lib.abstract_model(config)[0]
-        return state_lib.model_config(config), graphdef, restored.params, restored.model_state
-    raise CheckpointError(f"no readable checkpoint under {workdir}/checkpoints; train first or pass another workdir")
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first or pass another workdir")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"{workdir}/checkpoints has no step {step}; it holds steps {steps}")
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    except Exception as e:
+        older = [s for s in steps if s < step]
+        hint = f" Pass an older step explicitly (step={older[-1]} / --step {older[-1]})." if older else ""
+        raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be read ({_first_line(e)}).{hint}") from e
+    graphdef = state_lib.abstract_model(config)[0]
+    return state_lib.model_config(config), graphdef, restored.params, restored.model_state
 
 
-def load_model(workdir: str | Path):
-    """A training workdir -> (ClapConfig, ClapModel) with the newest readable weights."""
-    cfg, graphdef, params, model_state = load_weights(workdir)
+def load_model(workdir: str | Path, *, step: int | None = None):
+    """A training workdir -> (ClapConfig, ClapModel) with the weights of `step` (default: the newest)."""
+    cfg, graphdef, params, model_state = load_weights(workdir, step=step)
     return cfg, nnx.merge(graphdef, params, model_state)

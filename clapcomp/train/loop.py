@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,23 +42,40 @@ class NonFiniteError(RuntimeError):
     """Too many optimizer steps in a row had a NaN/inf loss or gradient."""
 
 
-def train(config, workdir: str | Path) -> dict:
+def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
     """Trains (or resumes) `config` in `workdir` up to `config.total_steps`; returns the last metrics.
 
-    Returns early, with a checkpoint saved, after SIGTERM/SIGINT (`metrics["preempted"] = True`)."""
+    `restore="latest"` resumes the newest readable checkpoint with its data position;
+    `"params_only"` restores the train state but restarts the data iterator (e.g. after a change of
+    process count). A checkpoint the config cannot resume raises `IncompatibleCheckpoint` before any
+    file is written. Returns early, with a checkpoint saved, after SIGTERM/SIGINT
+    (`metrics["preempted"] = True`)."""
     workdir = Path(workdir)
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
-    ckpt_lib.save_config(workdir, config)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+    try:
+        return _train(config, workdir, mesh, checkpointer, restore)
+    finally:
+        checkpointer.close()
+
+
+def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
+    has_checkpoints = bool(checkpointer.steps())
+    accepted = ckpt_lib.check_resume_config(workdir, config) if has_checkpoints else []
     abstract = state_lib.abstract_state(config, mesh)
     tokenizer = _tokenizer(config)
     iterator = _data_iterator(config, mesh, tokenizer)
 
-    state = checkpointer.restore(abstract, iterator.grain_iterator)
+    state = checkpointer.restore(abstract, iterator.grain_iterator, mode=restore)
+    # Only now, with a restore done or a fresh start decided, does the workdir change.
+    ckpt_lib.save_config(workdir, config)
     if state is None:
         graphdef, state = state_lib.init_state(config, mesh, state_lib.load_init_model(config))
     else:
         graphdef = state_lib.abstract_model(config)[0]
+        _log_resume(workdir, int(state.step), accepted, restore)
+        if restore == "latest":
+            iterator.restore_skips(checkpointer.restored_skips)
     start = int(state.step)
     log.info("%s at step %d of %d on %d devices (%d processes), mesh %s", "resuming" if start else "starting",
              start, config.total_steps, jax.device_count(), jax.process_count(), dict(mesh.shape))
@@ -75,9 +94,11 @@ def train(config, workdir: str | Path) -> dict:
             state, metrics = train_step(state, batch)
             done = step + 1
             preempted = guard.requested()
-            last = reporter.report(done, metrics)
-            if done % config.ckpt_every == 0 or done == config.total_steps or preempted:
-                checkpointer.save(done, state, iterator.grain_iterator)
+            saving = done % config.ckpt_every == 0 or done == config.total_steps or preempted
+            skips = iterator.skip_totals() if saving or reporter.logs(done) else None
+            last = reporter.report(done, metrics, {f"data/skipped/{k}": v for k, v in (skips or {}).items()})
+            if saving:
+                checkpointer.save(done, state, iterator.grain_iterator, skips=skips)
             if preempted:
                 log.warning("stop requested (signal): saved checkpoint %d, exiting", done)
                 checkpointer.wait()
@@ -91,7 +112,15 @@ def train(config, workdir: str | Path) -> dict:
     finally:
         guard.restore()
         reporter.close()
-        checkpointer.close()
+
+
+def _log_resume(workdir: Path, step: int, accepted: list[str], restore: str) -> None:
+    for change in accepted:
+        log.warning("resuming with a changed setting %s", change)
+    if restore != "latest":
+        log.warning("restore=%s: train state of step %d restored, data iterator restarted from the beginning", restore, step)
+    if jax.process_index() == 0 and (accepted or restore != "latest"):
+        ckpt_lib.record(workdir, "resumed", step=step, restore=restore, changed=accepted)
 
 
 # ----------------------------------------------------------------------------- data
@@ -115,6 +144,11 @@ def _data_iterator(config, mesh, tokenizer):
         raise ValueError("config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)")
     from clapcomp.data.records import RecordSource
 
+    if config.data.workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # the trainer is the application: grain's workers read absl flags
+            flags.FLAGS.mark_as_parsed()
     audio = state_lib.model_config(config).audio
     return pipeline.make_iterator(
         RecordSource(config.data.train),
@@ -185,8 +219,13 @@ class Reporter:
         self.flops = float(cost.get("flops", 0.0)) if cost else None
         self.t_last = time.perf_counter()  # steps are timed from here, after compilation
 
-    def report(self, step: int, metrics) -> dict:
-        """Fetches this step's metrics (a sync), enforces the non-finite limit, logs every log_every."""
+    def logs(self, step: int) -> bool:
+        """Whether `report(step, ...)` writes a log line."""
+        return step % self.config.log_every == 0 or step == self.config.total_steps
+
+    def report(self, step: int, metrics, extra: dict | None = None) -> dict:
+        """Fetches this step's metrics (a sync), enforces the non-finite limit, logs every log_every
+        (with `extra` host-side figures, e.g. the data pipeline's skip counters)."""
         m = {k: v.item() for k, v in jax.device_get(metrics).items()}
         limit = self.config.max_consecutive_nonfinite
         if m["nonfinite_run"] >= limit:
@@ -198,8 +237,9 @@ class Reporter:
             )
         if m["nonfinite"]:
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, m["nonfinite_run"])
-        if step % self.config.log_every and step != self.config.total_steps:
+        if not self.logs(step):
             return m
+        m.update(extra or {})
         now = time.perf_counter()
         dt = (now - self.t_last) / max(step - self.step_last, 1)
         self.t_last, self.step_last = now, step
@@ -234,15 +274,36 @@ class Reporter:
 
 
 class PreemptionGuard:
-    """SIGTERM / SIGINT -> finish the current step, save, exit 0. All processes agree on the step."""
+    """SIGTERM / SIGINT -> finish the current step, save, exit 0. All processes agree on the step.
+
+    A second SIGINT (Ctrl-C again) exits at once with status 130, even inside a long compile or
+    save: the signals are read by a watcher thread from `signal.set_wakeup_fd`, which the C-level
+    handler writes while the main thread is still inside XLA or Orbax. The newest complete
+    checkpoint stays valid (saves are atomic)."""
 
     def __init__(self):
         self.flag = False
-        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self.old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="preemption-guard", daemon=True).start()
 
-    def _handle(self, signum, frame):
-        del frame
-        log.warning("received %s; saving a checkpoint after this step", signal.Signals(signum).name)
+    def _watch(self) -> None:
+        while data := os.read(self._read, 64):
+            for signum in data:
+                self._on_signal(signum)
+        os.close(self._read)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum not in (signal.SIGTERM, signal.SIGINT):
+            return
+        if self.flag and signum == signal.SIGINT:
+            log.warning("second SIGINT: exiting now without a checkpoint; the newest complete one is intact")
+            logging.shutdown()
+            os._exit(130)
+        log.warning("received %s; saving a checkpoint after this step (Ctrl-C again to exit at once)",
+                    signal.Signals(signum).name)
         self.flag = True
 
     def requested(self) -> bool:
@@ -251,8 +312,10 @@ class PreemptionGuard:
         return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
 
     def restore(self) -> None:
+        signal.set_wakeup_fd(self.old_fd)
         for s, handler in self.old.items():
             signal.signal(s, handler)
+        os.close(self._write)  # the watcher reads EOF and ends
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -270,6 +333,9 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without SLURM/TPU)", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)", flag_values=fv)
+    flags.DEFINE_enum("restore", "latest", list(ckpt_lib.RESTORE_MODES), "latest: resume the newest checkpoint "
+                      "with its data position; params_only: restore the train state, restart the data iterator "
+                      "(e.g. after changing the process count)", flag_values=fv)
     try:
         fv(["clapcomp train", *argv])
     except flags.Error as e:
@@ -282,7 +348,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
     distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id)
     try:
-        metrics = train(fv.config, fv.workdir)
+        metrics = train(fv.config, fv.workdir, restore=fv.restore)
     except (NonFiniteError, ckpt_lib.CheckpointError) as e:
         log.error("%s", e)
         return 1

@@ -302,3 +302,42 @@ def test_a_reader_failing_midway_is_counted_not_fatal(tmp_path, monkeypatch):
     assert stats["written"] == 1
     assert stats["skipped_by_reason"] == {"bad_row": 1, "unexpected_error": 1}
     assert "disk went away" in stats["skipped_examples"]["unexpected_error"][0]["detail"]
+
+
+def test_contradictory_and_junk_negatives_are_counted_and_never_reach_a_record(tmp_path):
+    root = tmp_path / "in"
+    for i in range(7):
+        write_audio(str(root / f"{i}.wav"), sine(300 + 100 * i))
+    (root / "m.csv").write_text(
+        "audio,caption,negatives,positives\n"
+        '0.wav,A dog barks.,"[""a dog  barks"", ""a cat meows""]","[""a dog""]"\n'  # neg == caption: dropped
+        '1.wav,a dog barks,"[""A DOG!""]","[""a dog""]"\n'                        # neg == a positive: dropped
+        "2.wav,a dog barks,dog; cat,\n"                                           # not a JSON list
+        "3.wav,a dog barks,-7,\n"
+        "4.wav,a dog barks,false,\n"
+        "5.wav,a dog barks, then a cat meows,,\n"                                 # unquoted comma: extra field
+        '6.wav,a bird sings,"[""a bird sings loudly""]",\n',                      # clean row
+        encoding="utf-8")
+    stats = build([str(root / "m.csv")], str(tmp_path / "out"), sample_rate=SR)
+    assert stats["skipped_by_reason"] == {"bad_row": 4}
+    details = " ".join(e["detail"] for e in stats["skipped_examples"]["bad_row"])
+    assert "'dog; cat'" in details and "'-7'" in details and "'false'" in details and "more field(s) than the header" in details
+    recs = examples(tmp_path / "out")
+    assert sorted(recs) == ["0.wav", "1.wav", "6.wav"]
+    assert recs["0.wav"]["negatives"] == ["a cat meows"] and recs["1.wav"]["negatives"] == []
+    assert recs["6.wav"]["negatives"] == ["a bird sings loudly"]
+    assert stats["negatives_dropped_equal_to_positive"] == 2
+    assert stats["rows_with_negatives"] == 2 and stats["rows_with_positives"] == 2
+    assert stats["negatives_per_row"] == {"0": 1, "1": 2}
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["rows_with_negatives"] == 2
+
+
+def test_jsonl_negatives_must_be_a_list_of_str(tmp_path):
+    root = tmp_path / "in"
+    write_audio(str(root / "a.wav"), sine())
+    rows = [{"audio": "a.wav", "caption": "a tone", "negatives": v} for v in ("a click", -7, False, {"x": 1})]
+    rows.append({"audio": "a.wav", "caption": "a tone", "negatives": ["a click"]})
+    (root / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    stats = build([str(root / "m.jsonl")], str(tmp_path / "out"), sample_rate=SR)
+    assert stats["skipped_by_reason"] == {"bad_row": 4} and stats["written"] == 1
+    assert [r["negatives"] for r in examples(tmp_path / "out").values()] == [["a click"]]

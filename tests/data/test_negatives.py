@@ -218,3 +218,18 @@ def test_cli_counts_and_keeps_malformed_rows(tmp_path, capsys):
     assert lines[1:] == list(bad)  # malformed rows copied through unchanged
     assert json.loads(lines[0])["negatives"] == N.NegativeGenerator(0).generate("a dog barks followed by a door closes", 2)
     assert json.loads(capsys.readouterr().out)["bad_row"] == 2
+
+
+def test_cli_drops_negatives_equal_to_any_positive_caption(tmp_path, capsys):
+    manifest = tmp_path / "in.jsonl"
+    first, second = "a dog barks followed by a door closes", "a door closes followed by a dog barks"
+    assert second in N.NegativeGenerator(0).generate(first, 3)  # the order rule would produce the 2nd caption
+    rows = [{"audio": "a.wav", "caption": [first, second]},
+            {"audio": "b.wav", "caption": "a dog barks", "positives": ["a dog"], "negatives": ["A dog  barks.", "A DOG", "a cat"]}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    assert N.main(["--manifest", str(manifest), "--out", str(out), "--k", "3"]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert got[0]["negatives"] and all(N.normalize(n) not in (first, second) for n in got[0]["negatives"])
+    assert got[1]["negatives"] == ["a cat"]
+    assert json.loads(capsys.readouterr().out)["negatives_dropped_equal_to_positive"] == 3

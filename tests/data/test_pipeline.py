@@ -125,7 +125,29 @@ def test_same_seed_same_batches_other_seed_other_order(source, tok):
     assert epochs[:3] == ids and epochs[3:] != ids  # each epoch reshuffles
 
 
-def test_worker_count_does_not_change_batches(source, tok):
+@pytest.fixture
+def absl_flags_parsed():
+    """grain's worker processes read absl flags; an application parses them (pipeline never does)."""
+    from absl import flags
+
+    was = flags.FLAGS.is_parsed()
+    flags.FLAGS.mark_as_parsed()
+    yield
+    if not was:
+        flags.FLAGS.unparse_flags()
+
+
+def test_workers_need_parsed_absl_flags_and_leave_them_alone(source, tok):
+    from absl import flags
+
+    if flags.FLAGS.is_parsed():
+        flags.FLAGS.unparse_flags()
+    with pytest.raises(RuntimeError, match="absl flags"):
+        _ds(source, tok, num_workers=2)
+    assert not flags.FLAGS.is_parsed()
+
+
+def test_worker_count_does_not_change_batches(source, tok, absl_flags_parsed):
     _assert_same(list(_ds(source, tok, num_epochs=2)), list(_ds(source, tok, num_epochs=2, num_workers=2)))
 
 
@@ -282,3 +304,18 @@ def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
         assert out["waveform"].shape == (CLIP,) and out["input_ids"].shape == (L,)
         skipped += int(out["_skips"].sum())
     assert skipped > 50  # most mutations are caught (some flip bytes a decoder cannot notice)
+
+
+def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source, tok, caplog):
+    class Broken:
+        def generate(self, caption, k):
+            raise KeyError("bug in a custom negative generator")
+
+    records = [encode_record({**_record(i), "negatives": []}) for i in range(N)]
+    transform = pipeline.RecordTransform(records, tokenizer=tok, sample_rate=16000, clip_samples=CLIP,
+                                         k_negatives=K, negative_generator=Broken(), max_unexpected=3)
+    rng = np.random.default_rng(0)
+    with pytest.raises(RuntimeError, match="3 unexpected errors.*KeyError.*a bug"):
+        transform(records[0], rng)
+    assert transform.unexpected == 3
+    assert caplog.text.count("Traceback") == 3 and "bug in a custom negative generator" in caplog.text

@@ -28,6 +28,9 @@ class FakeEmbedder:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+LOADED: list = []  # (path, step) of every clapcomp.load call in a test
+
+
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     e1, e2 = np.eye(2)
@@ -42,7 +45,8 @@ def bench(tmp_path, monkeypatch):
     )
     good = {"a dog then a bell": e1, "a bell then a dog": e2, "a cat while rain": e2, "rain while a cat": e1}
     models = {"/m/compa": FakeEmbedder(good), "/m/plain": FakeEmbedder({})}  # plain: all captions alike
-    monkeypatch.setattr(clapcomp, "load", lambda path: models[path])
+    LOADED.clear()
+    monkeypatch.setattr(clapcomp, "load", lambda path, step=None: LOADED.append((path, step)) or models[path])
     return tmp_path
 
 
@@ -137,7 +141,7 @@ def test_eval_cli_hides_orbax_read_only_notices(bench, monkeypatch, caplog):
     with ocp.CheckpointManager(ckpt) as manager:
         manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": np.ones(2)})))
 
-    def load(path):
+    def load(path, step=None):
         options = ocp.CheckpointManagerOptions(read_only=True)
         with ocp.CheckpointManager(ckpt.absolute(), options=options) as manager:
             assert manager.all_steps() == [1]
@@ -150,3 +154,8 @@ def test_eval_cli_hides_orbax_read_only_notices(bench, monkeypatch, caplog):
     with caplog.at_level(logging.INFO):  # outside `clapcomp eval` Orbax still says it (the filter is scoped)
         load(None)
     assert any("read only" in r.getMessage() for r in caplog.records)
+
+
+def test_eval_cli_passes_step_to_load(bench):
+    assert run.main(["--model", "/m/compa", "--benchmark", "compa", "--data", str(bench / "order.csv"), "--step", "4"]) == 0
+    assert LOADED == [("/m/compa", 4)]

@@ -2,6 +2,7 @@
 refusal to start over when nothing is readable, and a failed save (full disk) keeping the last one."""
 
 import errno
+import json
 import logging
 from pathlib import Path
 from unittest import mock
@@ -67,8 +68,18 @@ def test_restore_onto_fewer_devices(tmp_path):
     np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(16) * 3.0)
 
 
+def _snapshot(root: Path) -> dict:
+    """Every file under `root` -> its bytes (to prove a restore changed nothing)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _log_events(workdir: Path) -> list[dict]:
+    path = workdir / "restore_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
-def test_damaged_newest_falls_back_with_warning(tmp_path, caplog, damage):
+def test_damaged_newest_falls_back_and_leaves_files_in_place(tmp_path, caplog, damage):
     mesh = distributed.make_mesh()
     _save_steps(tmp_path, [2, 4], mesh)
     newest = tmp_path / "checkpoints" / "4" / "state"
@@ -78,13 +89,130 @@ def test_damaged_newest_falls_back_with_warning(tmp_path, caplog, damage):
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
         else:
             p.unlink()
+    before = _snapshot(tmp_path / "checkpoints")
     with caplog.at_level(logging.WARNING, logger="clapcomp.train"):
         state, it = _restore(tmp_path, mesh)
     assert int(state["step"]) == 2 and next(it) == 3  # the iterator position of step 2 too
     warning = " ".join(r.getMessage() for r in caplog.records)
-    assert "checkpoint step 4" in warning and "unreadable" in warning
-    assert (tmp_path / "checkpoints_unreadable" / "4").is_dir()  # set aside, so step 4 can be saved again
-    _save_steps(tmp_path, [4], mesh)
+    assert "checkpoint step 4" in warning and "corrupt" in warning
+    assert _snapshot(tmp_path / "checkpoints") == before  # nothing moved, nothing deleted
+    assert [(e["event"], e["step"]) for e in _log_events(tmp_path)] == [("skipped_corrupt_step", 4)]
+
+    # Training continues from step 2 and reaches step 4 again: the corrupt copy is kept aside, loudly.
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    it = _iterator()
+    with caplog.at_level(logging.WARNING, logger="clapcomp.train"):
+        ck.restore(_abstract(mesh), it)
+        ck.save(4, _state(4, mesh), it)
+    ck.close()
+    assert "checkpoints_corrupt" in caplog.text
+    kept = {k.removeprefix("4/"): v for k, v in before.items() if k.startswith("4/")}
+    assert _snapshot(tmp_path / "checkpoints_corrupt" / "4") == kept
+    assert _log_events(tmp_path)[-1]["event"] == "corrupt_step_kept_aside"
+    state, _ = _restore(tmp_path, mesh)
+    assert int(state["step"]) == 4
+
+
+def test_shape_mismatch_is_refused_before_touching_anything(tmp_path):
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2, 4], mesh)
+    before = _snapshot(tmp_path)
+    wrong = {**_abstract(mesh), "w": jax.ShapeDtypeStruct((8,), np.float32, sharding=distributed.batch_sharding(mesh))}
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    with pytest.raises(ckpt_lib.IncompatibleCheckpoint) as info:
+        ck.restore(wrong, _iterator())
+    ck.close()
+    assert "w: ((16,), 'float32') -> ((8,), 'float32')" in str(info.value)
+    assert "--config.init.kind=checkpoint" in str(info.value)
+    assert _snapshot(tmp_path) == before
+
+
+def test_other_process_count_is_refused_unless_params_only(tmp_path):
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2], mesh)
+    data = tmp_path / "checkpoints" / "2" / "data"
+    (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")  # as written by 2 processes
+    before = _snapshot(tmp_path)
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="2 process.*this run has 1.*--restore=params_only"):
+        ck.restore(_abstract(mesh), _iterator())
+    assert _snapshot(tmp_path) == before
+    it = _iterator()
+    state = ck.restore(_abstract(mesh), it, mode="params_only")
+    ck.close()
+    assert int(state["step"]) == 2 and next(it) == 0  # weights restored, data iterator from the start
+
+
+def test_transient_read_error_is_retried_refused_and_then_resumes(tmp_path):
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2, 4], mesh)
+    before = _snapshot(tmp_path)
+    denied = PermissionError(errno.EACCES, "Permission denied", "process_0-of-1.json")
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5, retries=2, backoff_s=0.01)
+    with mock.patch("grain._src.python.checkpoint.handler.CheckpointHandler.restore", side_effect=denied) as read:
+        with pytest.raises(ckpt_lib.TransientCheckpointError, match="failed 3 times with PermissionError"):
+            ck.restore(_abstract(mesh), _iterator())
+    assert read.call_count == 3  # tried, then retried twice; never reclassified as corrupt
+    assert _snapshot(tmp_path) == before and not _log_events(tmp_path)
+    state, it = _restore(tmp_path, mesh)  # the fault cleared
+    assert int(state["step"]) == 4 and next(it) == 6
+
+
+def test_a_fault_that_clears_during_the_retries_resumes_the_newest_step(tmp_path):
+    import orbax.checkpoint as ocp
+
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2, 4], mesh)
+    real, calls = ocp.StandardCheckpointHandler.metadata, []
+
+    def flaky(self, directory):  # the first two reads of the metadata fail, as on a storage hiccup
+        calls.append(directory)
+        if len(calls) <= 2:
+            raise OSError(errno.EIO, "Input/output error", str(directory))
+        return real(self, directory)
+
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5, retries=2, backoff_s=0.01)
+    with mock.patch.object(ocp.StandardCheckpointHandler, "metadata", flaky):
+        state = ck.restore(_abstract(mesh), _iterator())
+    ck.close()
+    assert int(state["step"]) == 4 and len(calls) == 3 and not _log_events(tmp_path)
+
+
+def test_unknown_read_error_is_not_treated_as_corrupt(tmp_path):
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2, 4], mesh)
+    before = _snapshot(tmp_path)
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    with mock.patch("grain._src.python.checkpoint.handler.CheckpointHandler.restore", side_effect=KeyError("x")):
+        with pytest.raises(ckpt_lib.CheckpointError, match="unexpected KeyError"):
+            ck.restore(_abstract(mesh), _iterator())
+    ck.close()
+    assert _snapshot(tmp_path) == before
+
+
+def test_skip_counters_are_saved_with_the_step(tmp_path):
+    mesh = distributed.make_mesh()
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    ck.save(2, _state(2, mesh), _iterator(), skips={"corrupt_audio": 3, "timeout": 1})
+    ck.close()
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    ck.restore(_abstract(mesh), _iterator())
+    ck.close()
+    assert ck.restored_skips == {"corrupt_audio": 3, "timeout": 1}
+
+
+def test_config_changes_split_into_accepted_and_refused():
+    import ml_collections
+
+    saved = {"total_steps": 8, "loss": "compa", "model": {"projection_dim": 32, "htsat": {"depths": [1, 1]}},
+             "optimizer": {"lr": 0.01, "warmup_steps": 3}, "data": {"workers": 0, "batch_size": 8}}
+    new = ml_collections.ConfigDict({"total_steps": 16, "loss": "plain", "model": {"projection_dim": 32, "htsat": {"depths": (1, 1)}},
+                                     "optimizer": {"lr": 0.01, "warmup_steps": 5}, "data": {"workers": 2, "batch_size": 8},
+                                     "log_every": 5})
+    accepted, refused = ckpt_lib.config_changes(saved, new)
+    assert accepted == ["data.workers: 0 -> 2", "log_every: '<absent>' -> 5", "optimizer.warmup_steps: 3 -> 5",
+                        "total_steps: 8 -> 16"]
+    assert refused == ["loss: 'compa' -> 'plain'"]  # the tuple/list spelling of depths is no change
 
 
 def test_nothing_readable_refuses_to_start_over(tmp_path):

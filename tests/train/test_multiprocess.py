@@ -20,11 +20,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(helpers, workdir, records, cache, *, sigterm_after_step=None):
+def _launch(helpers, workdir, records, cache, *extra, sigterm_after_step=None, expect_rc=0):
     port = _free_port()
     procs = [
         subprocess.Popen(
-            helpers.train_cmd(workdir, records, *OVERRIDES, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+            helpers.train_cmd(workdir, records, *OVERRIDES, *extra, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
                               f"--process_id={i}"),
             env=helpers.train_env(cache, devices=4), cwd=helpers.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
@@ -44,7 +44,7 @@ def _launch(helpers, workdir, records, cache, *, sigterm_after_step=None):
             if p.poll() is None:
                 p.kill()
     for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+        assert (p.returncode == 0) == (expect_rc == 0), err[-3000:]
     return outs
 
 
@@ -64,3 +64,25 @@ def test_two_processes_train_preempt_resume(tmp_path, tone_records, compile_cach
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))  # written by process 0 only, no step twice
     assert "step 10/10" in second[0][0] and "step 10/10" not in second[1][0]  # only process 0 reports
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_one_to_two_processes_is_refused_untouched_or_restored_params_only(tmp_path, tone_records, compile_cache, helpers):
+    workdir = tmp_path / "run"
+    r = helpers.run_train(workdir, tone_records, *OVERRIDES, "--config.total_steps=5", cache=compile_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = _snapshot(workdir)
+
+    refused = _launch(helpers, workdir, tone_records, compile_cache, expect_rc=1)
+    assert "data-iterator position of 1 process(es), this run has 2" in refused[0][1]
+    assert "--restore=params_only" in refused[0][1]
+    assert _snapshot(workdir) == before  # no checkpoint file, no config.json byte changed
+
+    resumed = _launch(helpers, workdir, tone_records, compile_cache, "--restore=params_only")
+    assert "resuming at step 5 of 10" in resumed[0][1] and "data iterator restarted" in resumed[0][1]
+    assert (workdir / "checkpoints" / "10" / "state").is_dir()
+    events = [json.loads(line) for line in (workdir / "restore_log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "resumed" and events[-1]["restore"] == "params_only"

@@ -53,6 +53,9 @@ class _Poisoned:
         self.iterator, self.bad, self.n = iterator, set(bad), 0
         self.grain_iterator = iterator.grain_iterator
 
+    def __getattr__(self, name):  # skip counters etc. from the real iterator
+        return getattr(self.iterator, name)
+
     def __next__(self):
         batch = next(self.iterator)
         self.n += 1
@@ -81,3 +84,63 @@ def test_nonfinite_steps_skipped_counted_then_stop(tmp_path, tiny, helpers, monk
     assert not np.array_equal(state[3].params["logit_scale"], state[4].params["logit_scale"])
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state[7].params))
     assert int(state[7].nonfinite_run) == 2 and ckpt_lib.read_config(tmp_path).max_consecutive_nonfinite == 3
+
+
+def test_data_skip_counters_reach_metrics_and_survive_a_resume(tmp_path, tiny, tone_records):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    import shutil
+
+    records = tmp_path / "records"
+    shutil.copytree(tone_records, records)
+    bad = records / "data-99999.array_record"
+    w = ArrayRecordWriter(str(bad), "group_size:1")
+    for i in range(8):
+        w.write(b"junk, not a record %d" % i)
+    w.close()
+    config = tiny("plain")
+    config.data.train = str(records)
+    config.total_steps, config.ckpt_every = 4, 4
+    workdir = tmp_path / "run"
+    loop.train(config, workdir)
+    config.total_steps = 6  # a change a resume accepts (logged, recorded)
+    loop.train(config, workdir)
+
+    rows = {r["step"]: r for r in _losses(workdir)}
+    counts = [rows[s]["data/skipped/bad_record"] for s in range(1, 7)]
+    saved = json.loads(next((workdir / "checkpoints" / "4" / "skips").iterdir()).read_text())
+    assert counts[3] > 0 and saved["bad_record"] == counts[3]  # checkpointed with the iterator
+    assert counts == sorted(counts)  # cumulative across the resume, never reset
+    assert all(rows[s]["data/skipped/corrupt_audio"] == 0 for s in range(1, 7))
+    events = [json.loads(line) for line in (workdir / "restore_log.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "resumed" and events[-1]["changed"] == ["total_steps: 4 -> 6"]
+
+
+def test_second_ctrl_c_exits_at_once_even_inside_a_blocking_call(tmp_path, helpers):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "guarded.py"
+    script.write_text(
+        "import os\n"
+        "from clapcomp.train.loop import PreemptionGuard\n"
+        "guard = PreemptionGuard()\n"
+        "print('ready', flush=True)\n"
+        "r, w = os.pipe()\n"
+        "os.read(r, 1)  # blocks in C forever, as a long XLA compile or Orbax write would\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env=helpers.train_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None  # the first Ctrl-C only asks for a checkpoint after the step
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert "Ctrl-C again to exit at once" in err and "second SIGINT: exiting now" in err
