@@ -84,8 +84,13 @@ def compare(out: Path) -> None:
     net = cnn2d.CrossNet(cnn2d.EmbeddingNet("max", 3, 1, 64), datasets, "cpu")
     net.load_state_dict(weights)
     net.eval()
-    fronts = {"essentia": front, "librosa": dataclasses.replace(AISFX_AUDIO, peak_normalize=True, window="periodic", mel_weighting="hz")}
-    print(f"{'clip':12s} {'aisfx path':10s} {'max|feature d|':>15s} {'max|emb d|':>11s} {'max|emb|':>9s} {'cosine':>10s}")
+    fronts = {
+        "essentia": front,
+        "librosa": dataclasses.replace(AISFX_AUDIO, peak_normalize=True, window="periodic", mel_weighting="hz"),
+    }
+    print(
+        f"{'clip':12s} {'aisfx path':10s} {'max|feature d|':>15s} {'max|emb d|':>11s} {'max|emb|':>9s} {'cosine':>10s}"
+    )
     for name in clips():
         y, sr = sf.read(out / f"{name}.wav", dtype="float32")
         for kind, cfg in fronts.items():

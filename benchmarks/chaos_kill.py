@@ -65,22 +65,46 @@ def write_records(out_dir: Path, n: int = 32, seed: int = 0) -> None:
         a, b = rng.choice(4, size=2, replace=False)
         wave = np.concatenate([np.sin(2 * np.pi * freqs[a] * t), np.sin(2 * np.pi * freqs[b] * (t + 0.5))])
         wave = (0.5 * wave + 0.01 * rng.standard_normal(8000)).astype(np.float32)
-        examples.append({"key": f"tone-{i}", "audio": wave, "sample_rate": 8000,
-                         "captions": [f"a {names[a]} tone followed by a {names[b]} tone"],
-                         "negatives": [f"a {names[b]} tone followed by a {names[a]} tone"], "positives": [f"a {names[a]} tone"]})
+        examples.append(
+            {
+                "key": f"tone-{i}",
+                "audio": wave,
+                "sample_rate": 8000,
+                "captions": [f"a {names[a]} tone followed by a {names[b]} tone"],
+                "negatives": [f"a {names[b]} tone followed by a {names[a]} tone"],
+                "positives": [f"a {names[a]} tone"],
+            }
+        )
     write(str(out_dir), examples, shard_size=16)
 
 
 def train_cmd(args, workdir: Path, records: Path) -> list[str]:
-    return [sys.executable, "-u", "-m", "clapcomp.cli", "train", f"--config={REPO / 'configs' / 'tiny.py'}",
-            f"--workdir={workdir}", f"--config.data.train={records}", f"--config.total_steps={args.steps}",
-            f"--config.ckpt_every={args.ckpt_every}", f"--config.mesh.fsdp={args.fsdp}", "--config.fsdp_text=True"]
+    return [
+        sys.executable,
+        "-u",
+        "-m",
+        "clapcomp.cli",
+        "train",
+        f"--config={REPO / 'configs' / 'tiny.py'}",
+        f"--workdir={workdir}",
+        f"--config.data.train={records}",
+        f"--config.total_steps={args.steps}",
+        f"--config.ckpt_every={args.ckpt_every}",
+        f"--config.mesh.fsdp={args.fsdp}",
+        "--config.fsdp_text=True",
+    ]
 
 
 def train_env(args, cache: Path) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}", "JAX_PLATFORMS": "cpu",
-            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1", "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def make_plan(kills: int, seed: int) -> list[dict]:
@@ -88,8 +112,10 @@ def make_plan(kills: int, seed: int) -> list[dict]:
     resume point (1..3) or which checkpoint write of the launch (1..2)."""
     rng = np.random.default_rng(seed)
     phases = [PHASES[i % len(PHASES)] for i in range(kills)]
-    return [{"phase": phases[i], "u": float(rng.uniform()), "n": int(rng.integers(1, 4 if phases[i] == "steps" else 3))}
-            for i in rng.permutation(kills)]
+    return [
+        {"phase": phases[i], "u": float(rng.uniform()), "n": int(rng.integers(1, 4 if phases[i] == "steps" else 3))}
+        for i in rng.permutation(kills)
+    ]
 
 
 # ----------------------------------------------------------------------------- one launch
@@ -115,7 +141,9 @@ class Launch:
         self.old_tmp = tmp_dirs(self.ckpt_dir)
         with open(log_path, "wb") as log:
             self.t0 = time.monotonic()
-            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.reader = open(log_path, "rb")
         self.text = b""
         self.t_start = self.resume = None
@@ -215,11 +243,21 @@ def run_launch(args, cmd, env, log_path: Path, workdir: Path, kill: dict | None,
     newest = launch.before[-1] if launch.before else 0
     fallbacks = launch.text.count(FALLBACK)
     return {
-        "log": log_path.name, "planned": kill and kill["phase"], "killed": killed, "rc": rc, "hung": hung,
-        "at_s": launch.killed_at, "phase": ("write" if cut else launch.phase()) if killed else None, "cut_writes": cut,
-        "newest_before": newest, "resume": launch.resume, "last_step": max(launch.steps, default=None),
-        "fallbacks": fallbacks, "went_back": launch.resume is not None and launch.resume < newest and not fallbacks,
-        "seconds": time.monotonic() - launch.t0, "durations": launch.durations(),
+        "log": log_path.name,
+        "planned": kill and kill["phase"],
+        "killed": killed,
+        "rc": rc,
+        "hung": hung,
+        "at_s": launch.killed_at,
+        "phase": ("write" if cut else launch.phase()) if killed else None,
+        "cut_writes": cut,
+        "newest_before": newest,
+        "resume": launch.resume,
+        "last_step": max(launch.steps, default=None),
+        "fallbacks": fallbacks,
+        "went_back": launch.resume is not None and launch.resume < newest and not fallbacks,
+        "seconds": time.monotonic() - launch.t0,
+        "durations": launch.durations(),
         "error": None if killed or rc == 0 else launch.text.decode(errors="replace")[-3000:],
     }
 
@@ -257,9 +295,12 @@ def compare_states(a, b) -> tuple[int, list[str]]:
     leaves_b, tree_b = jax.tree_util.tree_flatten(b)
     if tree_a != tree_b:
         return len(leaves_a), ["<tree structure>"]
-    raw = lambda x: np.ascontiguousarray(np.atleast_1d(x)).view(np.uint8)  # noqa: E731  NaN-safe, -0.0 != 0.0
-    diff = [jax.tree_util.keystr(p) for (p, x), y in zip(leaves_a, leaves_b)
-            if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(raw(x), raw(y))]
+    raw = lambda x: np.ascontiguousarray(np.atleast_1d(x)).view(np.uint8)
+    diff = [
+        jax.tree_util.keystr(p)
+        for (p, x), y in zip(leaves_a, leaves_b)
+        if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(raw(x), raw(y))
+    ]
     return len(leaves_a), diff
 
 
@@ -279,8 +320,13 @@ def compare_metrics(reference: Path, chaos: Path) -> dict:
         logged.append(m["step"])
         if ref.get(m["step"]) != (m["loss"], m["grad_norm"]):
             differ.append(m["step"])
-    return {"steps_logged": len(logged), "steps_reexecuted": len(logged) - len(set(logged)), "torn_lines": torn,
-            "steps_differing": differ, "all_steps_logged": set(logged) == set(ref)}
+    return {
+        "steps_logged": len(logged),
+        "steps_reexecuted": len(logged) - len(set(logged)),
+        "torn_lines": torn,
+        "steps_differing": differ,
+        "all_steps_logged": set(logged) == set(ref),
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -290,26 +336,38 @@ def table(s: dict) -> str:
     k = s["kills"]
     rows = [
         ("kills survived", f"{k['survived']} / {s['args']['kills']}"),
-        ("  at start-up / restore", k["startup"]), ("  while compiling", k["compile"]),
-        ("  during training steps", k["steps"]), ("  during async checkpoint writes (write cut)", k["write"]),
+        ("  at start-up / restore", k["startup"]),
+        ("  while compiling", k["compile"]),
+        ("  during training steps", k["steps"]),
+        ("  during async checkpoint writes (write cut)", k["write"]),
         ("relaunches", s["relaunches"]),
         ("fallbacks to an older checkpoint", s["fallbacks"]),
         ("resumed from the newest checkpoint each time", "yes" if s["resumed_from_newest"] else "NO"),
         ("non-kill errors / hangs", f"{s['errors']} / {s['hangs']}"),
-        ("step lines re-executed, all equal to reference", f"{s['metrics']['steps_reexecuted']}, "
-         f"{'yes' if not s['metrics']['steps_differing'] else 'NO ' + str(s['metrics']['steps_differing'])}"),
+        (
+            "step lines re-executed, all equal to reference",
+            f"{s['metrics']['steps_reexecuted']}, "
+            f"{'yes' if not s['metrics']['steps_differing'] else 'NO ' + str(s['metrics']['steps_differing'])}",
+        ),
         ("metrics.jsonl lines torn by a kill", s["metrics"]["torn_lines"]),
-        (f"final state bitwise equal ({s['leaves']} leaves: params, opt state, BN stats)",
-         "yes" if s["bitwise_equal"] else "NO " + ", ".join(s["differing"][:5])),
+        (
+            f"final state bitwise equal ({s['leaves']} leaves: params, opt state, BN stats)",
+            "yes" if s["bitwise_equal"] else "NO " + ", ".join(s["differing"][:5]),
+        ),
         ("data iterator position equal", "yes" if s["data_equal"] else "NO"),
-        ("seconds (reference / chaos / total)", " / ".join(f"{s['seconds'][k]:.0f}" for k in ("reference", "chaos", "total"))),
+        (
+            "seconds (reference / chaos / total)",
+            " / ".join(f"{s['seconds'][k]:.0f}" for k in ("reference", "chaos", "total")),
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs to survive")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill plan")
     p.add_argument("--steps", type=int, default=None, help="training steps (default max(12, kills + 4))")
@@ -340,8 +398,11 @@ def chaos_launches(args, records: Path, env: dict, est: dict) -> list[dict]:
         est.update(r["durations"])
         end = f"KILLED ({r['phase']})" if r["killed"] else f"rc {r['rc']}"
         cut = f" cut {','.join(r['cut_writes'])}" if r["cut_writes"] else ""
-        print(f"launch {len(launches) - 1:2d}: planned {r['planned'] or '-':8s} resume {r['resume']!s:>4} "
-              f"last step {r['last_step']!s:>4} -> {end}{cut}  {r['seconds']:.1f} s", flush=True)
+        print(
+            f"launch {len(launches) - 1:2d}: planned {r['planned'] or '-':8s} resume {r['resume']!s:>4} "
+            f"last step {r['last_step']!s:>4} -> {end}{cut}  {r['seconds']:.1f} s",
+            flush=True,
+        )
     return launches
 
 
@@ -350,12 +411,14 @@ def summarize(args, argv, launches: list[dict]) -> dict:
     done = last["rc"] == 0 and not last["hung"]
     kills = [r for r in launches if r["killed"]]
     s = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
         "command": " ".join(["benchmarks/chaos_kill.py", *argv]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "kills": {"survived": len(kills) if done else max(len(kills) - 1, 0),
-                  **{ph: sum(r["phase"] == ph for r in kills) for ph in PHASES}},
+        "kills": {
+            "survived": len(kills) if done else max(len(kills) - 1, 0),
+            **{ph: sum(r["phase"] == ph for r in kills) for ph in PHASES},
+        },
         "relaunches": len(launches) - 1,
         "fallbacks": sum(r["fallbacks"] for r in launches),
         "resumed_from_newest": not any(r["went_back"] for r in launches),
@@ -364,8 +427,13 @@ def summarize(args, argv, launches: list[dict]) -> dict:
         "launches": launches,
     }
     if not done:
-        s.update(leaves=0, differing=["<chaos run did not complete>"], data_equal=False, bitwise_equal=False,
-                 metrics={"steps_reexecuted": 0, "steps_differing": ["-"], "torn_lines": 0, "all_steps_logged": False})
+        s.update(
+            leaves=0,
+            differing=["<chaos run did not complete>"],
+            data_equal=False,
+            bitwise_equal=False,
+            metrics={"steps_reexecuted": 0, "steps_differing": ["-"], "torn_lines": 0, "all_steps_logged": False},
+        )
         return s
     ref, chaos = root / "reference", root / "chaos"
     s["leaves"], s["differing"] = compare_states(read_state(ref, args.steps), read_state(chaos, args.steps))
@@ -389,17 +457,31 @@ def main(argv: list[str] | None = None) -> int:
         write_records(records)
     env = train_env(args, root / "xla_cache")
 
-    ref = run_launch(args, train_cmd(args, root / "reference", records), env, root / "logs" / "reference.log",
-                     root / "reference", None, {})
+    ref = run_launch(
+        args,
+        train_cmd(args, root / "reference", records),
+        env,
+        root / "logs" / "reference.log",
+        root / "reference",
+        None,
+        {},
+    )
     if ref["rc"] != 0:
         print(f"the reference run failed (rc {ref['rc']}); its log ends:\n{ref['error']}", file=sys.stderr)
         return 1
     est = {"startup": 5.0, "compile": 5.0, "step": 0.3, "write": 0.1, **ref["durations"]}
-    print(f"reference: {ref['seconds']:.1f} s, phases (s): {json.dumps({k: round(v, 3) for k, v in est.items()})}", flush=True)
+    print(
+        f"reference: {ref['seconds']:.1f} s, phases (s): {json.dumps({k: round(v, 3) for k, v in est.items()})}",
+        flush=True,
+    )
     t_chaos = time.monotonic()
     launches = chaos_launches(args, records, env, est)
     s = summarize(args, argv, launches)
-    s["seconds"] = {"reference": ref["seconds"], "chaos": time.monotonic() - t_chaos, "total": time.monotonic() - t_begin}
+    s["seconds"] = {
+        "reference": ref["seconds"],
+        "chaos": time.monotonic() - t_chaos,
+        "total": time.monotonic() - t_begin,
+    }
     (root / "summary.json").write_text(json.dumps(s, indent=2))
 
     print(f"\n{s['date']}  {s['machine']}\n{s['command']}\n\n{table(s)}")
@@ -407,12 +489,21 @@ def main(argv: list[str] | None = None) -> int:
         if r["error"]:
             state = "hung" if r["hung"] else "failed"
             print(f"\n{root / 'logs' / r['log']} {state} (rc {r['rc']}); it ends:\n{r['error']}", file=sys.stderr)
-    ok = (s["bitwise_equal"] and s["data_equal"] and not s["metrics"]["steps_differing"] and s["metrics"]["all_steps_logged"]
-          and s["resumed_from_newest"] and not s["errors"] and not s["hangs"])
+    ok = (
+        s["bitwise_equal"]
+        and s["data_equal"]
+        and not s["metrics"]["steps_differing"]
+        and s["metrics"]["all_steps_logged"]
+        and s["resumed_from_newest"]
+        and not s["errors"]
+        and not s["hangs"]
+    )
     if not ok:
         return 1
     if s["kills"]["survived"] < args.kills:
-        print(f"\nthe run completed after {s['kills']['survived']} of {args.kills} kills; raise --steps", file=sys.stderr)
+        print(
+            f"\nthe run completed after {s['kills']['survived']} of {args.kills} kills; raise --steps", file=sys.stderr
+        )
         return 3
     return 0
 

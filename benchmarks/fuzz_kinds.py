@@ -21,8 +21,18 @@ import soundfile as sf
 
 SR = 16000  # the build's target rate (small: fast resampling)
 OK = "accepted"
-AUDIO_OUTCOMES = {OK, "corrupt", "truncated", "too_long", "bad_sample_rate", "too_many_channels",
-                  "zero_length", "non_finite", "silent", "timeout"}
+AUDIO_OUTCOMES = {
+    OK,
+    "corrupt",
+    "truncated",
+    "too_long",
+    "bad_sample_rate",
+    "too_many_channels",
+    "zero_length",
+    "non_finite",
+    "silent",
+    "timeout",
+}
 ANY_READ = {OK, "bad_record", "corrupt_audio", "truncated_audio", "too_long", "no_caption"}
 
 
@@ -49,8 +59,9 @@ def tone(rng, seconds=None, channels=1):
 def encoded(rng, fmt, subtype="PCM_16", seconds=None):
     sr = int(rng.choice([8000, 16000, 22050, 44100, 48000]))
     buf = io.BytesIO()
-    sf.write(buf, tone(rng, seconds, int(rng.integers(1, 3))), sr, format=fmt,
-             subtype="VORBIS" if fmt == "OGG" else subtype)
+    sf.write(
+        buf, tone(rng, seconds, int(rng.integers(1, 3))), sr, format=fmt, subtype="VORBIS" if fmt == "OGG" else subtype
+    )
     return buf.getvalue()
 
 
@@ -60,8 +71,17 @@ def wav(data: bytes, sr: int, channels: int, bits=16, tag=1, declared=None) -> b
     fmt = struct.pack("<HHIIHH", tag, channels, sr, (sr * block) & 0xFFFFFFFF, block & 0xFFFF, bits)
     size = len(data) if declared is None else declared
     riff = min(4 + 24 + 8 + size, 0xFFFFFFFF)
-    return (b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
-            + b"data" + struct.pack("<I", size) + data)
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", size)
+        + data
+    )
 
 
 def pcm(rng, frames, channels=1):
@@ -100,65 +120,148 @@ MANIFEST = {
     "valid_flac": ({OK}, lambda r, i: _m(encoded(r, "FLAC"), f"v{i}.flac")),
     "valid_ogg": ({OK}, lambda r, i: _m(encoded(r, "OGG"), f"v{i}.ogg")),
     "one_sample": ({OK}, lambda r, i: _m(wav(np.int16([16000]).tobytes(), SR, 1), f"o{i}.wav")),
-    "unicode_caption": ({OK}, lambda r, i: _m(encoded(r, "WAV"), f"u{i}.wav",
-                                             caption="\u202eevil\u200b 狗叫 \U0001f415 e\u0301 \t\n")),
+    "unicode_caption": (
+        {OK},
+        lambda r, i: _m(encoded(r, "WAV"), f"u{i}.wav", caption="\u202eevil\u200b 狗叫 \U0001f415 e\u0301 \t\n"),
+    ),
     "nul_caption": ({OK, "bad_row"}, lambda r, i: _m(encoded(r, "WAV"), f"n{i}.wav", caption="a dog\x00barks")),
     "random_bytes": ({"corrupt"}, lambda r, i: _m(r.bytes(int(r.integers(1, 4096))), f"r{i}.{_ext(r)}")),
-    "truncated_header": ({"corrupt"}, lambda r, i: (
-        lambda d: _m(d[: int(r.integers(1, 40))], f"h{i}.{_ext(r)}"))(encoded(r, str(r.choice(["WAV", "FLAC", "OGG"]))))),
-    "truncated_data": ({"truncated"}, lambda r, i: (
-        lambda d: _m(d[: int(len(d) * r.uniform(0.5, 0.9))], f"t{i}.wav"))(encoded(r, "WAV", seconds=0.3))),
-    "huge_declared_wav": ({"too_long", "truncated"}, lambda r, i: _m(
-        wav(pcm(r, 800, 2), 48000, 2, declared=0xFFFFFF00), f"hw{i}.wav")),
+    "truncated_header": (
+        {"corrupt"},
+        lambda r, i: (lambda d: _m(d[: int(r.integers(1, 40))], f"h{i}.{_ext(r)}"))(
+            encoded(r, str(r.choice(["WAV", "FLAC", "OGG"])))
+        ),
+    ),
+    "truncated_data": (
+        {"truncated"},
+        lambda r, i: (lambda d: _m(d[: int(len(d) * r.uniform(0.5, 0.9))], f"t{i}.wav"))(
+            encoded(r, "WAV", seconds=0.3)
+        ),
+    ),
+    "huge_declared_wav": (
+        {"too_long", "truncated"},
+        lambda r, i: _m(wav(pcm(r, 800, 2), 48000, 2, declared=0xFFFFFF00), f"hw{i}.wav"),
+    ),
     "huge_declared_flac": ({"too_long"}, lambda r, i: _m(huge_flac(r), f"hf{i}.flac")),
-    "nan_float_wav": ({"non_finite"}, lambda r, i: _m(wav(
-        np.where(r.random(400) < 0.1, np.float32(r.choice([np.nan, np.inf, -np.inf])), tone(r, 0.025)[:, 0])
-        .astype("<f4").tobytes(), SR, 1, bits=32, tag=3), f"nan{i}.wav")),
+    "nan_float_wav": (
+        {"non_finite"},
+        lambda r, i: _m(
+            wav(
+                np.where(r.random(400) < 0.1, np.float32(r.choice([np.nan, np.inf, -np.inf])), tone(r, 0.025)[:, 0])
+                .astype("<f4")
+                .tobytes(),
+                SR,
+                1,
+                bits=32,
+                tag=3,
+            ),
+            f"nan{i}.wav",
+        ),
+    ),
     "rate_1hz": ({"bad_sample_rate"}, lambda r, i: _m(wav(pcm(r, 10), 1, 1), f"s1_{i}.wav")),
     "rate_10mhz": ({"bad_sample_rate"}, lambda r, i: _m(wav(pcm(r, 5000), 10_000_000, 1), f"s10m{i}.wav")),
     "zero_samples": ({"zero_length", "corrupt"}, lambda r, i: _m(wav(b"", SR, 1), f"z{i}.wav")),
-    "many_channels": ({"too_many_channels", "corrupt"}, lambda r, i: (
-        lambda c: _m(wav(pcm(r, 4, c), SR, c), f"c{i}.wav"))(int(r.choice([17, 64, 255, 1024, 4096])))),
+    "many_channels": (
+        {"too_many_channels", "corrupt"},
+        lambda r, i: (lambda c: _m(wav(pcm(r, 4, c), SR, c), f"c{i}.wav"))(int(r.choice([17, 64, 255, 1024, 4096]))),
+    ),
     "silent": ({"silent"}, lambda r, i: _m(wav(np.zeros(1600, "<i2").tobytes(), SR, 1), f"q{i}.wav")),
     "empty_file": ({"empty_file"}, lambda r, i: _m(b"", f"e{i}.{_ext(r)}")),
     "too_large": ({"too_large"}, lambda r, i: _m(wav(bytes(int(2.2 * 2**20)), SR, 1), f"big{i}.wav")),
-    "unsupported_ext": ({"unsupported_format"}, lambda r, i: _m(encoded(r, "WAV"), f"x{i}.{r.choice(['txt', 'mp4', 'pkl'])}")),
+    "unsupported_ext": (
+        {"unsupported_format"},
+        lambda r, i: _m(encoded(r, "WAV"), f"x{i}.{r.choice(['txt', 'mp4', 'pkl'])}"),
+    ),
     "missing_file": ({"missing_file"}, lambda r, i: ({}, {"audio": f"nope{i}.wav", "caption": "c"})),
-    "directory_path": ({"missing_file"}, lambda r, i: ({f"d{i}.wav": ("dir",)}, {"audio": f"d{i}.wav", "caption": "c"})),
+    "directory_path": (
+        {"missing_file"},
+        lambda r, i: ({f"d{i}.wav": ("dir",)}, {"audio": f"d{i}.wav", "caption": "c"}),
+    ),
     "missing_path": ({"bad_row"}, lambda r, i: ({}, {"audio": str(r.choice(["", "  "])), "caption": "c"})),
     "nul_in_path": ({"bad_row"}, lambda r, i: ({}, {"audio": f"a\x00{i}.wav", "caption": "c", "_jsonl": True})),
-    "absolute_outside": ({"path_escapes_root"}, lambda r, i: ({}, {"audio": "{outside}/abs%d.wav" % i, "caption": "c"})),
-    "absolute_inside": ({OK}, lambda r, i: ({f"ai{i}.wav": encoded(r, "WAV")}, {"audio": "{root}/ai%d.wav" % i, "caption": "c"})),
-    "dotdot_traversal": ({"path_escapes_root"}, lambda r, i: ({}, {"audio": f"sub/../../outside/t{i}.wav", "caption": "c"})),
-    "symlink_escape": ({"path_escapes_root"}, lambda r, i: (
-        {f"ln{i}.wav": ("symlink", "{outside}/victim.wav")}, {"audio": f"ln{i}.wav", "caption": "c"})),
-    "symlink_inside": ({OK}, lambda r, i: (
-        {f"real{i}.wav": encoded(r, "WAV"), f"li{i}.wav": ("symlink", f"real{i}.wav")}, {"audio": f"li{i}.wav", "caption": "c"})),
-    "empty_caption": ({"missing_caption"}, lambda r, i: _m(encoded(r, "WAV"), f"ec{i}.wav", caption=str(r.choice(["", "   ", "\n\t"])))),
-    "overlong_caption": ({"caption_too_long", "bad_row"}, lambda r, i: _m(
-        encoded(r, "WAV"), f"lc{i}.wav", caption="x" * int(r.choice([2001, 50_000, 200_000])))),
-    "non_utf8_caption": ({"non_utf8_text"}, lambda r, i: _m(encoded(r, "WAV"), f"nu{i}.wav", caption=b"caf\xe9 \xff\xfe dog")),
-    "bad_caption_list": ({"bad_row"}, lambda r, i: _m(encoded(r, "WAV"), f"bl{i}.wav",
-                                                     caption=str(r.choice(["[1, 2]", "[\"a\", ", "[{\"x\": 1}]"])))),
-    "garbage_line": ({"bad_row"}, lambda r, i: ({}, {"_raw": str(r.choice(["{not json", "[1, 2]", "42", "\"x\""]))})),
+    "absolute_outside": (
+        {"path_escapes_root"},
+        lambda r, i: ({}, {"audio": "{outside}/abs%d.wav" % i, "caption": "c"}),
+    ),
+    "absolute_inside": (
+        {OK},
+        lambda r, i: ({f"ai{i}.wav": encoded(r, "WAV")}, {"audio": "{root}/ai%d.wav" % i, "caption": "c"}),
+    ),
+    "dotdot_traversal": (
+        {"path_escapes_root"},
+        lambda r, i: ({}, {"audio": f"sub/../../outside/t{i}.wav", "caption": "c"}),
+    ),
+    "symlink_escape": (
+        {"path_escapes_root"},
+        lambda r, i: ({f"ln{i}.wav": ("symlink", "{outside}/victim.wav")}, {"audio": f"ln{i}.wav", "caption": "c"}),
+    ),
+    "symlink_inside": (
+        {OK},
+        lambda r, i: (
+            {f"real{i}.wav": encoded(r, "WAV"), f"li{i}.wav": ("symlink", f"real{i}.wav")},
+            {"audio": f"li{i}.wav", "caption": "c"},
+        ),
+    ),
+    "empty_caption": (
+        {"missing_caption"},
+        lambda r, i: _m(encoded(r, "WAV"), f"ec{i}.wav", caption=str(r.choice(["", "   ", "\n\t"]))),
+    ),
+    "overlong_caption": (
+        {"caption_too_long", "bad_row"},
+        lambda r, i: _m(encoded(r, "WAV"), f"lc{i}.wav", caption="x" * int(r.choice([2001, 50_000, 200_000]))),
+    ),
+    "non_utf8_caption": (
+        {"non_utf8_text"},
+        lambda r, i: _m(encoded(r, "WAV"), f"nu{i}.wav", caption=b"caf\xe9 \xff\xfe dog"),
+    ),
+    "bad_caption_list": (
+        {"bad_row"},
+        lambda r, i: _m(encoded(r, "WAV"), f"bl{i}.wav", caption=str(r.choice(["[1, 2]", '["a", ', '[{"x": 1}]']))),
+    ),
+    "garbage_line": ({"bad_row"}, lambda r, i: ({}, {"_raw": str(r.choice(["{not json", "[1, 2]", "42", '"x"']))})),
     "deep_json_row": ({"bad_row"}, lambda r, i: ({}, {"_raw": '{"audio": "a.wav", "caption": %s}' % deep_json()})),
     "deep_json_caption": ({"bad_row"}, lambda r, i: ({}, {"audio": "a.wav", "caption": deep_json(5000)})),
-    "bitflip_audio": (AUDIO_OUTCOMES, lambda r, i: (lambda f: _m(_flip(r, encoded(r, f)), f"bf{i}.{f.lower()}"))(
-        str(r.choice(["WAV", "FLAC", "OGG"])))),
+    "bitflip_audio": (
+        AUDIO_OUTCOMES,
+        lambda r, i: (lambda f: _m(_flip(r, encoded(r, f)), f"bf{i}.{f.lower()}"))(
+            str(r.choice(["WAV", "FLAC", "OGG"]))
+        ),
+    ),
 }
 
 WDS = {  # makers: rng, i -> [(member name, bytes | None, tar type or None)]
-    "wds_valid": ({OK}, lambda r, i: [(f"k{i}.flac", encoded(r, "FLAC"), None), (f"k{i}.json", b'{"text": "a cat"}', None)]),
+    "wds_valid": (
+        {OK},
+        lambda r, i: [(f"k{i}.flac", encoded(r, "FLAC"), None), (f"k{i}.json", b'{"text": "a cat"}', None)],
+    ),
     "wds_traversal": ({"unsafe_member"}, lambda r, i: [(f"../../evil{i}.flac", encoded(r, "FLAC"), None)]),
     "wds_absolute": ({"unsafe_member"}, lambda r, i: [(f"/tmp/clapcomp_fuzz_evil{i}.json", b"{}", None)]),
-    "wds_symlink": ({"unsafe_member"}, lambda r, i: [(f"k{i}.wav", None, r.choice([tarfile.SYMTYPE, tarfile.LNKTYPE]))]),
+    "wds_symlink": (
+        {"unsafe_member"},
+        lambda r, i: [(f"k{i}.wav", None, r.choice([tarfile.SYMTYPE, tarfile.LNKTYPE]))],
+    ),
     "wds_no_json": ({"missing_caption"}, lambda r, i: [(f"k{i}.wav", encoded(r, "WAV"), None)]),
     "wds_no_audio": ({"missing_file"}, lambda r, i: [(f"k{i}.json", b'{"text": "x"}', None)]),
-    "wds_bad_json": ({"bad_row"}, lambda r, i: [(f"k{i}.wav", encoded(r, "WAV"), None), (f"k{i}.json", b"{nope", None)]),
-    "wds_non_utf8_json": ({"non_utf8_text"}, lambda r, i: [(f"k{i}.wav", encoded(r, "WAV"), None), (f"k{i}.json", b'{"text": "\xff"}', None)]),
-    "wds_random_audio": ({"corrupt"}, lambda r, i: [(f"k{i}.ogg", r.bytes(3000), None), (f"k{i}.json", b'{"text": "x"}', None)]),
-    "wds_pickle_member": ({"unsupported_format"}, lambda r, i: [(f"k{i}.pkl", b"PICKLE", None), (f"k{i}.json", b'{"text": "x"}', None)]),
-    "wds_deep_json": ({"bad_row"}, lambda r, i: [(f"k{i}.wav", encoded(r, "WAV"), None), (f"k{i}.json", deep_json().encode(), None)]),
+    "wds_bad_json": (
+        {"bad_row"},
+        lambda r, i: [(f"k{i}.wav", encoded(r, "WAV"), None), (f"k{i}.json", b"{nope", None)],
+    ),
+    "wds_non_utf8_json": (
+        {"non_utf8_text"},
+        lambda r, i: [(f"k{i}.wav", encoded(r, "WAV"), None), (f"k{i}.json", b'{"text": "\xff"}', None)],
+    ),
+    "wds_random_audio": (
+        {"corrupt"},
+        lambda r, i: [(f"k{i}.ogg", r.bytes(3000), None), (f"k{i}.json", b'{"text": "x"}', None)],
+    ),
+    "wds_pickle_member": (
+        {"unsupported_format"},
+        lambda r, i: [(f"k{i}.pkl", b"PICKLE", None), (f"k{i}.json", b'{"text": "x"}', None)],
+    ),
+    "wds_deep_json": (
+        {"bad_row"},
+        lambda r, i: [(f"k{i}.wav", encoded(r, "WAV"), None), (f"k{i}.json", deep_json().encode(), None)],
+    ),
     "wds_truncated_tar": ({"truncated"}, None),  # special-cased in `write_inputs`
     "wds_random_tar": ({"corrupt"}, None),
 }
@@ -167,8 +270,14 @@ WDS = {  # makers: rng, i -> [(member name, bytes | None, tar type or None)]
 def make_record(rng, fmt="flac", **header):
     from clapcomp.data.records import encode_record
 
-    example = dict(key="k", audio=tone(rng, 0.2)[:, 0], sample_rate=SR, captions=["a dog barks"],
-                   negatives=["a cat meows"], positives=["a dog"])
+    example = dict(
+        key="k",
+        audio=tone(rng, 0.2)[:, 0],
+        sample_rate=SR,
+        captions=["a dog barks"],
+        negatives=["a cat meows"],
+        positives=["a dog"],
+    )
     return encode_record({**example, **header}, fmt)
 
 
@@ -192,31 +301,68 @@ def _flip(rng, data):
 RECORDS = {  # makers: rng, i, marker path -> record bytes
     "rec_valid_flac": ({OK}, lambda r, i, m: make_record(r, "flac")),
     "rec_valid_pcm16": ({OK}, lambda r, i, m: make_record(r, "pcm16")),
-    "rec_weird_captions": ({OK}, lambda r, i, m: make_record(r, captions=["a\x00b \U0001f415 " + "y" * 10000, "\u202e"])),
+    "rec_weird_captions": (
+        {OK},
+        lambda r, i, m: make_record(r, captions=["a\x00b \U0001f415 " + "y" * 10000, "\u202e"]),
+    ),
     "rec_empty": ({"bad_record"}, lambda r, i, m: b""),
     "rec_bad_magic": ({"bad_record"}, lambda r, i, m: b"CLAPREC9" + make_record(r)[8:]),
-    "rec_header_len_huge": ({"bad_record"}, lambda r, i, m: make_record(r)[:8] + b"\xff\xff\xff\xff" + make_record(r)[12:]),
-    "rec_header_garbage": ({"bad_record"}, lambda r, i, m: b"CLAPREC1" + struct.pack("<I", 64) + r.bytes(64) + r.bytes(100)),
-    "rec_header_types": ({"bad_record"}, lambda r, i, m: _with_header(r, **[
-        {"sample_rate": "16000"}, {"num_samples": -5}, {"captions": "a str"}, {"captions": [1, 2]},
-        {"key": None}, {"audio_format": "mp3"}, {"negatives": None}, {"num_samples": 1.5}][int(r.integers(8))])),
+    "rec_header_len_huge": (
+        {"bad_record"},
+        lambda r, i, m: make_record(r)[:8] + b"\xff\xff\xff\xff" + make_record(r)[12:],
+    ),
+    "rec_header_garbage": (
+        {"bad_record"},
+        lambda r, i, m: b"CLAPREC1" + struct.pack("<I", 64) + r.bytes(64) + r.bytes(100),
+    ),
+    "rec_header_types": (
+        {"bad_record"},
+        lambda r, i, m: _with_header(
+            r,
+            **[
+                {"sample_rate": "16000"},
+                {"num_samples": -5},
+                {"captions": "a str"},
+                {"captions": [1, 2]},
+                {"key": None},
+                {"audio_format": "mp3"},
+                {"negatives": None},
+                {"num_samples": 1.5},
+            ][int(r.integers(8))],
+        ),
+    ),
     "rec_rate_extreme": ({"bad_record"}, lambda r, i, m: _with_header(r, sample_rate=int(r.choice([1, 10_000_000])))),
     "rec_random_flac": ({"corrupt_audio"}, lambda r, i, m: make_record(r, audio=r.bytes(2000), num_samples=3200)),
-    "rec_truncated_flac": ({"truncated_audio", "corrupt_audio"}, lambda r, i, m: (
-        lambda d: d[: len(d) - int(r.integers(50, 400))])(make_record(r, "flac"))),
-    "rec_wrong_num_samples": ({"truncated_audio"}, lambda r, i, m: _with_header(r, num_samples=int(r.integers(1, 3000)))),
+    "rec_truncated_flac": (
+        {"truncated_audio", "corrupt_audio"},
+        lambda r, i, m: (lambda d: d[: len(d) - int(r.integers(50, 400))])(make_record(r, "flac")),
+    ),
+    "rec_wrong_num_samples": (
+        {"truncated_audio"},
+        lambda r, i, m: _with_header(r, num_samples=int(r.integers(1, 3000))),
+    ),
     "rec_pcm_odd_bytes": ({"truncated_audio"}, lambda r, i, m: make_record(r, "pcm16") + b"\x01"),
     "rec_declared_hours": ({"too_long"}, lambda r, i, m: _with_header(r, num_samples=SR * 3600 * 24)),
     "rec_no_caption": ({"no_caption"}, lambda r, i, m: make_record(r, captions=[])),
     "rec_pickle": ({"bad_record"}, lambda r, i, m: pickle.dumps(Marker(m))),
-    "rec_pickle_audio": ({"corrupt_audio"}, lambda r, i, m: make_record(r, audio=pickle.dumps(Marker(m)), num_samples=100)),
+    "rec_pickle_audio": (
+        {"corrupt_audio"},
+        lambda r, i, m: make_record(r, audio=pickle.dumps(Marker(m)), num_samples=100),
+    ),
     "rec_bitflip": (ANY_READ, lambda r, i, m: _flip(r, make_record(r, str(r.choice(["flac", "pcm16"]))))),
-    "rec_cut": (ANY_READ - {OK, "no_caption", "too_long"}, lambda r, i, m: (
-        lambda d: d[: int(r.integers(0, len(d) - 1))])(make_record(r, str(r.choice(["flac", "pcm16"]))))),
+    "rec_cut": (
+        ANY_READ - {OK, "no_caption", "too_long"},
+        lambda r, i, m: (lambda d: d[: int(r.integers(0, len(d) - 1))])(
+            make_record(r, str(r.choice(["flac", "pcm16"])))
+        ),
+    ),
     "rec_deep_json": ({"bad_record"}, lambda r, i, m: b"CLAPREC1" + struct.pack("<I", 200_000) + deep_json().encode()),
 }
-KINDS = ({k: ("manifest",) + v for k, v in MANIFEST.items()} | {k: ("webdataset",) + v for k, v in WDS.items()}
-         | {k: ("record",) + v for k, v in RECORDS.items()})
+KINDS = (
+    {k: ("manifest",) + v for k, v in MANIFEST.items()}
+    | {k: ("webdataset",) + v for k, v in WDS.items()}
+    | {k: ("record",) + v for k, v in RECORDS.items()}
+)
 BIG_KINDS = ("too_large",)  # ~2 MB files: drawn rarely
 
 
@@ -233,18 +379,27 @@ def draw_kinds(n: int, rng) -> list[str]:
 def _write_manifests(root, outside, rows):
     csv_rows, jsonl_lines = [], []
     for j, row in enumerate(rows):
-        row = {k: v.replace("{root}", root).replace("{outside}", outside) if isinstance(v, str) else v
-               for k, v in row.items()}
+        row = {
+            k: v.replace("{root}", root).replace("{outside}", outside) if isinstance(v, str) else v
+            for k, v in row.items()
+        }
         cap = row.get("caption")
         if "_raw" in row:
             jsonl_lines.append(row["_raw"].encode())
         elif row.pop("_jsonl", False) or j % 2:
-            jsonl_lines.append(json.dumps({**row, "caption": cap.decode("utf-8", "surrogateescape")
-                                           if isinstance(cap, bytes) else cap},
-                                          ensure_ascii=False).encode("utf-8", "surrogateescape"))
+            jsonl_lines.append(
+                json.dumps(
+                    {**row, "caption": cap.decode("utf-8", "surrogateescape") if isinstance(cap, bytes) else cap},
+                    ensure_ascii=False,
+                ).encode("utf-8", "surrogateescape")
+            )
         else:
-            csv_rows.append({"audio": row["audio"], "caption": cap.decode("utf-8", "surrogateescape")
-                             if isinstance(cap, bytes) else cap})
+            csv_rows.append(
+                {
+                    "audio": row["audio"],
+                    "caption": cap.decode("utf-8", "surrogateescape") if isinstance(cap, bytes) else cap,
+                }
+            )
     paths = []
     if csv_rows:
         paths.append(os.path.join(root, "m.csv"))
@@ -284,8 +439,7 @@ def write_inputs(out: str, n: int, seed: int) -> dict:
     index, rows, records = {}, {}, []
     for i, kind in enumerate(kinds):
         family, expected, maker = KINDS[kind]
-        entry = index.setdefault(kind, {"family": family, "tried": 0, "inputs": [],
-                                        "expected": sorted(expected)})
+        entry = index.setdefault(kind, {"family": family, "tried": 0, "inputs": [], "expected": sorted(expected)})
         entry["tried"] += 1
         if family == "manifest":
             root = os.path.join(base, "manifest", kind)

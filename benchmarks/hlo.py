@@ -38,7 +38,11 @@ def _groups(attrs: str) -> list[list[int]] | None:
         axes = re.findall(r"'([^']+)'=(\d+)", m[1])
         names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
         inner = [names.index(a) for a in re.findall(r"'([^']+)'", m[2])]
-        ids = np.arange(int(np.prod(sizes))).reshape(sizes).transpose([a for a in range(len(sizes)) if a not in inner] + inner)
+        ids = (
+            np.arange(int(np.prod(sizes)))
+            .reshape(sizes)
+            .transpose([a for a in range(len(sizes)) if a not in inner] + inner)
+        )
         return ids.reshape(-1, int(np.prod([sizes[a] for a in inner]))).tolist()
     if m := _LIST.search(attrs):
         return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", m[1])]
@@ -58,10 +62,12 @@ def collectives(hlo: str, mesh_shape: dict[str, int] | None = None) -> list[dict
         if not match:
             continue
         result = _shapes(match[2])
-        operands = [s for op in match[4].split(",") if op.strip() for s in _shapes(defs.get(op.strip().lstrip("%"), ""))]
+        operands = [
+            s for op in match[4].split(",") if op.strip() for s in _shapes(defs.get(op.strip().lstrip("%"), ""))
+        ]
         if match[2].startswith("(") and len(result) == 2 * len(operands) and match[3] != "all-reduce":
-            result = result[len(operands):]  # async start: (operands, results)
-        size = lambda shapes: int(sum(_BYTES[dt] * int(np.prod(dims)) for dt, dims in shapes))  # noqa: E731
+            result = result[len(operands) :]  # async start: (operands, results)
+        size = lambda shapes: int(sum(_BYTES[dt] * int(np.prod(dims)) for dt, dims in shapes))
         entry = dict(kind=match[3], result=[list(d) for _, d in result], operands=[list(d) for _, d in operands],
                      result_bytes=size(result), operand_bytes=size(operands))  # fmt: skip
         if mesh_shape is not None:

@@ -38,8 +38,12 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per implementation (after 1 warm-up)")
     parser.add_argument("--scale", type=float, default=100.0, help="exp(logit_scale)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=["sharded", "dense-gather", "jnp-spmd"], action="append",
-                        help="run only these implementations (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=["sharded", "dense-gather", "jnp-spmd"],
+        action="append",
+        help="run only these implementations (repeatable)",
+    )
     return parser.parse_args(argv)
 
 
@@ -64,7 +68,8 @@ def dense_gather_loss(mesh, a, t, h, m, scale):
 
     spec = P("data")
     return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), spec, spec, spec, spec), out_specs=P())(
-        scale, a, t, h, m)
+        scale, a, t, h, m
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,13 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from clapcomp.losses import contrastive_loss
 
     if len(jax.devices()) < args.devices:
-        print(f"error: {args.devices} devices requested, {len(jax.devices())} available; set "
-              f"XLA_FLAGS=--xla_force_host_platform_device_count={args.devices} for CPU", file=sys.stderr)
+        print(
+            f"error: {args.devices} devices requested, {len(jax.devices())} available; set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={args.devices} for CPU",
+            file=sys.stderr,
+        )
         return 2
     if args.n % args.devices:
         print(f"error: --n {args.n} must be a multiple of --devices {args.devices}", file=sys.stderr)
@@ -87,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = NamedSharding(mesh, P("data"))
 
     rng = np.random.default_rng(args.seed)
-    unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(rng.normal(size=s))  # noqa: E731
-    a, t, h = (jax.device_put(unit(*s).astype(np.float32), rows)
-               for s in [(args.n, args.d), (args.n, args.d), (args.n, args.k, args.d)])
+    unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(rng.normal(size=s))
+    a, t, h = (
+        jax.device_put(unit(*s).astype(np.float32), rows)
+        for s in [(args.n, args.d), (args.n, args.d), (args.n, args.k, args.d)]
+    )
     m = jax.device_put(rng.random((args.n, args.k)) < 0.8, rows)
     scale = jnp.float32(args.scale)
 
@@ -100,13 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     names = args.only or list(impls)
     n_loc = args.n // args.devices
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
-          f"{args.devices} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-          f"N={args.n} K={args.k} D={args.d}, float32, fwd+bwd w.r.t. audio, text, negatives, scale")
-    print(f"# largest logits per device: sharded [{n_loc}, {args.n + args.k}]; "
-          f"dense-gather [{args.n}, {args.n * (args.k + 1)}]")
-    header = f"{'impl':<13} {'compile s':>9} {'step ms':>10} {'temp MiB':>9} {'args MiB':>9} {'out MiB':>8}" \
-             f" {'|dloss|':>9} {'|dgrad|':>9}"
+    print(
+        f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
+        f"{args.devices} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"N={args.n} K={args.k} D={args.d}, float32, fwd+bwd w.r.t. audio, text, negatives, scale"
+    )
+    print(
+        f"# largest logits per device: sharded [{n_loc}, {args.n + args.k}]; "
+        f"dense-gather [{args.n}, {args.n * (args.k + 1)}]"
+    )
+    header = (
+        f"{'impl':<13} {'compile s':>9} {'step ms':>10} {'temp MiB':>9} {'args MiB':>9} {'out MiB':>8}"
+        f" {'|dloss|':>9} {'|dgrad|':>9}"
+    )
     print(header)
     print("-" * len(header))
     reference = None
@@ -126,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         reference = reference or (loss, grads)
         dloss = abs(float(loss) - float(reference[0]))
         dgrad = max(float(np.abs(np.asarray(g) - np.asarray(r)).max()) for g, r in zip(grads, reference[1]))
-        mib = lambda b: b / 2**20  # noqa: E731
-        print(f"{name:<13} {compile_s:>9.2f} {1e3 * statistics.median(times):>10.1f} "
-              f"{mib(mem.temp_size_in_bytes):>9.2f} {mib(mem.argument_size_in_bytes):>9.2f} "
-              f"{mib(mem.output_size_in_bytes):>8.2f} {dloss:>9.2e} {dgrad:>9.2e}", flush=True)
+        mib = lambda b: b / 2**20
+        print(
+            f"{name:<13} {compile_s:>9.2f} {1e3 * statistics.median(times):>10.1f} "
+            f"{mib(mem.temp_size_in_bytes):>9.2f} {mib(mem.argument_size_in_bytes):>9.2f} "
+            f"{mib(mem.output_size_in_bytes):>8.2f} {dloss:>9.2e} {dgrad:>9.2e}",
+            flush=True,
+        )
     return 0
 
 

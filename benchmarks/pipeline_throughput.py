@@ -56,8 +56,13 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=20, help="timed batches (after 1 warm-up)")
     p.add_argument("--k", type=int, default=3, help="negatives per sample")
     p.add_argument("--workers", type=int, nargs="+", default=[0])
-    p.add_argument("--audio-format", nargs="+", default=["flac", "pcm16"],
-                   choices=["flac", "pcm16"], help="record audio storage to compare")
+    p.add_argument(
+        "--audio-format",
+        nargs="+",
+        default=["flac", "pcm16"],
+        choices=["flac", "pcm16"],
+        help="record audio storage to compare",
+    )
     p.add_argument("--tokenizer", default=None)
     a = p.parse_args()
     from absl import flags
@@ -71,23 +76,40 @@ def main() -> None:
     clips = [_clip(np.random.default_rng(i)) for i in range(a.clips)]
     for audio_format in a.audio_format:
         with tempfile.TemporaryDirectory() as d:
-            write_records(d, ({"key": f"c{i}", "audio": clip, "sample_rate": SR,
-                               "captions": [CAPTIONS[i % len(CAPTIONS)]]}
-                              for i, clip in enumerate(clips)),
-                          shard_size=16, audio_format=audio_format)
+            write_records(
+                d,
+                (
+                    {"key": f"c{i}", "audio": clip, "sample_rate": SR, "captions": [CAPTIONS[i % len(CAPTIONS)]]}
+                    for i, clip in enumerate(clips)
+                ),
+                shard_size=16,
+                audio_format=audio_format,
+            )
             source = RecordSource(d)
             kb = sum(os.path.getsize(x) for x in source.paths) / 1024 / a.clips
             for workers in a.workers:
-                print(json.dumps(_measure(source, tok, a, workers)
-                                 | {"audio_format": audio_format, "avg_record_kb": round(kb)}))
+                print(
+                    json.dumps(
+                        _measure(source, tok, a, workers) | {"audio_format": audio_format, "avg_record_kb": round(kb)}
+                    )
+                )
 
 
 def _measure(source, tok, a, workers: int) -> dict:
     from clapcomp.data.pipeline import make_dataset
 
-    ds = make_dataset(source, tokenizer=tok, seed=0, global_batch_size=a.batch,
-                      clip_samples=SR * SECONDS, k_negatives=a.k, sample_rate=SR,
-                      process_index=0, process_count=1, num_workers=workers)
+    ds = make_dataset(
+        source,
+        tokenizer=tok,
+        seed=0,
+        global_batch_size=a.batch,
+        clip_samples=SR * SECONDS,
+        k_negatives=a.k,
+        sample_rate=SR,
+        process_index=0,
+        process_count=1,
+        num_workers=workers,
+    )
     it = iter(ds)
     next(it)  # warm-up (worker start-up, first reads)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -99,10 +121,14 @@ def _measure(source, tok, a, workers: int) -> dict:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()}-core CPU",
-        "clip": "10 s 48 kHz mono", "k_negatives": a.k, "num_workers": workers,
-        "samples": samples, "samples_per_s_wall": round(samples / wall, 1),
+        "clip": "10 s 48 kHz mono",
+        "k_negatives": a.k,
+        "num_workers": workers,
+        "samples": samples,
+        "samples_per_s_wall": round(samples / wall, 1),
         "samples_per_cpu_s": round(samples / cpu, 1) if workers == 0 else None,
     }
+
 
 if __name__ == "__main__":
     main()

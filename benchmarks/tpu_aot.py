@@ -71,7 +71,12 @@ def fit(a: dict, b: dict, at: int) -> dict:
     for key in ("arguments", "temporaries", "outputs", "code", "total"):
         slope = (r1["bytes"][key] - r0["bytes"][key]) / (x1 - x0)
         out[key] = r0["bytes"][key] + slope * (at - x0)
-    return dict(per_chip_batch=at, bytes=out, hbm=r0["bytes"]["hbm"], fits=out["total"] <= r0["bytes"]["hbm"] if r0["bytes"]["hbm"] else None)
+    return dict(
+        per_chip_batch=at,
+        bytes=out,
+        hbm=r0["bytes"]["hbm"],
+        fits=out["total"] <= r0["bytes"]["hbm"] if r0["bytes"]["hbm"] else None,
+    )
 
 
 def load_config(args):
@@ -121,7 +126,6 @@ def abstract_batch(config, cfg, n: int, mesh):
 
 def compile_step(config, topology: str, per_chip_batch: int):
     """(compiled, mesh, compile seconds) of the config's train step for `topology`."""
-    import jax
     import numpy as np
     from jax.experimental import topologies
     from jax.sharding import AxisType, Mesh
@@ -158,7 +162,9 @@ def report(args, config, compiled, mesh, compile_s: float) -> dict:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-    kind = next((name for name in sorted(HBM_GIB, key=len, reverse=True) if args.topology.lower().startswith(name)), None)
+    kind = next(
+        (name for name in sorted(HBM_GIB, key=len, reverse=True) if args.topology.lower().startswith(name)), None
+    )
     args_b, temp_b = int(mem.argument_size_in_bytes), int(mem.temp_size_in_bytes)
     out_b = int(mem.output_size_in_bytes) - int(mem.alias_size_in_bytes)
     total = args_b + temp_b + out_b + int(mem.generated_code_size_in_bytes)
@@ -170,7 +176,7 @@ def report(args, config, compiled, mesh, compile_s: float) -> dict:
     k_gathers = hlo_lib.gathers_with_axis(hlo, b, k) if k else []
     flops = float(cost.get("flops", 0.0))
     return dict(
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         host=f"{platform.machine()} {platform.processor() or ''}".strip(), jax=jax.__version__,
         config=Path(args.config).name, topology=args.topology, chips=chips, mesh=mesh_shape, loss=config.loss, k=k, p=p,
         dtype=cfg.dtype, per_chip_batch=b, global_batch=b * chips,
@@ -187,20 +193,31 @@ def report(args, config, compiled, mesh, compile_s: float) -> dict:
 
 
 def print_report(r: dict) -> None:
-    gib = lambda x: f"{x / 2**30:.2f} GiB" if x is not None else "-"  # noqa: E731
+    gib = lambda x: f"{x / 2**30:.2f} GiB" if x is not None else "-"
     by = r["bytes"]
-    print(f"# {r['date']}; jax {r['jax']}; host {r['host']}; compiled for {r['topology']} ({r['chips']} chips), mesh {r['mesh']}")
-    print(f"# {r['config']} {r['loss']} K={r['k']} {r['dtype']}; {r['per_chip_batch']} samples/chip, global {r['global_batch']}; "
-          f"remat {r['remat']}; compile {r['compile_s']:.1f} s")
-    print(f"per chip: arguments {gib(by['arguments'])} + temporaries {gib(by['temporaries'])} + outputs {gib(by['outputs'])}"
-          f" = {gib(by['total'])} of {gib(by['hbm'])} HBM -> {'fits' if r['fits'] else 'DOES NOT FIT' if r['fits'] is False else '?'}")
+    print(
+        f"# {r['date']}; jax {r['jax']}; host {r['host']}; compiled for {r['topology']} ({r['chips']} chips), mesh {r['mesh']}"
+    )
+    print(
+        f"# {r['config']} {r['loss']} K={r['k']} {r['dtype']}; {r['per_chip_batch']} samples/chip, global {r['global_batch']}; "
+        f"remat {r['remat']}; compile {r['compile_s']:.1f} s"
+    )
+    print(
+        f"per chip: arguments {gib(by['arguments'])} + temporaries {gib(by['temporaries'])} + outputs {gib(by['outputs'])}"
+        f" = {gib(by['total'])} of {gib(by['hbm'])} HBM -> {'fits' if r['fits'] else 'DOES NOT FIT' if r['fits'] is False else '?'}"
+    )
     f = r["flops_per_sample"]
     print(f"FLOPs per sample: compiled {f['compiled'] / 1e9:.2f} G, analytic model {f['model'] / 1e9:.2f} G")
     print(f"{'collective':<20}{'axes':<16}{'bytes':>14}  result shapes")
     for c in r["collectives"]:
-        print(f"{c['kind']:<20}{str(c.get('axes')):<16}{c['result_bytes']:>14,}  {c['result'][:4]}{' ...' if len(c['result']) > 4 else ''}")
+        print(
+            f"{c['kind']:<20}{c.get('axes')!s:<16}{c['result_bytes']:>14,}  {c['result'][:4]}{' ...' if len(c['result']) > 4 else ''}"
+        )
     print("collective bytes per step: " + ", ".join(f"{k} {v:,}" for k, v in r["collective_bytes"].items()))
-    print(f"all-gathers carrying the K axis: {len(r['k_axis_gathers'])}" + (" (none: OK)" if not r["k_axis_gathers"] else " -- PROBLEM"))
+    print(
+        f"all-gathers carrying the K axis: {len(r['k_axis_gathers'])}"
+        + (" (none: OK)" if not r["k_axis_gathers"] else " -- PROBLEM")
+    )
 
 
 def main(argv=None) -> int:

@@ -62,8 +62,12 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=256, help="batch size B (train and inference)")
     p.add_argument("--steps", type=int, default=20, help="timed calls per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (>= 1)")
-    p.add_argument("--config", choices=["clap_htsat_roberta", "tiny"], default="clap_htsat_roberta",
-                   help="model: LAION-CLAP HTSAT-tiny + RoBERTa-base, or a tiny one of the same architecture")
+    p.add_argument(
+        "--config",
+        choices=["clap_htsat_roberta", "tiny"],
+        default="clap_htsat_roberta",
+        help="model: LAION-CLAP HTSAT-tiny + RoBERTa-base, or a tiny one of the same architecture",
+    )
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="compute dtype (params stay fp32)")
     p.add_argument("--k", type=int, default=3, help="hard negatives per audio in the compa step")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (default: all)")
@@ -179,8 +183,15 @@ def jax_env() -> dict:
     import optax
 
     dev = jax.devices()[0]
-    return dict(device_kind=dev.device_kind, backend=jax.default_backend(), devices_visible=jax.device_count(),
-                jax=jax.__version__, jaxlib=jaxlib.__version__, flax=flax.__version__, optax=optax.__version__)
+    return dict(
+        device_kind=dev.device_kind,
+        backend=jax.default_backend(),
+        devices_visible=jax.device_count(),
+        jax=jax.__version__,
+        jaxlib=jaxlib.__version__,
+        flax=flax.__version__,
+        optax=optax.__version__,
+    )
 
 
 def compiled_stats(compiled) -> dict:
@@ -268,7 +279,11 @@ def run_infer(args) -> list[dict]:
     graphdef, weights = nnx.split(ClapModel(cfg, rngs=nnx.Rngs(args.seed)))
     data = {k: jax.device_put(v) for k, v in inputs(cfg, args.batch, 1, args.seed).items()}
     fns = {
-        "text": (lambda s, a, b: nnx.merge(graphdef, s).embed_tokens(a, b), ("input_ids", "attention_mask"), (0, args.batch)),
+        "text": (
+            lambda s, a, b: nnx.merge(graphdef, s).embed_tokens(a, b),
+            ("input_ids", "attention_mask"),
+            (0, args.batch),
+        ),
         "audio": (lambda s, a, b: nnx.merge(graphdef, s).embed_audio(a, b), ("waveform", "lengths"), (args.batch, 0)),
     }  # text first: the audio program is the larger, so the process peak after it is its own
     rows = []
@@ -276,7 +291,7 @@ def run_infer(args) -> list[dict]:
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(weights, *(data[k] for k in keys)).compile()
         compile_s = time.perf_counter() - start
-        call = lambda: compiled(weights, *(data[k] for k in keys))  # noqa: E731
+        call = lambda: compiled(weights, *(data[k] for k in keys))
         first, times = timed(call, jax.block_until_ready, args.warmup, args.steps)
         source = "from waveforms" if what == "audio" else f"{cfg.text.max_length} tokens"
         rows.append(row(f"clapcomp {what} embed ({source})", args.batch, times, first_s=first, compile_s=compile_s,
@@ -317,11 +332,11 @@ def run_torch(args) -> tuple[dict, list[dict], str | None]:
     longer = torch.zeros((args.batch, 1), dtype=torch.bool, device=device)
     ids = torch.from_numpy(data["input_ids"]).long().to(device)
     mask = torch.from_numpy(data["attention_mask"]).long().to(device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")  # noqa: E731
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     o = train_config(args).optimizer
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay,
                             fused=True)  # fmt: skip
-    compile_ = lambda f: torch.compile(f, mode=args.torch_compile_mode)  # noqa: E731
+    compile_ = lambda f: torch.compile(f, mode=args.torch_compile_mode)
 
     def measure(name, call, batch, flops):
         if cuda:
@@ -348,9 +363,12 @@ def run_torch(args) -> tuple[dict, list[dict], str | None]:
         rows.append(measure(f"torch {mode} train", train_step, args.batch,
                             model_flops(cfg, args.batch, args.batch, train=True)))  # fmt: skip
     model.eval()
-    audio = lambda m, l: model.get_audio_features(input_features=m, is_longer=l).pooler_output  # noqa: E731
-    text = lambda i, m: model.get_text_features(input_ids=i, attention_mask=m).pooler_output  # noqa: E731
-    for what, fn, args_, counts in (("audio", audio, (mel, longer), (args.batch, 0)), ("text", text, (ids, mask), (0, args.batch))):
+    audio = lambda m, l: model.get_audio_features(input_features=m, is_longer=l).pooler_output
+    text = lambda i, m: model.get_text_features(input_ids=i, attention_mask=m).pooler_output
+    for what, fn, args_, counts in (
+        ("audio", audio, (mel, longer), (args.batch, 0)),
+        ("text", text, (ids, mask), (0, args.batch)),
+    ):
         for mode in args.torch_modes:
             f = compile_(fn) if mode == "compile" else fn
 
@@ -386,7 +404,11 @@ def peak_for(kind: str, args) -> tuple[float | None, float | None, str]:
         if name in kind:
             peak = bf16 if args.dtype == "bf16" else tf32
             what = f"{peak / 1e12:g} TFLOP/s ({name} spec, dense {'bf16' if args.dtype == 'bf16' else 'TF32'})"
-            return peak, ceiling, what + (f"; measured bf16 matmul ceiling {ceiling / 1e12:g} TFLOP/s" if ceiling else "")
+            return (
+                peak,
+                ceiling,
+                what + (f"; measured bf16 matmul ceiling {ceiling / 1e12:g} TFLOP/s" if ceiling else ""),
+            )
     return None, None, f"unknown for {kind!r}: MFU not computed (pass --peak-tflops)"
 
 
@@ -413,7 +435,7 @@ def ratios(rows: dict) -> dict:
 
 def report(args, results: dict, failed: dict) -> dict:
     env = {k: v for r in results.values() for k, v in r["env"].items()}
-    env.update(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    env.update(date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                python=platform.python_version(), host=platform.machine(), XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))  # fmt: skip
     rows = {r["name"]: r for res in results.values() for r in res["rows"]}
     peak, ceiling, peak_text = peak_for(env.get("device_kind", ""), args)
@@ -422,17 +444,26 @@ def report(args, results: dict, failed: dict) -> dict:
         r["mfu_ceiling"] = r["flops_model"] / r["step_s"] / ceiling if ceiling else None
         r["mfu_xla"] = r["flops_xla"] / r["step_s"] / peak if peak and r.get("flops_xla") else None
     cfg = model_config(args)
-    print(f"# {env['date']}; " + ", ".join(f"{k} {env[k]}" for k in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "python") if k in env))
-    print(f"# device: {env.get('device_kind', '?')} ({env.get('backend', '?')}, 1 of {env.get('devices_visible', '?')} used)"
-          f"{'; torch on ' + env['torch_device'] if 'torch_device' in env else ''}; XLA_FLAGS={env['XLA_FLAGS']!r}")
-    print(f"# --config {args.config}: batch {args.batch}, {args.dtype} compute / fp32 params, {cfg.text.max_length} tokens, "
-          f"{cfg.audio.clip_seconds:g} s @ {cfg.audio.sample_rate} Hz, K={args.k}; median of {args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"# {env['date']}; "
+        + ", ".join(
+            f"{k} {env[k]}" for k in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "python") if k in env
+        )
+    )
+    print(
+        f"# device: {env.get('device_kind', '?')} ({env.get('backend', '?')}, 1 of {env.get('devices_visible', '?')} used)"
+        f"{'; torch on ' + env['torch_device'] if 'torch_device' in env else ''}; XLA_FLAGS={env['XLA_FLAGS']!r}"
+    )
+    print(
+        f"# --config {args.config}: batch {args.batch}, {args.dtype} compute / fp32 params, {cfg.text.max_length} tokens, "
+        f"{cfg.audio.clip_seconds:g} s @ {cfg.audio.sample_rate} Hz, K={args.k}; median of {args.steps} steps after {args.warmup} warm-up"
+    )
     print(f"# peak: {peak_text}")  # fmt: skip
-    fmt = lambda x, w, f, scale=1.0: f"{'-':>{w}}" if x is None else f"{x * scale:>{w}{f}}"  # noqa: E731
+    fmt = lambda x, w, f, scale=1.0: f"{'-':>{w}}" if x is None else f"{x * scale:>{w}{f}}"
     head = f"{'':<44}{'samples/s':>10}{'step ms':>9}{'1st s':>7}{'GFLOP xla':>11}{'GFLOP mdl':>11}{'MFU':>6}{'@ceil':>6}{'MFUxla':>7}{'peak GiB':>9}{'prog GiB':>9}"
     print(head + "\n" + "-" * len(head))
     for r in rows.values():
-        gib = lambda b: None if b is None else b / 2**30  # noqa: E731
+        gib = lambda b: None if b is None else b / 2**30
         first = r.get("compile_s", 0.0) + r["first_s"]
         print(f"{r['name']:<44}{r['samples_per_s']:>10.1f}{1e3 * r['step_s']:>9.2f}{first:>7.1f}"
               f"{fmt(r.get('flops_xla'), 11, '.2f', 1e-9)}{r['flops_model'] / 1e9:>11.2f}{fmt(r['mfu'], 6, '.1%')}"
@@ -445,8 +476,14 @@ def report(args, results: dict, failed: dict) -> dict:
     for name, value in found.items():
         bound = TARGETS[name]
         ok = value <= bound if name == "compa overhead" else value >= bound
-        what = "compa step / (plain step + text extra)" if name == "compa overhead" else f"clapcomp / torch {name.split('/')[1]} ({name.split('/')[0]})"
-        print(f"{what:<44}{value:>10.2f}x  target {'<=' if name == 'compa overhead' else '>='} {bound}  {'ok' if ok else 'MISSED'}")
+        what = (
+            "compa step / (plain step + text extra)"
+            if name == "compa overhead"
+            else f"clapcomp / torch {name.split('/')[1]} ({name.split('/')[0]})"
+        )
+        print(
+            f"{what:<44}{value:>10.2f}x  target {'<=' if name == 'compa overhead' else '>='} {bound}  {'ok' if ok else 'MISSED'}"
+        )
     return dict(env=env, args={k: v for k, v in vars(args).items() if k != "part"}, rows=list(rows.values()),
                 ratios=found, skipped=skipped, failed=failed)  # fmt: skip
 
@@ -462,9 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         results["torch"] = dict(env={}, rows=[], skipped="--skip-torch")
     for part in parts:
         print(f"# running {part} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--part", part], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *argv, "--part", part], stdout=subprocess.PIPE, text=True
+        )
         lines = proc.stdout.splitlines()
-        found = [json.loads(line[len(RESULT):]) for line in lines if line.startswith(RESULT)]
+        found = [json.loads(line[len(RESULT) :]) for line in lines if line.startswith(RESULT)]
         sys.stderr.write("".join(line + "\n" for line in lines if not line.startswith(RESULT)))
         if proc.returncode or not found:
             failed[part] = f"FAILED (exit code {proc.returncode}; its error is above)"

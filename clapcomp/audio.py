@@ -37,7 +37,7 @@ features to (x - lo) / (hi - lo).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +127,7 @@ def resolved_mel_scale(cfg: AudioConfig) -> str:
     return cfg.mel_scale
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _constants(cfg: AudioConfig, mel_scale: str) -> tuple[np.ndarray, np.ndarray]:
     """(Hann window [n_fft] f32 (cfg.window), mel filters [n_fft // 2 + 1, n_mels] f32)."""
     n = np.arange(cfg.n_fft, dtype=np.float64)

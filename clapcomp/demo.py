@@ -21,8 +21,14 @@ from pathlib import Path
 import numpy as np
 
 MODELS = {"plain CLAP": "plain", "CompA": "compa"}
-HEADLINE = (("order", "group"), ("attribute", "group"), ("order", "text"), ("order", "audio"),
-            ("attribute", "text"), ("attribute", "audio"))
+HEADLINE = (
+    ("order", "group"),
+    ("attribute", "group"),
+    ("order", "text"),
+    ("order", "audio"),
+    ("attribute", "text"),
+    ("attribute", "audio"),
+)
 
 
 def get_config(arg: str):
@@ -55,9 +61,17 @@ def run_seed(workdir: Path, seed: int, *, n_train: int, n_eval: int = 200, steps
     audio = base.model.audio
     if not (data / "synth.json").is_file():
         _stage(f"seed {seed}: synthesising {n_train} training clips + held-apart benchmarks in {data}")
-        s = synth.synthesize(data, seed=seed, n_train=n_train, n_order=n_eval, n_attribute=n_eval,
-                             n_retrieval=n_eval, sample_rate=audio.sample_rate, clip_seconds=audio.clip_seconds,
-                             n_negatives=3)
+        s = synth.synthesize(
+            data,
+            seed=seed,
+            n_train=n_train,
+            n_order=n_eval,
+            n_attribute=n_eval,
+            n_retrieval=n_eval,
+            sample_rate=audio.sample_rate,
+            clip_seconds=audio.clip_seconds,
+            n_negatives=3,
+        )
         print(f"   {s['counts']} in {s['seconds']:.1f}s")
     records = workdir / "records"
     if not (records / "stats.json").is_file():
@@ -147,7 +161,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     seeds = [int(s) for s in a.seeds.split(",")]
-    per_seed = [run_seed(a.workdir / f"seed{seed}", seed, n_train=a.n_train, n_eval=a.n_eval, steps=a.steps) for seed in seeds]
+    per_seed = [
+        run_seed(a.workdir / f"seed{seed}", seed, n_train=a.n_train, n_eval=a.n_eval, steps=a.steps) for seed in seeds
+    ]
 
     from clapcomp.evaluate.report import write_report
 
@@ -158,6 +174,8 @@ def main(argv: list[str]) -> int:
     _stage("result (held-apart synthetic benchmarks, percent; pairs scored Winoground-style)")
     print(format_table(per_seed))
     print("\n" + reading(per_seed))
-    print(f"\noutputs: {out}/demo.json, {out}/results.json and the PNG charts in {out}; "
-          f"total {summary['seconds'] / 60:.1f} min")
+    print(
+        f"\noutputs: {out}/demo.json, {out}/results.json and the PNG charts in {out}; "
+        f"total {summary['seconds'] / 60:.1f} min"
+    )
     return 0

@@ -185,8 +185,9 @@ def save_stablehlo(model, config, out: str | Path, tokenizer=None, *, audio_samp
         target.write_bytes(exported.serialize())
         manifest["functions"][kind] = {
             "file": target.name,
-            "inputs": [{"name": n, "shape": ["b" if d is b else d for d in s], "dtype": np.dtype(t).name}
-                       for n, s, t in inputs],  # fmt: skip
+            "inputs": [
+                {"name": n, "shape": ["b" if d is b else d for d in s], "dtype": np.dtype(t).name} for n, s, t in inputs
+            ],  # fmt: skip
             "output": {"shape": ["b", config.projection_dim], "dtype": "float32"},
         }
         files.append(target)
@@ -227,7 +228,9 @@ def main(argv: list[str]) -> int:
         files = save_safetensors(model, config, args.out, tokenizer)
     else:
         platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-        files = save_stablehlo(model, config, args.out, tokenizer, audio_samples=args.audio_samples, platforms=platforms)
+        files = save_stablehlo(
+            model, config, args.out, tokenizer, audio_samples=args.audio_samples, platforms=platforms
+        )
     print(f"wrote {args.format} export to {args.out}:")
     for f in files:
         print(f"  {f.name:32s} {f.stat().st_size:>14,d} bytes")

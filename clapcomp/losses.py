@@ -69,7 +69,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 DEFAULT_BATCH_AXES = ("data", "fsdp")
 
@@ -106,8 +107,7 @@ def contrastive_loss(
             raise ValueError("hard_negative_mask was given without hard_negatives")
     else:
         if hard_negatives.ndim != 3 or hard_negatives.shape[::2] != (n, d):
-            raise ValueError(f"hard_negatives must have shape [N={n}, K, D={d}], "
-                             f"got {hard_negatives.shape}")
+            raise ValueError(f"hard_negatives must have shape [N={n}, K, D={d}], got {hard_negatives.shape}")
         if hard_negative_mask is None:
             hard_negative_mask = jnp.ones(hard_negatives.shape[:2], bool)
         _check_mask("hard_negative_mask", hard_negative_mask, hard_negatives.shape[:2])
@@ -159,8 +159,9 @@ def modular_loss(
     """
     n, d = _check_2d("audio_emb", audio_emb)
     if positives.ndim != 3 or positives.shape[::2] != (n, d) or positives.shape[1] < 1:
-        raise ValueError(f"positives must have shape [N={n}, P>=1, D={d}] with the main caption at "
-                         f"index 0, got {positives.shape}")
+        raise ValueError(
+            f"positives must have shape [N={n}, P>=1, D={d}] with the main caption at index 0, got {positives.shape}"
+        )
     if negatives.ndim != 3 or negatives.shape[::2] != (n, d):
         raise ValueError(f"negatives must have shape [N={n}, Q, D={d}], got {negatives.shape}")
     _check_mask("positive_mask", positive_mask, positives.shape[:2])
@@ -249,8 +250,10 @@ def _resolve_batch_axes(mesh: Mesh, batch_axes, n: int) -> tuple[str, ...]:
     if batch_axes is None:
         axes = tuple(ax for ax in mesh.axis_names if ax in DEFAULT_BATCH_AXES)
         if not axes:
-            raise ValueError(f"mesh axes {mesh.axis_names} contain none of {DEFAULT_BATCH_AXES}; "
-                             "pass batch_axes=<the axes that shard the batch>")
+            raise ValueError(
+                f"mesh axes {mesh.axis_names} contain none of {DEFAULT_BATCH_AXES}; "
+                "pass batch_axes=<the axes that shard the batch>"
+            )
     else:
         axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
         unknown = [ax for ax in axes if ax not in mesh.axis_names]
@@ -260,8 +263,10 @@ def _resolve_batch_axes(mesh: Mesh, batch_axes, n: int) -> tuple[str, ...]:
     for ax in axes:
         shards *= mesh.shape[ax]
     if n % shards:
-        raise ValueError(f"global batch N={n} is not divisible by the {shards} batch shards of "
-                         f"mesh axes {axes}; use a batch size that is a multiple of {shards}")
+        raise ValueError(
+            f"global batch N={n} is not divisible by the {shards} batch shards of "
+            f"mesh axes {axes}; use a batch size that is a multiple of {shards}"
+        )
     return axes
 
 
@@ -273,5 +278,4 @@ def _check_2d(name, x):
 
 def _check_mask(name, mask, shape):
     if mask.shape != tuple(shape) or mask.dtype != jnp.bool_:
-        raise ValueError(f"{name} must be a bool array of shape {tuple(shape)}, "
-                         f"got {mask.dtype} {mask.shape}")
+        raise ValueError(f"{name} must be a bool array of shape {tuple(shape)}, got {mask.dtype} {mask.shape}")

@@ -24,9 +24,7 @@ ATOL_DB = 1e-4  # measured max |ours - HF| on broadband audio: ~1e-5 dB (unfused
 
 
 def _extractor(fusion: bool) -> ClapFeatureExtractor:
-    return ClapFeatureExtractor(
-        frequency_min=50, frequency_max=14_000, truncation="fusion" if fusion else "rand_trunc"
-    )
+    return ClapFeatureExtractor(frequency_min=50, frequency_max=14_000, truncation="fusion" if fusion else "rand_trunc")
 
 
 def _noise(seconds: float, seed: int) -> np.ndarray:

@@ -35,7 +35,12 @@ def test_help():
 def _block(tmp_path, names) -> dict:
     """An environment in which every process, children included, sees `names` blocked."""
     (tmp_path / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in names))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+    }
 
 
 def test_train_step_imports_without_grain_tfds_ml_collections(tmp_path):

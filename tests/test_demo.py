@@ -41,9 +41,11 @@ def test_table_takes_any_models_in_the_order_given():
 
 @pytest.mark.parametrize(
     "compa, verdict",
-    [((37, 41, 29.0), "fixes"),  # +20 / +21 points, R@1 -1: exactly at the bar
-     ((36, 60, 40.0), "does not clearly fix"),  # order only +19
-     ((60, 60, 28.9), "does not clearly fix")],  # retrieval R@1 -1.1
+    [
+        ((37, 41, 29.0), "fixes"),  # +20 / +21 points, R@1 -1: exactly at the bar
+        ((36, 60, 40.0), "does not clearly fix"),  # order only +19
+        ((60, 60, 28.9), "does not clearly fix"),
+    ],  # retrieval R@1 -1.1
 )
 def test_reading_applies_the_issue_bar(compa, verdict):
     text = demo.reading([{"plain CLAP": _result(17, 20, 30.0), "CompA": _result(*compa)}])

@@ -27,16 +27,26 @@ RATE = 48_000
 def tiny_config(fusion: bool) -> ClapConfig:
     return ClapConfig(
         audio=AudioConfig(clip_seconds=1, fusion=fusion),
-        htsat=HTSATConfig(spec_size=128, embed_dim=8, depths=(2, 1), num_heads=(1, 2), window_size=4, enable_fusion=fusion),
-        text=TextConfig(vocab_size=300, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                        max_position_embeddings=40, max_length=16),  # fmt: skip
+        htsat=HTSATConfig(
+            spec_size=128, embed_dim=8, depths=(2, 1), num_heads=(1, 2), window_size=4, enable_fusion=fusion
+        ),
+        text=TextConfig(
+            vocab_size=300,
+            hidden_size=16,
+            num_layers=1,
+            num_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=40,
+            max_length=16,
+        ),  # fmt: skip
         projection_dim=8,
     )
 
 
 def roberta_style_tokenizer(path) -> Tokenizer:
     """A small byte-level BPE with RoBERTa's special tokens (<s>=0, <pad>=1, </s>=2) and post-processor."""
-    from tokenizers import Tokenizer as T, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer as T
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
     tok = T(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -139,7 +149,9 @@ def test_safetensors_round_trip_is_exact(tmp_path, made):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     clap = __import__("clapcomp").load(tmp_path / "st")
     audio = clips(cfg)
-    np.testing.assert_allclose(clap.embed_audio(audio, RATE), Clap.from_model(model, cfg).embed_audio(audio, RATE), atol=1e-6)
+    np.testing.assert_allclose(
+        clap.embed_audio(audio, RATE), Clap.from_model(model, cfg).embed_audio(audio, RATE), atol=1e-6
+    )
     np.testing.assert_array_equal(clap.tokenizer(TEXTS)[0], tok(TEXTS)[0])
     np.testing.assert_allclose(clap.embed_text(TEXTS), Clap.from_model(model, cfg, tok).embed_text(TEXTS), atol=1e-6)
 
@@ -193,7 +205,9 @@ def test_stablehlo_runs_in_a_fresh_process_without_clapcomp(tmp_path, made):
     for row, n in enumerate(lengths):
         waveform[row, :n] = base[:n]
     input_ids, attention_mask = tok(TEXTS)
-    np.savez(tmp_path / "in.npz", waveform=waveform, lengths=lengths, input_ids=input_ids, attention_mask=attention_mask)
+    np.savez(
+        tmp_path / "in.npz", waveform=waveform, lengths=lengths, input_ids=input_ids, attention_mask=attention_mask
+    )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     subprocess.run([sys.executable, "-c", FRESH, str(out), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
                    check=True, env=env, cwd=tmp_path)  # fmt: skip

@@ -4,14 +4,12 @@ determinism, bad input, the `clapcomp embed` command."""
 
 from __future__ import annotations
 
+import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 import numpy as np
 import pytest
 
 import clapcomp
 from clapcomp.inference import Clap, load, main
-
-import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
-
 
 SECONDS = [3.0, 10.0, 17.0]
 
@@ -31,7 +29,9 @@ def test_audio_matches_hf_batch_3_and_1(small):
     assert np.abs(ours[0] - ours[2]).max() > 5e-3  # clips give distinct embeddings: the parity is not vacuous
     np.testing.assert_allclose(ours, R.hf_audio_embeddings(hf, waves, fusion=fusion), atol=1e-4, rtol=0)
     one = [waves[2] if fusion else waves[0]]
-    np.testing.assert_allclose(clap.embed_audio(one, 48_000), R.hf_audio_embeddings(hf, one, fusion=fusion), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        clap.embed_audio(one, 48_000), R.hf_audio_embeddings(hf, one, fusion=fusion), atol=1e-4, rtol=0
+    )
 
 
 def test_text_and_tokens_match_hf(small):
@@ -72,7 +72,9 @@ def test_htsat_tiny_fused_17s_matches_hf(tmp_path):
     hf = R.hf_clap(R.TINY_AUDIO, fusion=True, seed=8)
     clap = load(R.save_hf_dir(hf, tmp_path, tokenizer=False))
     waves = R.clips([17.0], seed=14)
-    np.testing.assert_allclose(clap.embed_audio(waves, 48_000), R.hf_audio_embeddings(hf, waves, fusion=True), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        clap.embed_audio(waves, 48_000), R.hf_audio_embeddings(hf, waves, fusion=True), atol=1e-4, rtol=0
+    )
 
 
 def test_bad_input_is_named(small, tmp_path):
@@ -114,7 +116,24 @@ def test_embed_command(small, tmp_path, capsys):
     tok = tmp_path / "tok.json"
     R.write_tokenizer(tok)
     out = tmp_path / "emb.npz"
-    assert main(["--model", str(model_dir), "--tokenizer", str(tok), "--audio", *files, "--text", "a dog", "rain", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(model_dir),
+                "--tokenizer",
+                str(tok),
+                "--audio",
+                *files,
+                "--text",
+                "a dog",
+                "rain",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "clip0.wav" in printed and "[1] rain" in printed
     saved = np.load(out)

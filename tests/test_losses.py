@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from clapcomp.losses import contrastive_loss, modular_loss
 
@@ -60,7 +62,9 @@ def ref_modular(a, pos, pm, neg, nm, s):
         a2t += np.mean([z - s * a[i] @ pos[i, p] for p in range(num_pos) if pm[i, p]])
     queries = [
         _lse([s * a[j] @ pos[i, p] for j in range(n)]) - s * a[i] @ pos[i, p]
-        for i in range(n) for p in range(num_pos) if pm[i, p]
+        for i in range(n)
+        for p in range(num_pos)
+        if pm[i, p]
     ]
     return (a2t / n + np.mean(queries)) / 2
 
@@ -75,8 +79,8 @@ def finite_diff_grads(fn, args, eps=1e-6):
             plus, minus = value.copy(), value.copy()
             plus[pos] += eps
             minus[pos] -= eps
-            hi = fn(*args[:index], plus, *args[index + 1:])
-            lo = fn(*args[:index], minus, *args[index + 1:])
+            hi = fn(*args[:index], plus, *args[index + 1 :])
+            lo = fn(*args[:index], minus, *args[index + 1 :])
             grad[pos] = (hi - lo) / (2 * eps)
         grads.append(grad)
     return grads
@@ -147,8 +151,9 @@ def test_contrastive_matches_reference_loss_and_grads(case):
     ref_grads = finite_diff_grads(fn, args64)
 
     def run(a, t, h, s, mesh):
-        return jax.value_and_grad(lambda a, t, h, s: contrastive_loss(a, t, s, h, m, mesh=mesh),
-                                  argnums=(0, 1, 2, 3))(a, t, h, s)
+        return jax.value_and_grad(lambda a, t, h, s: contrastive_loss(a, t, s, h, m, mesh=mesh), argnums=(0, 1, 2, 3))(
+            a, t, h, s
+        )
 
     _check_all_meshes(jax.jit(run, static_argnums=4), (a, t, h, s), fn(*args64), ref_grads)
 
@@ -165,8 +170,9 @@ def test_modular_matches_reference_loss_and_grads(case):
     ref_grads = finite_diff_grads(fn, args64)
 
     def run(a, pos, neg, s, mesh):
-        return jax.value_and_grad(lambda a, pos, neg, s: modular_loss(a, pos, pm, neg, nm, s, mesh=mesh),
-                                  argnums=(0, 1, 2, 3))(a, pos, neg, s)
+        return jax.value_and_grad(
+            lambda a, pos, neg, s: modular_loss(a, pos, pm, neg, nm, s, mesh=mesh), argnums=(0, 1, 2, 3)
+        )(a, pos, neg, s)
 
     _check_all_meshes(jax.jit(run, static_argnums=4), (a, pos, neg, s), fn(*args64), ref_grads)
 
@@ -175,8 +181,11 @@ def test_plain_loss_matches_reference_on_2d_mesh_with_model_axis():
     rng = np.random.default_rng(0)
     a, t = _unit(rng, 16, 6), _unit(rng, 16, 6)
     want = ref_contrastive(*_f64(a, t), 12.0)
-    for mesh, axes in [(_mesh(8, ("data", "fsdp"), (2, 4)), None), (_mesh(8, ("data", "model"), (4, 2)), None),
-                       (_mesh(8, ("replica", "model"), (4, 2)), "replica")]:
+    for mesh, axes in [
+        (_mesh(8, ("data", "fsdp"), (2, 4)), None),
+        (_mesh(8, ("data", "model"), (4, 2)), None),
+        (_mesh(8, ("replica", "model"), (4, 2)), "replica"),
+    ]:
         got = jax.jit(lambda a, t: contrastive_loss(a, t, 12.0, mesh=mesh, batch_axes=axes))(a, t)
         np.testing.assert_allclose(got, want, **TOL, err_msg=str(mesh))
 
@@ -200,11 +209,14 @@ def test_no_or_all_masked_negatives_give_exactly_the_plain_loss():
     none = np.zeros((16, 3), bool)
     pos, pm = t[:, None], np.ones((16, 1), bool)
     for mesh in (None, _mesh(8)):
-        plain, masked, empty, modular = jax.jit(lambda a, t, h: (
-            contrastive_loss(a, t, 20.0, mesh=mesh),
-            contrastive_loss(a, t, 20.0, h, none, mesh=mesh),
-            contrastive_loss(a, t, 20.0, h[:, :0], none[:, :0], mesh=mesh),
-            modular_loss(a, pos, pm, h, none, 20.0, mesh=mesh)))(a, t, h)
+        plain, masked, empty, modular = jax.jit(
+            lambda a, t, h: (
+                contrastive_loss(a, t, 20.0, mesh=mesh),
+                contrastive_loss(a, t, 20.0, h, none, mesh=mesh),
+                contrastive_loss(a, t, 20.0, h[:, :0], none[:, :0], mesh=mesh),
+                modular_loss(a, pos, pm, h, none, 20.0, mesh=mesh),
+            )
+        )(a, t, h)
         assert masked == plain and empty == plain
         np.testing.assert_allclose(modular, plain, rtol=1e-6)
 
@@ -216,8 +228,12 @@ def test_modular_with_only_main_caption_equals_hard_negative_loss():
     pos = np.concatenate([t[:, None], _unit(rng, 16, 2, 8)], axis=1)
     pm = np.zeros((16, 3), bool)  # column 0 counts as valid regardless: the main caption
     for mesh in (None, _mesh(4)):
-        got, want = jax.jit(lambda a, t, h: (modular_loss(a, pos, pm, h, m, 20.0, mesh=mesh),
-                                             contrastive_loss(a, t, 20.0, h, m, mesh=mesh)))(a, t, h)
+        got, want = jax.jit(
+            lambda a, t, h: (
+                modular_loss(a, pos, pm, h, m, 20.0, mesh=mesh),
+                contrastive_loss(a, t, 20.0, h, m, mesh=mesh),
+            )
+        )(a, t, h)
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -229,12 +245,14 @@ def test_masked_entries_get_exactly_zero_gradient_even_with_nan_padding():
     m[2], pm[:, 0] = False, True
     h[~m], pos[~pm] = np.nan, np.nan
     for mesh in (None, _mesh(2)):
-        loss, (ga, gh) = jax.jit(jax.value_and_grad(
-            lambda a, h: contrastive_loss(a, t, 30.0, h, m, mesh=mesh), argnums=(0, 1)))(a, h)
+        loss, (ga, gh) = jax.jit(
+            jax.value_and_grad(lambda a, h: contrastive_loss(a, t, 30.0, h, m, mesh=mesh), argnums=(0, 1))
+        )(a, h)
         assert np.isfinite(loss) and np.isfinite(ga).all()
         assert (gh[~m] == 0).all() and (np.abs(gh[m]).sum(-1) > 0).all()
-        loss, (ga, gp, gn) = jax.jit(jax.value_and_grad(
-            lambda a, p, n: modular_loss(a, p, pm, n, m, 30.0, mesh=mesh), argnums=(0, 1, 2)))(a, pos, h)
+        loss, (ga, gp, gn) = jax.jit(
+            jax.value_and_grad(lambda a, p, n: modular_loss(a, p, pm, n, m, 30.0, mesh=mesh), argnums=(0, 1, 2))
+        )(a, pos, h)
         assert np.isfinite(loss) and np.isfinite(ga).all()
         assert (gp[~pm] == 0).all() and (gn[~m] == 0).all() and np.isfinite(gp).all()
 
@@ -247,8 +265,9 @@ def test_bf16_embeddings_at_scale_100_are_finite_and_close_to_float64():
     bf = [jnp.asarray(x, jnp.bfloat16) for x in (a, t, h)]
     want = ref_contrastive(*_f64(*bf[:2]), 100.0, np.float64(bf[2]), m)
     for mesh in (None, _mesh(8)):
-        loss, grads = jax.jit(jax.value_and_grad(
-            lambda a, t, h: contrastive_loss(a, t, 100.0, h, m, mesh=mesh), argnums=(0, 1, 2)))(*bf)
+        loss, grads = jax.jit(
+            jax.value_and_grad(lambda a, t, h: contrastive_loss(a, t, 100.0, h, m, mesh=mesh), argnums=(0, 1, 2))
+        )(*bf)
         assert loss.dtype == jnp.float32
         np.testing.assert_allclose(loss, want, rtol=1e-5)
         assert all(np.isfinite(np.float32(g)).all() for g in grads)
@@ -273,6 +292,7 @@ def test_errors_say_what_is_wrong():
 
 # ----------------------------------------------------------------------------- communication
 
+
 @pytest.mark.parametrize("which", ["contrastive", "modular"])
 def test_compiled_sharded_program_only_moves_audio_and_main_captions(which):
     n_local, k, d = 2, 5, 7  # distinct sizes: any gathered K/P/Q axis would show up in a shape
@@ -282,9 +302,9 @@ def test_compiled_sharded_program_only_moves_audio_and_main_captions(which):
     mask = jnp.ones((n, k), bool)
     pos = jnp.zeros((n, 3, d))
     if which == "contrastive":
-        fn = lambda a, t, x, s: contrastive_loss(a, t, s, x, mask, mesh=mesh)  # noqa: E731
+        fn = lambda a, t, x, s: contrastive_loss(a, t, s, x, mask, mesh=mesh)
     else:
-        fn = lambda a, p, x, s: modular_loss(a, p, mask[:, :3], x, mask, s, mesh=mesh)  # noqa: E731
+        fn = lambda a, p, x, s: modular_loss(a, p, mask[:, :3], x, mask, s, mesh=mesh)
     args = (a, a if which == "contrastive" else pos, extra, 1.0)
     found = _load_benchmark("hlo").collective_shapes(_compiled_grad_hlo(fn, args))
     gathers = [dims for op, dims in found if op == "all-gather"]
@@ -292,7 +312,7 @@ def test_compiled_sharded_program_only_moves_audio_and_main_captions(which):
     allowed = {(), (n_local, d), (n, d)}
     assert all(dims <= allowed for _, dims in found), found
     if which == "contrastive":  # control: the parser does see a gather of hard negatives
-        naive = lambda a, t, x, s: _load_benchmark("loss_sharding").dense_gather_loss(mesh, a, t, x, mask, s)  # noqa: E731
+        naive = lambda a, t, x, s: _load_benchmark("loss_sharding").dense_gather_loss(mesh, a, t, x, mask, s)
         found = _load_benchmark("hlo").collective_shapes(_compiled_grad_hlo(naive, args))
         assert any((n_local, k, d) in dims for op, dims in found if op == "all-gather"), found
 

@@ -52,8 +52,12 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def fuzz(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("fuzz") / "run")
-    proc = subprocess.run([sys.executable, SCRIPT, "--n", str(N_FUZZ), "--seed", "0", "--out", out,
-                           "--stage-timeout", "240"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--n", str(N_FUZZ), "--seed", "0", "--out", out, "--stage-timeout", "240"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     with open(os.path.join(out, "summary.json")) as f:
         return proc, json.load(f), out
 
@@ -140,11 +144,12 @@ def test_malicious_pytorch_bin_is_refused_and_never_executed(tmp_path):
 def test_pickled_record_is_a_counted_bad_record(tmp_path, monkeypatch):
     import jax
     from array_record.python.array_record_module import ArrayRecordWriter
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
     from clapcomp.data.pipeline import DeviceIterator, make_dataset
     from clapcomp.data.records import RecordError, RecordSource, parse_record, write_records
     from clapcomp.tokenizer import Tokenizer
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers
 
     marker = tmp_path / "PWNED"
     payload = pickle.dumps(_Payload(str(marker)))
@@ -153,8 +158,10 @@ def test_pickled_record_is_a_counted_bad_record(tmp_path, monkeypatch):
     writer = ArrayRecordWriter(str(tmp_path / "a-evil.array_record"), "group_size:1,uncompressed")
     writer.write(payload)
     writer.close()
-    good = [{"key": f"k{i}", "audio": np.full(800, 0.1 * (i + 1), np.float32), "sample_rate": 16000,
-             "captions": ["a dog"]} for i in range(4)]
+    good = [
+        {"key": f"k{i}", "audio": np.full(800, 0.1 * (i + 1), np.float32), "sample_rate": 16000, "captions": ["a dog"]}
+        for i in range(4)
+    ]
     write_records(str(tmp_path), good)
     source = RecordSource(sorted(glob.glob(str(tmp_path / "*.array_record"))))
     with pytest.raises(RecordError) as e:
@@ -162,8 +169,17 @@ def test_pickled_record_is_a_counted_bad_record(tmp_path, monkeypatch):
     assert e.value.reason == "bad_record"
     hf = HFTokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "a": 2, "dog": 3}, unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.Whitespace()
-    ds = make_dataset(source, tokenizer=Tokenizer(hf, max_length=4), seed=0, global_batch_size=5,
-                      clip_samples=800, sample_rate=16000, num_epochs=1, process_index=0, process_count=1)
+    ds = make_dataset(
+        source,
+        tokenizer=Tokenizer(hf, max_length=4),
+        seed=0,
+        global_batch_size=5,
+        clip_samples=800,
+        sample_rate=16000,
+        num_epochs=1,
+        process_index=0,
+        process_count=1,
+    )
     it = DeviceIterator(ds, jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), max_error_rate=1.0)
     batches = list(it)
     assert len(batches) == 1 and it.metrics["examples"] == 5
@@ -184,7 +200,7 @@ class _Server(BaseHTTPRequestHandler):
 
     seen: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append(self.headers.get("Authorization"))
         assert len(type(self).seen) <= 20, "too many requests"
@@ -210,13 +226,36 @@ def test_llm_api_key_never_leaks_on_failure_paths(tmp_path, monkeypatch, caplog,
     url = f"http://127.0.0.1:{httpd.server_address[1]}/v1/chat/completions"
     monkeypatch.setenv("FUZZ_KEY", SECRET)
     manifest, out, cache = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "cache.json"
-    manifest.write_text("".join(json.dumps({"audio": "a.wav", "caption": c}) + "\n"
-                                for c in ("a dog barks", "access denied", "a flaky cat")))
+    manifest.write_text(
+        "".join(
+            json.dumps({"audio": "a.wav", "caption": c}) + "\n" for c in ("a dog barks", "access denied", "a flaky cat")
+        )
+    )
     try:
         with caplog.at_level(logging.DEBUG):
-            assert N.main(["--manifest", str(manifest), "--out", str(out), "--llm-url", url, "--llm-model", "m",
-                           "--llm-key-env", "FUZZ_KEY", "--llm-cache", str(cache), "--llm-retries", "1",
-                           "--llm-backoff", "0.01"]) == 0
+            assert (
+                N.main(
+                    [
+                        "--manifest",
+                        str(manifest),
+                        "--out",
+                        str(out),
+                        "--llm-url",
+                        url,
+                        "--llm-model",
+                        "m",
+                        "--llm-key-env",
+                        "FUZZ_KEY",
+                        "--llm-cache",
+                        str(cache),
+                        "--llm-retries",
+                        "1",
+                        "--llm-backoff",
+                        "0.01",
+                    ]
+                )
+                == 0
+            )
             llm = N.LLMNegatives(url, "m", api_key_env="FUZZ_KEY", retries=0)
             with pytest.raises(RuntimeError) as denied:
                 llm.generate("access denied", 2)
@@ -227,7 +266,13 @@ def test_llm_api_key_never_leaks_on_failure_paths(tmp_path, monkeypatch, caplog,
     assert json.loads(out.read_text().splitlines()[0])["negatives"][0] == "a dog barks reversed"
     assert "HTTP 401" in caplog.text and "HTTP 500" in caplog.text
     captured = capsys.readouterr()
-    texts = [caplog.text, captured.out, captured.err, str(denied.value), repr(denied.value.__context__),
-             repr(vars(llm))]
+    texts = [
+        caplog.text,
+        captured.out,
+        captured.err,
+        str(denied.value),
+        repr(denied.value.__context__),
+        repr(vars(llm)),
+    ]
     texts += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
     assert not [t for t in texts if SECRET in t]

@@ -28,8 +28,10 @@ B, K, CHIPS = 2, 3, 4  # samples per chip, hard negatives, chips of v5e:2x2
 @pytest.fixture(scope="module")
 def compiled():
     if not (Path(os.environ.get("TPU_LIBRARY_PATH", "/nonexistent")).is_file() or importlib.util.find_spec("libtpu")):
-        pytest.skip('libtpu (the TPU compiler) is not installed: `make test` puts it in .venv/libtpu; '
-                    'elsewhere pip install "jax[tpu]==<jax version>"')
+        pytest.skip(
+            "libtpu (the TPU compiler) is not installed: `make test` puts it in .venv/libtpu; "
+            'elsewhere pip install "jax[tpu]==<jax version>"'
+        )
     args = aot.parse_args(["--config", str(ROOT / "configs" / "tiny.py"), "--topology", "v5e:2x2",
                            "--per-chip-batch", str(B), "--loss", "compa", "--k", str(K), "--dtype", "fp32"])  # fmt: skip
     config = aot.load_config(args)
@@ -53,7 +55,11 @@ def test_memory_report_per_chip(compiled):
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract))
     cfg = state_lib.model_config(config)
     batch_bytes = B * (4 * cfg.audio.clip_samples + 4 + (1 + K) * 2 * 4 * cfg.text.max_length + K)
-    assert state_bytes + batch_bytes <= by["arguments"] <= 4 * (state_bytes + batch_bytes), (by, state_bytes, batch_bytes)
+    assert state_bytes + batch_bytes <= by["arguments"] <= 4 * (state_bytes + batch_bytes), (
+        by,
+        state_bytes,
+        batch_bytes,
+    )
     assert by["temporaries"] > 0 and by["outputs"] >= 0 and r["compile_s"] > 0
     # the compiled FLOPs per sample cover at least the analytic matmul count of the towers
     assert 0 < r["flops_per_sample"]["model"] <= r["flops_per_sample"]["compiled"]

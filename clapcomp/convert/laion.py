@@ -69,7 +69,9 @@ def read_laion_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
                          "checkpoints made of plain tensors; re-save it as {'state_dict': model.state_dict()}") from e  # fmt: skip
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict of tensors (top-level keys: {list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt)})")
+        raise ValueError(
+            f"{path} holds no state dict of tensors (top-level keys: {list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt)})"
+        )
     out = {}
     for key, value in state.items():
         while key.startswith("module."):  # DistributedDataParallel wrapper
@@ -154,7 +156,9 @@ def laion_config(tensors: dict[str, np.ndarray], *, audio: AudioConfig | None = 
         type_vocab_size=int(tensors[f"{t}embeddings.token_type_embeddings.weight"].shape[0]),
     )  # fmt: skip
     audio = dataclasses.replace(audio or AudioConfig(), fusion=fusion, n_mels=n_mels)
-    return ClapConfig(audio=audio, htsat=htsat, text=text, projection_dim=int(tensors["audio_projection.0.weight"].shape[0]))
+    return ClapConfig(
+        audio=audio, htsat=htsat, text=text, projection_dim=int(tensors["audio_projection.0.weight"].shape[0])
+    )
 
 
 def load_laion_clap(path: str | Path, *, audio: AudioConfig | None = None):

@@ -34,8 +34,16 @@ import numpy as np
 
 from clapcomp.data.negatives import clean_negatives
 from clapcomp.data.records import RecordError, ShardWriter, call_with_timeout
-from clapcomp.data.sources import (REASONS, Skip, clean_texts, expand_inputs, guarded, load_audio,
-                                   read_manifest, read_webdataset)
+from clapcomp.data.sources import (
+    REASONS,
+    Skip,
+    clean_texts,
+    expand_inputs,
+    guarded,
+    load_audio,
+    read_manifest,
+    read_webdataset,
+)
 
 
 class BuildError(RuntimeError):
@@ -113,24 +121,32 @@ def build(
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
     if format in ("manifest", "compa"):
         files = expand_inputs(inputs, ("*.csv", "*.jsonl"))
-        items = (x for p in files for x in guarded(p, read_manifest(
-            p, compa=format == "compa", allow_outside_root=allow_outside_root)))
+        items = (
+            x
+            for p in files
+            for x in guarded(p, read_manifest(p, compa=format == "compa", allow_outside_root=allow_outside_root))
+        )
     elif format == "webdataset":
         files = expand_inputs(inputs, ("*.tar", "*.tar.gz", "*.tgz"))
-        items = (x for p in files
-                 for x in guarded(p, read_webdataset(p, max_file_mb=max_file_mb)))
+        items = (x for p in files for x in guarded(p, read_webdataset(p, max_file_mb=max_file_mb)))
     elif format == "tfds":
         from clapcomp.data.tfds_builders import iter_candidates
 
         if not tfds_name or not manual_dir:
             raise ValueError("--format tfds needs --tfds-name and --manual-dir")
-        items = iter_candidates(tfds_name, manual_dir, split=tfds_split,
-                                data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds"))
+        items = iter_candidates(
+            tfds_name, manual_dir, split=tfds_split, data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds")
+        )
     else:
         raise ValueError(f"unknown format {format!r}; use manifest, compa, webdataset or tfds")
 
-    audio_kw = dict(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
-                    max_file_mb=max_file_mb, silence_threshold=silence_threshold)
+    audio_kw = dict(
+        sample_rate=sample_rate,
+        max_seconds=max_seconds,
+        max_channels=max_channels,
+        max_file_mb=max_file_mb,
+        silence_threshold=silence_threshold,
+    )
     stats, start, stopped = BuildStats(), time.time(), None
     with ShardWriter(out_dir, shard_size=shard_size, audio_format=audio_format) as writer:
         for item, cand in items:
@@ -144,10 +160,17 @@ def build(
                 negatives = clean_texts(cand.get("negatives"), "negatives", max_caption_chars)
                 positives = clean_texts(cand.get("positives"), "positives", max_caption_chars)
                 negatives, dropped = clean_negatives(negatives, captions + positives)
-                wave = call_with_timeout(
-                    lambda: load_audio(cand["audio"], cand["name"], **audio_kw), timeout_s)
-                writer.write(dict(key=cand["key"], audio=wave, sample_rate=sample_rate,
-                                  captions=captions, negatives=negatives, positives=positives))
+                wave = call_with_timeout(lambda: load_audio(cand["audio"], cand["name"], **audio_kw), timeout_s)
+                writer.write(
+                    dict(
+                        key=cand["key"],
+                        audio=wave,
+                        sample_rate=sample_rate,
+                        captions=captions,
+                        negatives=negatives,
+                        positives=positives,
+                    )
+                )
                 stats.written_row(len(negatives), len(positives), wave.shape[0] / sample_rate)
                 stats.negatives_dropped += dropped
             except (Skip, RecordError) as s:
@@ -156,17 +179,26 @@ def build(
                 stats.skip("unexpected_error", item, f"{type(e).__name__}: {e}")
             bad = stats.seen - stats.written
             if stats.seen >= min_items_for_rate and bad > max_error_rate * stats.seen:
-                examples = [f"{r}: {ex['item']} ({ex['detail']})"
-                            for r, exs in stats.examples.items() for ex in exs[:2]]
-                stopped = (f"stopped after {stats.seen} items: {bad} bad "
-                           f"({bad / stats.seen:.0%} > max_error_rate {max_error_rate:.0%}); "
-                           f"{stats.written} records kept in {out_dir}. Fix the input or raise "
-                           f"--max-error-rate. Examples: " + "; ".join(examples[:6]))
+                examples = [
+                    f"{r}: {ex['item']} ({ex['detail']})" for r, exs in stats.examples.items() for ex in exs[:2]
+                ]
+                stopped = (
+                    f"stopped after {stats.seen} items: {bad} bad "
+                    f"({bad / stats.seen:.0%} > max_error_rate {max_error_rate:.0%}); "
+                    f"{stats.written} records kept in {out_dir}. Fix the input or raise "
+                    f"--max-error-rate. Examples: " + "; ".join(examples[:6])
+                )
                 break
-    result = {"format": format, "inputs": inputs, "sample_rate": sample_rate,
-              "audio_format": audio_format, **stats.to_dict(),
-              "shards": [os.path.basename(s) for s in writer.shards],
-              "elapsed_s": round(time.time() - start, 3), "stopped": stopped}
+    result = {
+        "format": format,
+        "inputs": inputs,
+        "sample_rate": sample_rate,
+        "audio_format": audio_format,
+        **stats.to_dict(),
+        "shards": [os.path.basename(s) for s in writer.shards],
+        "elapsed_s": round(time.time() - start, 3),
+        "stopped": stopped,
+    }
     with open(os.path.join(out_dir, "stats.json.tmp"), "w") as f:
         json.dump(result, f, indent=1, ensure_ascii=False)
     os.replace(os.path.join(out_dir, "stats.json.tmp"), os.path.join(out_dir, "stats.json"))
@@ -178,16 +210,22 @@ def build(
 def main(argv: list[str]) -> int:
     reasons = "\n".join(f"  {k:<19} {v}" for k, v in REASONS.items())
     p = argparse.ArgumentParser(
-        prog="clapcomp data build", description=__doc__.split("\n")[0],
+        prog="clapcomp data build",
+        description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"skip reasons counted in OUT/stats.json:\n{reasons}")
+        epilog=f"skip reasons counted in OUT/stats.json:\n{reasons}",
+    )
     p.add_argument("--input", nargs="*", default=[], help="manifest(s), tar(s), folder(s) or globs")
     p.add_argument("--format", choices=["manifest", "compa", "webdataset", "tfds"], default="manifest")
     p.add_argument("--out", required=True, help="empty output folder for the shards + stats.json")
     p.add_argument("--sample-rate", type=int, default=48000)
     p.add_argument("--shard-size", type=int, default=1024)
-    p.add_argument("--audio-format", choices=["flac", "pcm16"], default="flac",
-                   help="flac: smaller; pcm16: ~1.5x bigger, decodes ~10x faster")
+    p.add_argument(
+        "--audio-format",
+        choices=["flac", "pcm16"],
+        default="flac",
+        help="flac: smaller; pcm16: ~1.5x bigger, decodes ~10x faster",
+    )
     p.add_argument("--max-error-rate", type=float, default=0.5)
     p.add_argument("--min-items-for-rate", type=int, default=100)
     p.add_argument("--max-seconds", type=float, default=600.0)
@@ -196,20 +234,36 @@ def main(argv: list[str]) -> int:
     p.add_argument("--silence-threshold", type=float, default=1e-4)
     p.add_argument("--max-caption-chars", type=int, default=2000)
     p.add_argument("--timeout-s", type=float, default=60.0, help="per-item decode time bound")
-    p.add_argument("--allow-outside-root", action="store_true",
-                   help="accept manifest audio paths outside the manifest's folder")
+    p.add_argument(
+        "--allow-outside-root", action="store_true", help="accept manifest audio paths outside the manifest's folder"
+    )
     p.add_argument("--tfds-name", help="audiocaps, clotho, esc50, compa_order, compa_attribute")
     p.add_argument("--manual-dir", help="folder with the dataset's files (see tfds_builders)")
     p.add_argument("--tfds-split", default="train")
     p.add_argument("--tfds-data-dir", help="where tfds prepares its copy (default OUT/_tfds)")
     a = p.parse_args(argv)
     try:  # every flag's dest is a `build` keyword
-        stats = build(**{"inputs": a.input, "out_dir": a.out,
-                         **{k: v for k, v in vars(a).items() if k not in ("input", "out")}})
+        stats = build(
+            **{"inputs": a.input, "out_dir": a.out, **{k: v for k, v in vars(a).items() if k not in ("input", "out")}}
+        )
     except (BuildError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"clapcomp data build: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({k: stats[k] for k in ("seen", "written", "skipped", "skipped_by_reason", "rows_with_negatives",
-                                            "negatives_per_row", "rows_with_positives",
-                                            "negatives_dropped_equal_to_positive")}))
+    print(
+        json.dumps(
+            {
+                k: stats[k]
+                for k in (
+                    "seen",
+                    "written",
+                    "skipped",
+                    "skipped_by_reason",
+                    "rows_with_negatives",
+                    "negatives_per_row",
+                    "rows_with_positives",
+                    "negatives_dropped_equal_to_positive",
+                )
+            }
+        )
+    )
     return 0

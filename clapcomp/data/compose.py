@@ -37,8 +37,9 @@ import csv
 import dataclasses
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -63,8 +64,8 @@ class Op:
     """An operator node: `op` is "+" (concatenate) or "*" (overlay)."""
 
     op: str
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
 
     def __post_init__(self):
         if self.op not in ("+", "*"):
@@ -391,7 +392,9 @@ def repeat_audio(x: np.ndarray, count: int, gap: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def counting_audio(clips: Sequence[np.ndarray], counts: Sequence[int], gap: int, *, peak: float | None = PEAK) -> np.ndarray:
+def counting_audio(
+    clips: Sequence[np.ndarray], counts: Sequence[int], gap: int, *, peak: float | None = PEAK
+) -> np.ndarray:
     """Each clip repeated its count (`repeat_audio`), the runs joined by the same silent gap, then
     peak-normalised: [sum_i (c_i * T_i) + (sum_i c_i - 1) * gap]."""
     runs = [repeat_audio(x, c, gap) for x, c in zip(clips, counts, strict=True)]
@@ -405,6 +408,7 @@ def counting_example(phrases: Sequence[str], counts: Sequence[int]) -> dict:
     """Caption / positives / negatives for events repeated a number of times, in sequence:
     "a dog barking twice followed by a bell ringing three times". Negatives: the counts swapped
     between events (when they differ), then each count one up or down (within `COUNT_WORDS`)."""
+
     def render(cs):
         return " followed by ".join(f"{p} {COUNT_WORDS[c]}" for p, c in zip(phrases, cs, strict=True))
 
@@ -464,8 +468,16 @@ def trim(x: np.ndarray, n: int, fade: int) -> np.ndarray:
     return out
 
 
-def compose_one(kind: str, clips: Sequence[np.ndarray], labels: Sequence[str], rng: np.random.Generator, *,
-                sample_rate: int, gap_seconds: float = 0.25, count_seconds: float = 1.0) -> tuple[np.ndarray, dict]:
+def compose_one(
+    kind: str,
+    clips: Sequence[np.ndarray],
+    labels: Sequence[str],
+    rng: np.random.Generator,
+    *,
+    sample_rate: int,
+    gap_seconds: float = 0.25,
+    count_seconds: float = 1.0,
+) -> tuple[np.ndarray, dict]:
     """One composed example of `kind` ("tree": a random `SHAPES` expression; "loudness"; "counting")
     from clips drawn with `rng` (loudness / counting: two clips with different labels, else a swap
     negative would describe the same scene). Returns (audio [T] float32, {"caption", "positives",
@@ -484,7 +496,9 @@ def compose_one(kind: str, clips: Sequence[np.ndarray], labels: Sequence[str], r
     if kind == "loudness":
         loud_first = bool(rng.integers(2))
         db = (LOUDNESS_DB["loud"], LOUDNESS_DB["quiet"]) if loud_first else (LOUDNESS_DB["quiet"], LOUDNESS_DB["loud"])
-        return loudness_audio(clips[x], clips[y], *db).astype(np.float32), loudness_example(labels[x], labels[y], loud_first)
+        return loudness_audio(clips[x], clips[y], *db).astype(np.float32), loudness_example(
+            labels[x], labels[y], loud_first
+        )
     if kind == "counting":
         picks = [x, y] if rng.integers(2) else [x]
         counts = [int(c) for c in rng.integers(1, 4, size=len(picks))]
@@ -523,8 +537,15 @@ def main(argv: list[str]) -> int:
     with (args.out / "manifest.jsonl").open("w") as f:
         for n in range(args.n):
             kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
-            audio, ex = compose_one(kind, clips, labels, rng, sample_rate=args.sample_rate,
-                                    gap_seconds=args.gap_seconds, count_seconds=args.count_seconds)
+            audio, ex = compose_one(
+                kind,
+                clips,
+                labels,
+                rng,
+                sample_rate=args.sample_rate,
+                gap_seconds=args.gap_seconds,
+                count_seconds=args.count_seconds,
+            )
             rel = f"audio/{n:06d}.flac"
             sf.write(str(args.out / rel), audio, args.sample_rate, format="FLAC")
             f.write(json.dumps({"audio": rel, "kind": kind, **ex}) + "\n")

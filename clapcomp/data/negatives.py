@@ -36,14 +36,16 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-_CONNECTIVE = re.compile(r"(\s*,?\s+\b(?:followed by|preceded by|and then|after which|then|before|after|while)\b,?\s+)", re.I)
+_CONNECTIVE = re.compile(
+    r"(\s*,?\s+\b(?:followed by|preceded by|and then|after which|then|before|after|while)\b,?\s+)", re.I
+)
 _SEQUENTIAL = {"followed by", "preceded by", "and then", "after which", "then", "before", "after"}
 _FLIP_TIME = {"before": "after", "after": "before", "followed by": "preceded by", "preceded by": "followed by"}
 
@@ -177,7 +179,9 @@ def attribute_flips(caption: str) -> list[str]:
     return _distinct(caption, out)
 
 
-def event_substitutions(caption: str, vocabulary: Sequence[str], rng: np.random.Generator, per_event: int = 2) -> list[str]:
+def event_substitutions(
+    caption: str, vocabulary: Sequence[str], rng: np.random.Generator, per_event: int = 2
+) -> list[str]:
     """Replace one vocabulary phrase (longest match, whole words) by `per_event` random others."""
     c = _Caption(caption)
     phrases = sorted({v.strip().lower() for v in vocabulary if v.strip()}, key=lambda v: (-len(v), v))
@@ -358,8 +362,15 @@ def main(argv: list[str]) -> int:
             args.llm_url, args.llm_model, api_key_env=args.llm_key_env, cache_path=cache,
             retries=args.llm_retries, backoff=args.llm_backoff,
         )  # fmt: skip
-    counts = {"rows": 0, "written": 0, "kept": 0, "no_caption": 0, "bad_row": 0, "llm_failed": 0,
-              "negatives_dropped_equal_to_positive": 0}
+    counts = {
+        "rows": 0,
+        "written": 0,
+        "kept": 0,
+        "no_caption": 0,
+        "bad_row": 0,
+        "llm_failed": 0,
+        "negatives_dropped_equal_to_positive": 0,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.manifest.open() as fin, args.out.open("w") as fout:
         for line in fin:

@@ -94,9 +94,7 @@ def decode_flac(data: bytes, expected_samples: int | None = None) -> np.ndarray:
         raise RecordError("corrupt_audio", str(e)) from None
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if expected_samples is not None and wave.shape[0] != expected_samples:
-        raise RecordError(
-            "truncated_audio", f"decoded {wave.shape[0]} samples, header says {expected_samples}"
-        )
+        raise RecordError("truncated_audio", f"decoded {wave.shape[0]} samples, header says {expected_samples}")
     return wave
 
 
@@ -112,8 +110,9 @@ def decode_audio(record: dict) -> np.ndarray:
         return decode_flac(record["audio"], record["num_samples"])
     if record["audio_format"] == "pcm16":
         if len(record["audio"]) != 2 * record["num_samples"]:
-            raise RecordError("truncated_audio", f"{len(record['audio'])} PCM bytes for "
-                              f"{record['num_samples']} samples")
+            raise RecordError(
+                "truncated_audio", f"{len(record['audio'])} PCM bytes for {record['num_samples']} samples"
+            )
         return np.frombuffer(record["audio"], "<i2").astype(np.float32) / 32768.0
     raise RecordError("bad_record", f"unknown audio_format {record['audio_format']!r}")
 
@@ -133,8 +132,7 @@ def encode_record(example: dict, audio_format: str = "flac") -> bytes:
     audio = example["audio"]
     if isinstance(audio, np.ndarray):
         num_samples = int(audio.shape[0])
-        audio = (encode_flac(audio, example["sample_rate"]) if audio_format == "flac"
-                 else encode_pcm16(audio))
+        audio = encode_flac(audio, example["sample_rate"]) if audio_format == "flac" else encode_pcm16(audio)
     else:
         num_samples = int(example["num_samples"])
     header = {
@@ -197,8 +195,7 @@ class ShardWriter:
     caller, so everything written so far is kept). Shards become visible only when complete.
     """
 
-    def __init__(self, out_dir: str, *, shard_size: int = 1024, prefix: str = "data",
-                 audio_format: str = "flac"):
+    def __init__(self, out_dir: str, *, shard_size: int = 1024, prefix: str = "data", audio_format: str = "flac"):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         os.makedirs(out_dir, exist_ok=True)
@@ -257,13 +254,16 @@ class ShardWriter:
 
 
 def write_records(
-    out_dir: str, examples: Iterable[dict], *, shard_size: int = 1024, prefix: str = "data",
+    out_dir: str,
+    examples: Iterable[dict],
+    *,
+    shard_size: int = 1024,
+    prefix: str = "data",
     audio_format: str = "flac",
 ) -> dict:
     """Write `examples` (see `encode_record`) as ArrayRecord shards; returns
     ``{"num_records": int, "shards": [paths]}``."""
-    with ShardWriter(out_dir, shard_size=shard_size, prefix=prefix,
-                     audio_format=audio_format) as writer:
+    with ShardWriter(out_dir, shard_size=shard_size, prefix=prefix, audio_format=audio_format) as writer:
         for example in examples:
             writer.write(example)
     return {"num_records": writer.num_records, "shards": list(writer.shards)}
@@ -279,9 +279,7 @@ def shard_paths(paths_or_dir: str | Sequence[str]) -> list[str]:
         if os.path.isdir(path):
             paths = sorted(glob.glob(os.path.join(path, f"*{SHARD_SUFFIX}")))
             if not paths:
-                raise FileNotFoundError(
-                    f"no *{SHARD_SUFFIX} shards in {path}; build them with `clapcomp data build`"
-                )
+                raise FileNotFoundError(f"no *{SHARD_SUFFIX} shards in {path}; build them with `clapcomp data build`")
             return paths
         paths = [path]
     else:

@@ -45,7 +45,7 @@ REASONS = {
     "caption_too_long": "a text longer than --max-caption-chars",
     "non_utf8_text": "text that is not valid UTF-8",
     "bad_row": "malformed row (bad JSON, missing audio path, negatives/positives not a list of str, "
-               "more CSV fields than the header, ...)",
+    "more CSV fields than the header, ...)",
     "timeout": "decoding took longer than --timeout-s",
     "unexpected_error": "an unforeseen error while processing the item (see examples)",
 }
@@ -62,7 +62,6 @@ class Skip(Exception):
 
 
 # ----------------------------------------------------------------------------- audio
-
 
 
 def _wav_truncated(head: bytes, size: int) -> bool:
@@ -217,8 +216,10 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | Skip]]:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
         if not {"audio", "path"} & fields or "caption" not in fields:
-            raise InputError(f"{path}: needs 'audio' and 'caption' columns (got "
-                             f"{reader.fieldnames}); see `clapcomp data build --help`")
+            raise InputError(
+                f"{path}: needs 'audio' and 'caption' columns (got "
+                f"{reader.fieldnames}); see `clapcomp data build --help`"
+            )
         while True:
             try:
                 row = next(reader)
@@ -228,8 +229,14 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | Skip]]:
                 yield reader.line_num, Skip("bad_row", f"unparsable CSV row: {e}")
                 continue
             if None in row:  # DictReader's key for fields beyond the header
-                yield reader.line_num, Skip("bad_row", f"{len(row[None])} more field(s) than the header "
-                                            f"{reader.fieldnames} (an unquoted comma in a caption?)")
+                yield (
+                    reader.line_num,
+                    Skip(
+                        "bad_row",
+                        f"{len(row[None])} more field(s) than the header "
+                        f"{reader.fieldnames} (an unquoted comma in a caption?)",
+                    ),
+                )
                 continue
             yield reader.line_num, row
 
@@ -263,8 +270,7 @@ def read_manifest(path: str, *, compa: bool = False, allow_outside_root: bool = 
             parts = captions[0].split(";")
             captions, negatives = parts[:1], parts[1:] + list(negatives)
         key = os.path.relpath(full, root) if not allow_outside_root else rel
-        yield item, dict(key=key, audio=full, name=rel, captions=captions,
-                         negatives=negatives, positives=positives)
+        yield item, dict(key=key, audio=full, name=rel, captions=captions, negatives=negatives, positives=positives)
 
 
 def _safe_member(m: tarfile.TarInfo) -> bool:
@@ -294,9 +300,14 @@ def read_webdataset(path: str, *, max_file_mb: float = 2048.0):
             return item, Skip("bad_row", f".json invalid: {e}")
         captions = meta.get("text") if isinstance(meta, dict) else None
         captions = [captions] if isinstance(captions, str) else captions
-        return item, dict(key=f"{tar_name}/{key}", audio=group[audio_ext], name=f"{key}.{audio_ext}",
-                          captions=captions, negatives=meta.get("negatives"),
-                          positives=meta.get("positives"))
+        return item, dict(
+            key=f"{tar_name}/{key}",
+            audio=group[audio_ext],
+            name=f"{key}.{audio_ext}",
+            captions=captions,
+            negatives=meta.get("negatives"),
+            positives=meta.get("positives"),
+        )
 
     try:
         tar = tarfile.open(path, "r|*")
@@ -351,5 +362,3 @@ def expand_inputs(inputs: list[str], patterns: tuple[str, ...]) -> list[str]:
     if not paths or missing:
         raise FileNotFoundError(f"no input files found for {inputs} (missing: {missing[:5]})")
     return paths
-
-

@@ -98,7 +98,9 @@ def render_event(name: str, attrs: dict, seed, sample_rate: int, scale: float = 
     rng = np.random.default_rng(seed)
     dur = {"short": (0.35, 0.6), "long": (1.6, 2.2)}.get(attrs.get("duration"), (0.9, 1.3))
     n = int(round(_uniform(rng, *dur) * scale * sample_rate))
-    f0 = _loguniform(rng, *{"high-pitched": (1400, 2400), "low-pitched": (180, 320)}.get(attrs.get("pitch"), (500, 900)))
+    f0 = _loguniform(
+        rng, *{"high-pitched": (1400, 2400), "low-pitched": (180, 320)}.get(attrs.get("pitch"), (500, 900))
+    )
     gain_db = {"loud": (-0.5, 0.5), "quiet": (-15.5, -14.5)}.get(attrs.get("loudness"), (-4.0, 0.0))
     gain = 10 ** (_uniform(rng, *gain_db) / 20)
     phase = _uniform(rng, 0, 2 * np.pi)
@@ -205,7 +207,11 @@ def _train_example(maker: _Maker, index: int, rules: NegativeGenerator, n_negati
         akind, x, y, a1, a2 = _attribute_pair(rng)
         ex_, ey_ = maker.event(x, {akind: a1}, seeds[0]), maker.event(y, {akind: a2}, seeds[1])
         content = compose.overlay_audio(ex_, ey_, balance=False, tile=False)
-        ex = {"caption": f"{_phrase(x, a1)} and {_phrase(y, a2)}", "positives": [_phrase(x, a1), _phrase(y, a2)], "negatives": []}
+        ex = {
+            "caption": f"{_phrase(x, a1)} and {_phrase(y, a2)}",
+            "positives": [_phrase(x, a1), _phrase(y, a2)],
+            "negatives": [],
+        }
         events = [(x, {akind: a1}, seeds[0]), (y, {akind: a2}, seeds[1])]
     else:
         x, y = _two(rng)
@@ -275,7 +281,9 @@ def synthesize(
         maker = _Maker(seed, split, sample_rate, clip_seconds)
         with (out / path).open("w") as f:
             for i in range(count):
-                audio, ex, events, place = _train_example(maker, i, rules, n_negatives, mix if split == "train" else MIX)
+                audio, ex, events, place = _train_example(
+                    maker, i, rules, n_negatives, mix if split == "train" else MIX
+                )
                 rel = f"audio/{split}/{i:06d}.{ext}"
                 _write(out / rel, audio, sample_rate, ext)
                 row = {"audio": rel, **ex} if split == "train" else {"audio": rel, "caption": ex["caption"]}
@@ -292,7 +300,14 @@ def synthesize(
         files = [f"audio/order/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed", "triplet")]
         _write(out / files[0], maker.place(compose.concat_audio(ex_, ey_), sp), sample_rate, ext)
         _write(out / files[1], maker.place(compose.concat_audio(ey_, ex_), sp), sample_rate, ext)
-        row = [f"{_phrase(x)} followed by {_phrase(y)}", f"{_phrase(y)} followed by {_phrase(x)}", files[0], files[1], "-", "-"]
+        row = [
+            f"{_phrase(x)} followed by {_phrase(y)}",
+            f"{_phrase(y)} followed by {_phrase(x)}",
+            files[0],
+            files[1],
+            "-",
+            "-",
+        ]
         if i % 4 == 3:
             _write(out / files[2], maker.place(compose.overlay_audio(ex_, ey_), sp), sample_rate, ext)
             row[4:] = [f"{_phrase(x)} with {_phrase(y)}", files[2]]
@@ -333,7 +348,14 @@ def synthesize(
     return {**summary, **{k: str(out / p) for k, p in names.items()}, "seconds": time.perf_counter() - t0}
 
 
-ORDER_COLUMNS = ("pair_caption", "reversed_pair_caption", "pair_file", "reversed_pair_file", "triplet_caption", "triplet_file")
+ORDER_COLUMNS = (
+    "pair_caption",
+    "reversed_pair_caption",
+    "pair_file",
+    "reversed_pair_file",
+    "triplet_caption",
+    "triplet_file",
+)
 
 
 def _write_csv(path: Path, header, rows) -> None:

@@ -79,19 +79,29 @@ class _Base(tfds.core.GeneratorBasedBuilder):
 def _candidate(key: str, audio: bytes, filename: str, captions, negatives=()):
     if not audio:
         return key, Skip("missing_file", f"{filename} was not in manual_dir")
-    return key, dict(key=key, audio=audio, name=filename, captions=[_text(c) for c in captions],
-                     negatives=[_text(n) for n in negatives], positives=[])
+    return key, dict(
+        key=key,
+        audio=audio,
+        name=filename,
+        captions=[_text(c) for c in captions],
+        negatives=[_text(n) for n in negatives],
+        positives=[],
+    )
 
 
 class _Captioned(_Base):
     """A clip with several captions (AudioCaps, Clotho)."""
 
     def _info(self):
-        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-            "audio": _AUDIO,
-            "filename": tfds.features.Text(),
-            "captions": tfds.features.Sequence(tfds.features.Text()),
-        }))
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "audio": _AUDIO,
+                    "filename": tfds.features.Text(),
+                    "captions": tfds.features.Sequence(tfds.features.Text()),
+                }
+            )
+        )
 
     def to_candidates(self, example):
         name = _text(example["filename"])
@@ -104,9 +114,11 @@ class AudioCaps(_Captioned):
 
     def _split_generators(self, dl_manager):
         root = dl_manager.manual_dir
-        return {split: self._generate_examples(root, csv_name)
-                for split, csv_name in (("train", "train"), ("validation", "val"), ("test", "test"))
-                if os.path.isfile(os.path.join(root, f"{csv_name}.csv"))}
+        return {
+            split: self._generate_examples(root, csv_name)
+            for split, csv_name in (("train", "train"), ("validation", "val"), ("test", "test"))
+            if os.path.isfile(os.path.join(root, f"{csv_name}.csv"))
+        }
 
     def _generate_examples(self, root, csv_name):
         clips: dict[str, list[str]] = {}
@@ -114,8 +126,9 @@ class AudioCaps(_Captioned):
             clips.setdefault(row["youtube_id"], []).append(row["caption"])
         folder = os.path.join(root, "audio", csv_name)
         for yid, captions in clips.items():
-            path = next((os.path.join(folder, yid + e) for e in _EXTS
-                         if os.path.isfile(os.path.join(folder, yid + e))), None)
+            path = next(
+                (os.path.join(folder, yid + e) for e in _EXTS if os.path.isfile(os.path.join(folder, yid + e))), None
+            )
             name = os.path.basename(path) if path else yid + ".wav"
             yield yid, {"audio": _read_bytes(path), "filename": name, "captions": captions}
 
@@ -127,15 +140,17 @@ class Clotho(_Captioned):
 
     def _split_generators(self, dl_manager):
         root = dl_manager.manual_dir
-        return {split: self._generate_examples(root, part) for split, part in self._PARTS
-                if os.path.isfile(os.path.join(root, f"clotho_captions_{part}.csv"))}
+        return {
+            split: self._generate_examples(root, part)
+            for split, part in self._PARTS
+            if os.path.isfile(os.path.join(root, f"clotho_captions_{part}.csv"))
+        }
 
     def _generate_examples(self, root, part):
         for row in _read_csv(os.path.join(root, f"clotho_captions_{part}.csv")):
             name = row["file_name"]
             captions = [row[c] for c in sorted(row) if c.startswith("caption") and row[c]]
-            yield name, {"audio": _read_bytes(os.path.join(root, part, name)),
-                         "filename": name, "captions": captions}
+            yield name, {"audio": _read_bytes(os.path.join(root, part, name)), "filename": name, "captions": captions}
 
 
 class Esc50(_Base):
@@ -143,23 +158,33 @@ class Esc50(_Base):
     MANUAL_DOWNLOAD_INSTRUCTIONS = "the ESC-50 repository: meta/esc50.csv + audio/*.wav"
 
     def _info(self):
-        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-            "audio": _AUDIO,
-            "filename": tfds.features.Text(),
-            "category": tfds.features.Text(),
-            "target": np.int32,
-            "fold": np.int32,
-        }))
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "audio": _AUDIO,
+                    "filename": tfds.features.Text(),
+                    "category": tfds.features.Text(),
+                    "target": np.int32,
+                    "fold": np.int32,
+                }
+            )
+        )
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples(dl_manager.manual_dir)}
 
     def _generate_examples(self, root):
         for row in _read_csv(os.path.join(root, "meta", "esc50.csv")):
-            yield row["filename"], {
-                "audio": _read_bytes(os.path.join(root, "audio", row["filename"])),
-                "filename": row["filename"], "category": row["category"],
-                "target": int(row["target"]), "fold": int(row["fold"])}
+            yield (
+                row["filename"],
+                {
+                    "audio": _read_bytes(os.path.join(root, "audio", row["filename"])),
+                    "filename": row["filename"],
+                    "category": row["category"],
+                    "target": int(row["target"]),
+                    "fold": int(row["fold"]),
+                },
+            )
 
     def to_candidates(self, example):
         name, label = _text(example["filename"]), _text(example["category"]).replace("_", " ")
@@ -173,15 +198,20 @@ class _CompA(_Base):
     TRIPLETS = False
 
     def _info(self):
-        features = {"pair_caption": tfds.features.Text(), "reversed_pair_caption": tfds.features.Text(),
-                    "pair_file": tfds.features.Text(), "reversed_pair_file": tfds.features.Text(),
-                    "pair_audio": _AUDIO, "reversed_pair_audio": _AUDIO}
+        features = {
+            "pair_caption": tfds.features.Text(),
+            "reversed_pair_caption": tfds.features.Text(),
+            "pair_file": tfds.features.Text(),
+            "reversed_pair_file": tfds.features.Text(),
+            "pair_audio": _AUDIO,
+            "reversed_pair_audio": _AUDIO,
+        }
         if self.TRIPLETS:
-            features.update(triplet_caption=tfds.features.Text(), triplet_file=tfds.features.Text(),
-                            triplet_audio=_AUDIO)
+            features.update(
+                triplet_caption=tfds.features.Text(), triplet_file=tfds.features.Text(), triplet_audio=_AUDIO
+            )
         # Rows stay in CSV order (benchmark row i = CSV row i).
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(features), disable_shuffling=True)
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features), disable_shuffling=True)
 
     def _split_generators(self, dl_manager):
         return {"test": self._generate_examples(dl_manager.manual_dir)}
@@ -213,12 +243,12 @@ class _CompA(_Base):
         out = []
         for f, other in (("pair", "reversed_pair"), ("reversed_pair", "pair")):
             name = _text(example[f"{f}_file"])
-            out.append(_candidate(f"{self.name}/{name}", example[f"{f}_audio"], name,
-                                  [caps[f]], [caps[other]]))
+            out.append(_candidate(f"{self.name}/{name}", example[f"{f}_audio"], name, [caps[f]], [caps[other]]))
         if self.TRIPLETS and _text(example["triplet_file"]):
             name = _text(example["triplet_file"])
-            out.append(_candidate(f"{self.name}/{name}", example["triplet_audio"], name,
-                                  [_text(example["triplet_caption"])]))
+            out.append(
+                _candidate(f"{self.name}/{name}", example["triplet_audio"], name, [_text(example["triplet_caption"])])
+            )
         return out
 
 
@@ -243,8 +273,7 @@ def prepare(name: str, manual_dir: str, data_dir: str) -> tfds.core.GeneratorBas
     if name not in BUILDERS:
         raise ValueError(f"unknown tfds dataset {name!r}; choose one of {sorted(BUILDERS)}")
     builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
 
 

@@ -157,7 +157,7 @@ class Cnn(nnx.Module):
         if self.cfg.head == "fc1":
             pad = jnp.pad(x, ((0, 0), (1, 1), (0, 0)), constant_values=-jnp.inf)
             zero = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
-            win = lambda a, f: f(jnp.stack([a[:, :-2], a[:, 1:-1], a[:, 2:]]), axis=0)  # noqa: E731
+            win = lambda a, f: f(jnp.stack([a[:, :-2], a[:, 1:-1], a[:, 2:]]), axis=0)
             fine = self._fc1(win(pad, jnp.max) + win(zero, jnp.sum) / 3.0)
         else:
             fine = x

@@ -33,7 +33,7 @@ _MASK_VALUE = -100.0  # HF / Swin shifted-window mask value
 
 
 # ----------------------------------------------------------------------------- pure helpers
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bicubic_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch `interpolate(mode="bicubic", align_corners=True)` along one axis as 4 taps per output.
 
@@ -65,7 +65,7 @@ def _resize_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
     return jnp.sum(taps * weight, axis=axis + 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def relative_position_index(window: int) -> np.ndarray:
     """[window**2, window**2] index into the (2w-1)**2 relative position bias table (HF/Swin order)."""
     coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
@@ -73,7 +73,7 @@ def relative_position_index(window: int) -> np.ndarray:
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shifted_window_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
     """[num_windows, N, N] additive mask (0 / -100) keeping attention inside cyclic-shift regions."""
     h = np.arange(height)
@@ -203,8 +203,9 @@ class PatchEmbed(nnx.Module):
 class SwinBlock(nnx.Module):
     """(Shifted-)window attention + MLP, pre-norm residuals. x [B, H, W, C] -> [B, H, W, C]."""
 
-    def __init__(self, cfg: HTSATConfig, dim: int, heads: int, resolution, shift: bool, path_rate: float, *, dtype,
-                 rngs):
+    def __init__(
+        self, cfg: HTSATConfig, dim: int, heads: int, resolution, shift: bool, path_rate: float, *, dtype, rngs
+    ):
         self.resolution = tuple(resolution)
         self.window = min(cfg.window_size, *resolution)
         self.shift = cfg.window_size // 2 if shift and min(resolution) > cfg.window_size else 0

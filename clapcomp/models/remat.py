@@ -11,7 +11,7 @@ The forward values and the gradients are the same with every policy.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 from flax import nnx

@@ -54,8 +54,8 @@ class _Layer(nnx.Module):
         h, f = cfg.hidden_size, cfg.intermediate_size
         if h % cfg.num_heads:
             raise ValueError(f"text hidden_size {h} is not a multiple of num_heads {cfg.num_heads}")
-        lin = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)  # noqa: E731
-        ln = lambda: nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, dtype=jnp.float32, rngs=rngs)  # noqa: E731
+        lin = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        ln = lambda: nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, dtype=jnp.float32, rngs=rngs)
         self.query, self.key, self.value, self.attn_out = lin(h, h), lin(h, h), lin(h, h), lin(h, h)
         self.attn_norm = ln()
         self.ffn_in, self.ffn_out = lin(h, f), lin(f, h)
@@ -68,7 +68,7 @@ class _Layer(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array, key: jax.Array | None) -> jax.Array:
         """x [B, L, H] f32, mask [B, L] bool (True = real token) -> [B, L, H] f32."""
         b, l, h = x.shape
-        heads = lambda t: t.reshape(b, l, self.num_heads, h // self.num_heads)  # noqa: E731
+        heads = lambda t: t.reshape(b, l, self.num_heads, h // self.num_heads)
         xc = x.astype(self.dtype)
         q, k, v = heads(self.query(xc)), heads(self.key(xc)), heads(self.value(xc))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -101,7 +101,7 @@ class TextEncoder(nnx.Module):
         self.cfg = cfg
         h = cfg.hidden_size
         init = nnx.initializers.normal(0.02)
-        emb = lambda n: nnx.Embed(n, h, embedding_init=init, param_dtype=jnp.float32, rngs=rngs)  # noqa: E731
+        emb = lambda n: nnx.Embed(n, h, embedding_init=init, param_dtype=jnp.float32, rngs=rngs)
         self.word_embeddings = emb(cfg.vocab_size)
         self.position_embeddings = emb(cfg.max_position_embeddings)
         self.token_type_embeddings = emb(cfg.type_vocab_size)

@@ -62,9 +62,11 @@ class TransientCheckpointError(CheckpointError):
 
 
 def cause(e: BaseException) -> str | None:
-    """"corrupt" | "transient" | None (unknown) for an exception raised while reading a step."""
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError,
-                      UnicodeDecodeError, EOFError)):
+    """ "corrupt" | "transient" | None (unknown) for an exception raised while reading a step."""
+    if isinstance(
+        e,
+        (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError, EOFError),
+    ):
         return "corrupt"
     if isinstance(e, OSError):
         return "transient"
@@ -91,7 +93,9 @@ class Checkpointer:
         self.retries, self.backoff_s = retries, backoff_s
         self.skipped_corrupt: list[int] = []
         self.restored_skips: dict = {}  # the skip counters saved with the restored step
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True
+        )
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
 
@@ -145,7 +149,11 @@ class Checkpointer:
             log.warning(
                 "checkpoint step %d was corrupt (skipped at restore, see %s); training continued from an older "
                 "step, so before saving step %d the corrupt files are kept at %s (nothing is deleted)",
-                s, self.workdir / "restore_log.jsonl", step, aside)
+                s,
+                self.workdir / "restore_log.jsonl",
+                step,
+                aside,
+            )
             if jax.process_index() == 0 and (self.directory / str(s)).exists():
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(self.directory / str(s)), aside)
@@ -171,9 +179,15 @@ class Checkpointer:
                 if cause(e) != "corrupt":
                     raise CheckpointError(
                         f"reading checkpoint step {step} in {self.directory} failed with an unexpected "
-                        f"{_first_line(e)}; no file was changed. Report this with the traceback above.") from e
-                log.warning("checkpoint step %d in %s is corrupt (%s); leaving its files in place, recording "
-                            "it in restore_log.jsonl and trying the previous step", step, self.directory, _first_line(e))
+                        f"{_first_line(e)}; no file was changed. Report this with the traceback above."
+                    ) from e
+                log.warning(
+                    "checkpoint step %d in %s is corrupt (%s); leaving its files in place, recording "
+                    "it in restore_log.jsonl and trying the previous step",
+                    step,
+                    self.directory,
+                    _first_line(e),
+                )
                 if jax.process_index() == 0:
                     record(self.workdir, "skipped_corrupt_step", step=step, error=_first_line(e))
                 self.skipped_corrupt.append(step)
@@ -181,7 +195,8 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoints {sorted(steps)} exist in {self.directory} but none can be read (see the warnings "
                 "above and restore_log.jsonl); refusing to start from scratch over them. To start a new run, "
-                "pass a new --workdir; nothing in this one was changed.")
+                "pass a new --workdir; nothing in this one was changed."
+            )
         return None
 
     def _check_compatible(self, step: int, abstract, mode: str) -> None:
@@ -196,17 +211,22 @@ class Checkpointer:
                 f"checkpoint step {step} in {self.directory} does not fit the current config ({len(diff)} "
                 "difference(s), saved -> current):\n  " + "\n  ".join(diff[:20]) + "\nNothing was changed. "
                 "Rerun with the run's own settings (see config.json), or start a new run from these weights: "
-                f"--workdir NEW --config.init.kind=checkpoint --config.init.path={self.workdir}")
+                f"--workdir NEW --config.init.kind=checkpoint --config.init.path={self.workdir}"
+            )
         if mode == "latest":
-            counts = {m.group(1) for f in (step_dir / "data").glob("process_*-of-*.json")
-                      if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))}
+            counts = {
+                m.group(1)
+                for f in (step_dir / "data").glob("process_*-of-*.json")
+                if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))
+            }
             if counts and counts != {str(jax.process_count())}:
                 raise IncompatibleCheckpoint(
                     f"checkpoint step {step} in {self.directory} holds the data-iterator position of "
                     f"{'/'.join(sorted(counts))} process(es), this run has {jax.process_count()}; the per-process "
                     "position cannot be split or merged. Nothing was changed. Rerun with the same process count, "
                     "or pass --restore=params_only to restore parameters and optimizer state and restart the data "
-                    "iterator from the beginning of the data.")
+                    "iterator from the beginning of the data."
+                )
 
     def _read(self, step: int, abstract, iterator, mode: str):
         items = {"state": self._ocp.args.StandardRestore(abstract)}
@@ -232,7 +252,8 @@ class Checkpointer:
                     raise TransientCheckpointError(
                         f"reading checkpoint step {step} in {self.directory} failed {self.retries + 1} times with "
                         f"{_first_line(e)} (an I/O error that may clear: permissions, a storage outage). No file "
-                        "was changed; fix access to the files and rerun the same command.") from e
+                        "was changed; fix access to the files and rerun the same command."
+                    ) from e
                 wait = self.backoff_s * 2**attempt
                 log.warning("reading checkpoint step %d failed (%s); retrying in %.1f s", step, _first_line(e), wait)
                 time.sleep(wait)
@@ -261,7 +282,9 @@ def tree_diff(saved, abstract) -> list[str]:
 def record(workdir: str | Path, event: str, **fields) -> None:
     """Appends one event to `<workdir>/restore_log.jsonl` (call from process 0)."""
     with open(Path(workdir) / "restore_log.jsonl", "a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}) + "\n")
+        f.write(
+            json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}) + "\n"
+        )
 
 
 def _grain_args(save: bool):
@@ -272,9 +295,22 @@ def _grain_args(save: bool):
 
 # Fields a resume may change: they shape neither the saved arrays nor the data position (paths may
 # move between machines). Every other field must match config.json. A prefix covers its subfields.
-RESUMABLE = ("total_steps", "log_every", "ckpt_every", "eval_every", "evaluators", "keep_checkpoints",
-             "max_consecutive_nonfinite", "optimizer.warmup_steps", "data.workers", "data.train", "tokenizer",
-             "init", "mesh", "fsdp_text")
+RESUMABLE = (
+    "total_steps",
+    "log_every",
+    "ckpt_every",
+    "eval_every",
+    "evaluators",
+    "keep_checkpoints",
+    "max_consecutive_nonfinite",
+    "optimizer.warmup_steps",
+    "data.workers",
+    "data.train",
+    "tokenizer",
+    "init",
+    "mesh",
+    "fsdp_text",
+)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -314,7 +350,8 @@ def check_resume_config(workdir: str | Path, config) -> list[str]:
             f"{workdir} holds checkpoints of a run whose config differs from this one in fields a resume cannot "
             "change (config.json -> command line):\n  " + "\n  ".join(refused) + "\nNothing was changed. To resume, "
             f"rerun with the run's values (drop these overrides); {new_run}. Fields a resume may change: "
-            f"{', '.join(RESUMABLE)}.")
+            f"{', '.join(RESUMABLE)}."
+        )
     return accepted
 
 
@@ -333,7 +370,9 @@ def read_config(workdir: str | Path):
 
     path = Path(workdir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; is {workdir} a clapcomp training workdir (clapcomp train --workdir)?")
+        raise FileNotFoundError(
+            f"{path} not found; is {workdir} a clapcomp training workdir (clapcomp train --workdir)?"
+        )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -349,7 +388,9 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     if mesh is None:
         mesh = Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), ("data", "fsdp"))
     abstract = state_lib.abstract_state(config, mesh)
-    manager = ocp.CheckpointManager(Path(workdir, "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = ocp.CheckpointManager(
+        Path(workdir, "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
+    )
     steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first or pass another workdir")

@@ -16,7 +16,8 @@ import logging
 import os
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp")
 BATCH = P(AXES)  # the batch dimension is split over every device

@@ -25,13 +25,14 @@ No host synchronisation happens inside.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from clapcomp import losses
 from clapcomp.train import state as state_lib
@@ -48,13 +49,15 @@ def batch_spec(loss: str) -> dict[str, P]:
         keys += ["neg_input_ids", "neg_attention_mask", "neg_mask"]
     if loss == "modular":
         keys += ["pos_input_ids", "pos_attention_mask", "pos_mask"]
-    return {k: BATCH for k in keys}
+    return dict.fromkeys(keys, BATCH)
 
 
 def _embed_rows(model, ids, mask, key):
     """ids/mask [B, K, L] -> [B, K, D] embeddings through the text tower (train mode)."""
     b, k, length = ids.shape
-    return model.embed_tokens(ids.reshape(b * k, length), mask.reshape(b * k, length), train=True, key=key).reshape(b, k, -1)
+    return model.embed_tokens(ids.reshape(b * k, length), mask.reshape(b * k, length), train=True, key=key).reshape(
+        b, k, -1
+    )
 
 
 def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str):

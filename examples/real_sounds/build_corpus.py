@@ -42,7 +42,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-RESERVED = frozenset({"0ad-data", "megaglest-data", "widelands-data", "wesnoth-1.16-data", "minetest-data", "lugaru-data"})
+RESERVED = frozenset(
+    {"0ad-data", "megaglest-data", "widelands-data", "wesnoth-1.16-data", "minetest-data", "lugaru-data"}
+)
 AUDIO_EXT = (".wav", ".ogg", ".oga", ".flac")
 
 
@@ -158,7 +160,9 @@ def collect(labels: list[dict], cache: Path, events_dir: Path, a) -> tuple[list[
     clips, packages, skips, seen = [], {}, Counter(), {}
     for package in sorted({r["package"] for r in labels}):
         deb = fetch(package, cache)
-        version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True).stdout.strip()
+        version = subprocess.run(
+            ["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         with tempfile.TemporaryDirectory(prefix="real_sounds_") as tmp:
             root = Path(tmp)
             extract(deb, root)
@@ -172,7 +176,7 @@ def collect(labels: list[dict], cache: Path, events_dir: Path, a) -> tuple[list[
                     continue
                 try:
                     x, dur = load_clip(path, a.sample_rate)
-                except Exception:  # noqa: BLE001 - any decoder failure is a counted skip
+                except Exception:
                     skips["decode_error"] += 1
                     continue
                 if dur > a.max_seconds:
@@ -186,7 +190,7 @@ def collect(labels: list[dict], cache: Path, events_dir: Path, a) -> tuple[list[
                     skips["duplicate_audio"] += 1
                     continue
                 x = peak_normalize(trim(x, int(a.event_seconds * a.sample_rate), int(0.01 * a.sample_rate)))
-                out = events_dir / f"{package}__{re.sub(r'[^A-Za-z0-9_.-]+', '_', rel[:-len(path.suffix)])}.flac"
+                out = events_dir / f"{package}__{re.sub(r'[^A-Za-z0-9_.-]+', '_', rel[: -len(path.suffix)])}.flac"
                 sf.write(str(out), x.astype(np.float32), a.sample_rate, format="FLAC")
                 seen[digest] = rel
                 clips.append({"audio": f"events/{out.name}", "caption": row["caption"], "class": row["class"],
@@ -268,7 +272,10 @@ def test_set(out: Path, clips: list[dict], a) -> dict:
                write(f"order_{i:05d}_pair.flac", compose.concat_audio(wx, wy)),
                write(f"order_{i:05d}_reversed.flac", compose.concat_audio(wy, wx)), "-", "-"]  # fmt: skip
         if i % 4 == 3:
-            row[4:] = [f"{x['caption']} with {y['caption']}", write(f"order_{i:05d}_triplet.flac", compose.overlay_audio(wx, wy))]
+            row[4:] = [
+                f"{x['caption']} with {y['caption']}",
+                write(f"order_{i:05d}_triplet.flac", compose.overlay_audio(wx, wy)),
+            ]
         rows.append(row)
     _write_csv(test / "order.csv", ORDER_COLUMNS, rows)
 
@@ -298,14 +305,24 @@ def test_set(out: Path, clips: list[dict], a) -> dict:
         for i in range(a.n_retrieval):
             kind = compose.KINDS[i % len(compose.KINDS)]
             audio, ex = compose.compose_one(kind, clip_list, labels, rng, sample_rate=sr, count_seconds=a.count_seconds)
-            f.write(json.dumps({"audio": write(f"retrieval_{i:05d}.flac", audio), "caption": ex["caption"], "kind": kind}) + "\n")
+            f.write(
+                json.dumps({"audio": write(f"retrieval_{i:05d}.flac", audio), "caption": ex["caption"], "kind": kind})
+                + "\n"
+            )
             kinds[kind] += 1
     return {"order": a.n_order, "order_triplets": a.n_order // 4, "attribute": a.n_attribute,
             "attribute_categories": {"loudness": (a.n_attribute + 1) // 2, "counting": a.n_attribute // 2},
             "retrieval": a.n_retrieval, "retrieval_kinds": dict(kinds)}  # fmt: skip
 
 
-ORDER_COLUMNS = ("pair_caption", "reversed_pair_caption", "pair_file", "reversed_pair_file", "triplet_caption", "triplet_file")
+ORDER_COLUMNS = (
+    "pair_caption",
+    "reversed_pair_caption",
+    "pair_file",
+    "reversed_pair_file",
+    "triplet_caption",
+    "triplet_file",
+)
 
 
 def _write_csv(path: Path, header, rows) -> None:
@@ -385,8 +402,10 @@ def main(argv: list[str]) -> int:
         "seconds": {"clips": round(t_clips, 1), "total": round(time.perf_counter() - t0, 1)},
     }  # fmt: skip
     (a.out / "corpus.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"train: {train}\ntest: {test}\n{len(packages)} packages, {len(clips)} clips; "
-          f"{summary['seconds']['total']:.0f} s; wrote {a.out / 'corpus.json'}")
+    print(
+        f"train: {train}\ntest: {test}\n{len(packages)} packages, {len(clips)} clips; "
+        f"{summary['seconds']['total']:.0f} s; wrote {a.out / 'corpus.json'}"
+    )
     return 0
 
 

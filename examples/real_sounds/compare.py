@@ -99,7 +99,7 @@ def evaluate(run_dir: Path, tokenizer_path: str, test: Path) -> dict:
 
 def run_seed(a, seed: int) -> dict:
     workdir = a.workdir / f"seed{seed}"
-    cfg = lambda loss: load_config(a.config, loss, a.set)  # noqa: E731
+    cfg = lambda loss: load_config(a.config, loss, a.set)
     records = records_for(a.corpus, a.workdir, cfg("plain").model.audio.sample_rate)
     s3 = a.stage3_steps if a.stage3_steps is not None else a.steps // 2
     if not 0 < s3 < a.steps:
@@ -107,8 +107,14 @@ def run_seed(a, seed: int) -> dict:
     train(cfg("plain"), records, seed, a.steps, workdir / "plain")
     train(cfg("compa"), records, seed, a.steps, workdir / "compa")
     train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3")
-    train(load_config(a.config, "modular", a.set + a.set3), records, seed, s3, workdir / "compa_s3",
-          init=workdir / "compa_s2_for_s3")
+    train(
+        load_config(a.config, "modular", a.set + a.set3),
+        records,
+        seed,
+        s3,
+        workdir / "compa_s3",
+        init=workdir / "compa_s2_for_s3",
+    )
     tok = cfg("plain").tokenizer
     test = a.corpus / "test"
     return {name: evaluate(workdir / d, tok, test) for name, d in zip(MODELS, ("plain", "compa", "compa_s3"))}
@@ -120,7 +126,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--config", type=Path, default=Path("configs/demo.py"))
     ap.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
-    ap.add_argument("--set3", action="append", default=[], help="override for the stage-3 run only, e.g. optimizer.lr=1e-4")
+    ap.add_argument(
+        "--set3", action="append", default=[], help="override for the stage-3 run only, e.g. optimizer.lr=1e-4"
+    )
     ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
     ap.add_argument("--steps", type=int, required=True, help="optimizer steps of every model")
     ap.add_argument("--stage3-steps", type=int, default=None, help="of --steps, spent in stage 3 (default half)")

@@ -103,7 +103,9 @@ def test_unknown_tensor_is_named(tmp_path, pann_model):
 def aisfx():
     spec = importlib.util.find_spec("aisfx")
     if spec is None:
-        pytest.skip("aisfx is not installed: pip install --no-deps aisfx==0.1.2 (its weights and model are the reference)")
+        pytest.skip(
+            "aisfx is not installed: pip install --no-deps aisfx==0.1.2 (its weights and model are the reference)"
+        )
     root = spec.submodule_search_locations[0]
     module_spec = importlib.util.spec_from_file_location("aisfx_cnn2d", f"{root}/models/cnn2d.py")
     cnn2d = importlib.util.module_from_spec(module_spec)

@@ -54,12 +54,14 @@ def test_manifest_csv_decodes_resamples_mixes_and_keeps_text(tmp_path):
     write_audio(str(root / "a" / "one.wav"), stereo, sr=8000)
     write_audio(str(root / "two.flac"), sine(1000, seconds=0.5))
     write_audio(str(root / "three.ogg"), sine(500, seconds=0.5), fmt="OGG", subtype="VORBIS")
-    write_csv(root / "m.csv", [
-        {"audio": "a/one.wav", "caption": "a tone", "negatives": '["a click"]', "positives": ""},
-        {"audio": "two.flac", "caption": '["first", "second"]', "negatives": "",
-         "positives": '["a high tone"]'},
-        {"audio": "three.ogg", "caption": "  spaced   out  ", "negatives": "", "positives": ""},
-    ])
+    write_csv(
+        root / "m.csv",
+        [
+            {"audio": "a/one.wav", "caption": "a tone", "negatives": '["a click"]', "positives": ""},
+            {"audio": "two.flac", "caption": '["first", "second"]', "negatives": "", "positives": '["a high tone"]'},
+            {"audio": "three.ogg", "caption": "  spaced   out  ", "negatives": "", "positives": ""},
+        ],
+    )
     stats = build(str(root / "m.csv"), str(tmp_path / "out"), sample_rate=SR, shard_size=2)
     assert (stats["seen"], stats["written"], stats["skipped"]) == (3, 3, 0)
     assert stats["shards"] == ["data-00000.array_record", "data-00001.array_record"]
@@ -89,8 +91,11 @@ def test_jsonl_manifest_and_compa_convention(tmp_path):
     ex = examples(tmp_path / "out")
     assert ex["x.wav"]["negatives"] == ["cat then dog"] and ex["y.wav"]["captions"] == ["bird"]
 
-    write_csv(tmp_path / "compa.csv", [{"audio": "x.wav", "caption": "dog then cat;cat then dog;dog and cat;cat"}],
-              fields=("audio", "caption"))
+    write_csv(
+        tmp_path / "compa.csv",
+        [{"audio": "x.wav", "caption": "dog then cat;cat then dog;dog and cat;cat"}],
+        fields=("audio", "caption"),
+    )
     build(str(tmp_path / "compa.csv"), str(tmp_path / "out2"), format="compa", sample_rate=SR)
     rec = examples(tmp_path / "out2")["x.wav"]
     assert rec["captions"] == ["dog then cat"]
@@ -213,8 +218,7 @@ def test_allow_outside_root_flag(tmp_path):
     write_audio(str(tmp_path / "outside.wav"), sine())
     write_csv(root / "m.csv", [{"audio": "../outside.wav", "caption": "c"}], fields=("audio", "caption"))
     assert build(str(root / "m.csv"), str(tmp_path / "o1"), sample_rate=SR)["written"] == 0
-    assert build(str(root / "m.csv"), str(tmp_path / "o2"), sample_rate=SR,
-                 allow_outside_root=True)["written"] == 1
+    assert build(str(root / "m.csv"), str(tmp_path / "o2"), sample_rate=SR, allow_outside_root=True)["written"] == 1
 
 
 def test_error_rate_stop_names_examples_and_keeps_shards(tmp_path):
@@ -223,8 +227,14 @@ def test_error_rate_stop_names_examples_and_keeps_shards(tmp_path):
     rows += [{"audio": f"gone{i}.wav", "caption": "c"} for i in range(20)]
     write_csv(tmp_path / "m.csv", rows, fields=("audio", "caption"))
     with pytest.raises(BuildError) as e:
-        build(str(tmp_path / "m.csv"), str(tmp_path / "out"), sample_rate=SR, shard_size=2,
-              max_error_rate=0.3, min_items_for_rate=5)
+        build(
+            str(tmp_path / "m.csv"),
+            str(tmp_path / "out"),
+            sample_rate=SR,
+            shard_size=2,
+            max_error_rate=0.3,
+            min_items_for_rate=5,
+        )
     msg = str(e.value)
     assert "stopped after 5 items" in msg and "missing_file: m.csv:5" in msg and "--max-error-rate" in msg
     src = RecordSource(str(tmp_path / "out"))
@@ -257,9 +267,10 @@ def test_cli_main(tmp_path, capsys):
 
 def test_fuzzed_files_never_crash_and_every_item_is_accounted_for(tmp_path):
     rng = np.random.default_rng(0)
-    seeds = [audio_bytes(sine(300 + 10 * i, seconds=0.1), fmt=f, subtype=s)
-             for i, (f, s) in enumerate([("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("WAV", "FLOAT"),
-                                         ("OGG", "VORBIS")])]
+    seeds = [
+        audio_bytes(sine(300 + 10 * i, seconds=0.1), fmt=f, subtype=s)
+        for i, (f, s) in enumerate([("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("WAV", "FLOAT"), ("OGG", "VORBIS")])
+    ]
     rows = []
     for i in range(120):
         data = bytearray(seeds[i % 4])
@@ -311,17 +322,23 @@ def test_contradictory_and_junk_negatives_are_counted_and_never_reach_a_record(t
     (root / "m.csv").write_text(
         "audio,caption,negatives,positives\n"
         '0.wav,A dog barks.,"[""a dog  barks"", ""a cat meows""]","[""a dog""]"\n'  # neg == caption: dropped
-        '1.wav,a dog barks,"[""A DOG!""]","[""a dog""]"\n'                        # neg == a positive: dropped
-        "2.wav,a dog barks,dog; cat,\n"                                           # not a JSON list
+        '1.wav,a dog barks,"[""A DOG!""]","[""a dog""]"\n'  # neg == a positive: dropped
+        "2.wav,a dog barks,dog; cat,\n"  # not a JSON list
         "3.wav,a dog barks,-7,\n"
         "4.wav,a dog barks,false,\n"
-        "5.wav,a dog barks, then a cat meows,,\n"                                 # unquoted comma: extra field
-        '6.wav,a bird sings,"[""a bird sings loudly""]",\n',                      # clean row
-        encoding="utf-8")
+        "5.wav,a dog barks, then a cat meows,,\n"  # unquoted comma: extra field
+        '6.wav,a bird sings,"[""a bird sings loudly""]",\n',  # clean row
+        encoding="utf-8",
+    )
     stats = build([str(root / "m.csv")], str(tmp_path / "out"), sample_rate=SR)
     assert stats["skipped_by_reason"] == {"bad_row": 4}
     details = " ".join(e["detail"] for e in stats["skipped_examples"]["bad_row"])
-    assert "'dog; cat'" in details and "'-7'" in details and "'false'" in details and "more field(s) than the header" in details
+    assert (
+        "'dog; cat'" in details
+        and "'-7'" in details
+        and "'false'" in details
+        and "more field(s) than the header" in details
+    )
     recs = examples(tmp_path / "out")
     assert sorted(recs) == ["0.wav", "1.wav", "6.wav"]
     assert recs["0.wav"]["negatives"] == ["a cat meows"] and recs["1.wav"]["negatives"] == []

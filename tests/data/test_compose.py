@@ -113,7 +113,10 @@ def test_template_connectives_name_the_later_event_first():
     assert ex["negatives"] == ["a dog barking after a man speaking", "a dog barking with a man speaking"]
     ex = compose.example(parse("(A + B) * C"), LABELS, **words)
     assert ex["caption"] == "a man speaking after a dog barking, with rain"
-    assert compose.example(parse("A * B + C"), LABELS, **words)["caption"] == "rain after a dog barking with a man speaking"
+    assert (
+        compose.example(parse("A * B + C"), LABELS, **words)["caption"]
+        == "rain after a dog barking with a man speaking"
+    )
     with pytest.raises(ValueError, match="template"):
         compose.example(parse("A + B"), LABELS, concat_words=("{a} after",))
 
@@ -121,7 +124,11 @@ def test_template_connectives_name_the_later_event_first():
 def test_negatives_keep_connective_choices_and_caps():
     for seed in range(20):
         ex = compose.example(parse("A + B + C"), LABELS, np.random.default_rng(seed))
-        order_swaps = [n for n in ex["negatives"] if Counter(n.replace(",", "").split()) == Counter(ex["caption"].replace(",", "").split())]
+        order_swaps = [
+            n
+            for n in ex["negatives"]
+            if Counter(n.replace(",", "").split()) == Counter(ex["caption"].replace(",", "").split())
+        ]
         assert len(order_swaps) == 2  # one per `+`, only operands moved, same connectives
         assert all(n != ex["caption"] and n not in ex["positives"] for n in ex["negatives"])
         assert len(set(ex["negatives"])) == len(ex["negatives"])

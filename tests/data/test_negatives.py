@@ -47,7 +47,10 @@ def test_negatives_are_distinct_bounded_and_never_the_caption():
 def test_order_swaps_hand_checked():
     assert N.order_swaps("A dog barks, followed by a man speaking.") == [
         "A man speaking, followed by a dog barks.", "A dog barks, preceded by a man speaking."]  # fmt: skip
-    assert set(N.order_swaps("a hiss preceded by a chord")) == {"a chord preceded by a hiss", "a hiss followed by a chord"}
+    assert set(N.order_swaps("a hiss preceded by a chord")) == {
+        "a chord preceded by a hiss",
+        "a hiss followed by a chord",
+    }
     assert set(N.order_swaps("A car passes before a horn honks")) == {
         "A horn honks before a car passes", "A car passes after a horn honks"}  # fmt: skip
     assert set(N.order_swaps("an old man speaks after a young woman laughs")) == {
@@ -91,13 +94,18 @@ def test_rules_do_not_fire_without_their_structure():
 
 
 def test_attribute_flip_and_event_substitution():
-    assert set(N.attribute_flips("a loud dog and a quiet man")) == {"a quiet dog and a quiet man", "a loud dog and a loud man"}
+    assert set(N.attribute_flips("a loud dog and a quiet man")) == {
+        "a quiet dog and a quiet man",
+        "a loud dog and a loud man",
+    }
     vocab = ["rising chirp", "chirp", "buzz", "hiss"]
     subs = N.event_substitutions("a rising chirp followed by a buzz", vocab, np.random.default_rng(0))
     # longest match wins; "chirp" is already present inside "rising chirp", so only "hiss" is new
     assert set(subs) == {"a hiss followed by a buzz", "a rising chirp followed by a hiss"}
     assert N.event_substitutions("a dog and an owl", ["owl", "dog"], np.random.default_rng(0)) == []  # none new
-    assert N.event_substitutions("a dog and an owl", ["owl", "eagle"], np.random.default_rng(0)) == ["a dog and an eagle"]
+    assert N.event_substitutions("a dog and an owl", ["owl", "eagle"], np.random.default_rng(0)) == [
+        "a dog and an eagle"
+    ]
     assert N.event_substitutions("a dog barks", ["dog", "eagle"], np.random.default_rng(0)) == ["an eagle barks"]
 
 
@@ -121,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
     fail_first: int = 0
     status: int = 500
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         cls = type(self)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         cls.requests.append({"auth": self.headers.get("Authorization"), "body": body})
@@ -179,7 +187,10 @@ def test_llm_retry_cache_and_key_never_leaks(server, tmp_path, monkeypatch, capl
     assert len(got[0]["negatives"]) == 3  # topped up by a rule negative
     assert got[1]["negatives"][0] == "a cat meows reversed"
     assert got[2]["negatives"] == ["kept"]
-    assert json.loads(cache.read_text())["a dog barks"] == {"k": 3, "negatives": ["a dog barks reversed", "an invented scene"]}
+    assert json.loads(cache.read_text())["a dog barks"] == {
+        "k": 3,
+        "negatives": ["a dog barks reversed", "an invented scene"],
+    }
 
     assert N.main(argv) == 0  # second run: answered from the cache
     assert len(handler.requests) == 3
@@ -216,7 +227,9 @@ def test_cli_counts_and_keeps_malformed_rows(tmp_path, capsys):
     assert N.main(["--manifest", str(manifest), "--out", str(out), "--k", "2"]) == 0
     lines = out.read_text().splitlines(keepends=True)
     assert lines[1:] == list(bad)  # malformed rows copied through unchanged
-    assert json.loads(lines[0])["negatives"] == N.NegativeGenerator(0).generate("a dog barks followed by a door closes", 2)
+    assert json.loads(lines[0])["negatives"] == N.NegativeGenerator(0).generate(
+        "a dog barks followed by a door closes", 2
+    )
     assert json.loads(capsys.readouterr().out)["bad_row"] == 2
 
 
@@ -224,8 +237,15 @@ def test_cli_drops_negatives_equal_to_any_positive_caption(tmp_path, capsys):
     manifest = tmp_path / "in.jsonl"
     first, second = "a dog barks followed by a door closes", "a door closes followed by a dog barks"
     assert second in N.NegativeGenerator(0).generate(first, 3)  # the order rule would produce the 2nd caption
-    rows = [{"audio": "a.wav", "caption": [first, second]},
-            {"audio": "b.wav", "caption": "a dog barks", "positives": ["a dog"], "negatives": ["A dog  barks.", "A DOG", "a cat"]}]
+    rows = [
+        {"audio": "a.wav", "caption": [first, second]},
+        {
+            "audio": "b.wav",
+            "caption": "a dog barks",
+            "positives": ["a dog"],
+            "negatives": ["A dog  barks.", "A DOG", "a cat"],
+        },
+    ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
     assert N.main(["--manifest", str(manifest), "--out", str(out), "--k", "3"]) == 0

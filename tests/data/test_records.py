@@ -13,16 +13,30 @@ import pytest
 import soundfile as sf
 
 from clapcomp.data import records
-from clapcomp.data.records import (MAGIC, RecordError, RecordSource, RecordTimeout, ShardWriter,
-                                   call_with_timeout, decode_flac, encode_record, parse_record,
-                                   write_records)
+from clapcomp.data.records import (
+    MAGIC,
+    RecordError,
+    RecordSource,
+    RecordTimeout,
+    ShardWriter,
+    call_with_timeout,
+    decode_flac,
+    encode_record,
+    parse_record,
+    write_records,
+)
 
 
 def _example(i, n=1600, sr=16000):
     t = np.arange(n) / sr
-    return {"key": f"clip{i}", "audio": (0.5 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32),
-            "sample_rate": sr, "captions": [f"caption {i}", "ünïcode ✓"], "negatives": [f"neg {i}"],
-            "positives": []}
+    return {
+        "key": f"clip{i}",
+        "audio": (0.5 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32),
+        "sample_rate": sr,
+        "captions": [f"caption {i}", "ünïcode ✓"],
+        "negatives": [f"neg {i}"],
+        "positives": [],
+    }
 
 
 def test_record_layout_is_magic_json_header_and_flac():
@@ -32,11 +46,23 @@ def test_record_layout_is_magic_json_header_and_flac():
     assert data[:8] == MAGIC
     (size,) = struct.unpack("<I", data[8:12])
     header = json.loads(data[12 : 12 + size].decode("utf-8"))
-    assert header == {"key": "clip3", "sample_rate": 16000, "num_samples": 1600, "audio_format": "flac",
-                      "captions": ["caption 3", "ünïcode ✓"], "negatives": ["neg 3"], "positives": []}
+    assert header == {
+        "key": "clip3",
+        "sample_rate": 16000,
+        "num_samples": 1600,
+        "audio_format": "flac",
+        "captions": ["caption 3", "ünïcode ✓"],
+        "negatives": ["neg 3"],
+        "positives": [],
+    }
     info = sf.info(io.BytesIO(data[12 + size :]))
     assert (info.format, info.subtype, info.channels, info.samplerate, info.frames) == (
-        "FLAC", "PCM_16", 1, 16000, 1600)
+        "FLAC",
+        "PCM_16",
+        1,
+        16000,
+        1600,
+    )
 
 
 def test_flac_round_trip_is_16_bit_exact():
@@ -69,7 +95,10 @@ def test_write_records_shards_and_source(tmp_path):
     stats = write_records(str(tmp_path), (_example(i) for i in range(7)), shard_size=3)
     assert stats["num_records"] == 7
     assert [os.path.basename(p) for p in stats["shards"]] == [
-        "data-00000.array_record", "data-00001.array_record", "data-00002.array_record"]
+        "data-00000.array_record",
+        "data-00001.array_record",
+        "data-00002.array_record",
+    ]
     source = RecordSource(str(tmp_path))
     assert len(source) == 7
     assert [source.example(i)["key"] for i in range(7)] == [f"clip{i}" for i in range(7)]
@@ -146,10 +175,21 @@ def test_pcm16_records_round_trip_and_detect_truncation(tmp_path):
         write_records(str(tmp_path / "x"), [ex], audio_format="mp3")
 
 
-@pytest.mark.parametrize("change", [
-    {"key": 3}, {"audio_format": "mp3"}, {"sample_rate": -1}, {"sample_rate": 10**9},
-    {"sample_rate": "16000"}, {"num_samples": -5}, {"num_samples": 1.5}, {"captions": "a str"},
-    {"negatives": [1, 2]}, {"positives": None}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"key": 3},
+        {"audio_format": "mp3"},
+        {"sample_rate": -1},
+        {"sample_rate": 10**9},
+        {"sample_rate": "16000"},
+        {"num_samples": -5},
+        {"num_samples": 1.5},
+        {"captions": "a str"},
+        {"negatives": [1, 2]},
+        {"positives": None},
+    ],
+)
 def test_malformed_headers_are_bad_records(change):
     good = encode_record(_example(0))
     (size,) = struct.unpack("<I", good[8:12])

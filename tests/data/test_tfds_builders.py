@@ -1,7 +1,6 @@
 """tfds builders on tiny fake manual_dirs: prepared as ArrayRecord, read back, no TensorFlow."""
 
 import csv
-import io
 import os
 import sys
 
@@ -45,8 +44,11 @@ def _rows(source):
 
 def test_audiocaps(tmp_path):
     m = tmp_path / "m"
-    _csv(m / "train.csv", ["audiocap_id", "youtube_id", "start_time", "caption"],
-         [[1, "yt1", 30, "a dog barks"], [2, "yt2", 0, "rain falls"], [3, "yt1", 30, "barking dog"]])
+    _csv(
+        m / "train.csv",
+        ["audiocap_id", "youtube_id", "start_time", "caption"],
+        [[1, "yt1", 30, "a dog barks"], [2, "yt2", 0, "rain falls"], [3, "yt1", 30, "barking dog"]],
+    )
     _csv(m / "test.csv", ["audiocap_id", "youtube_id", "start_time", "caption"], [[9, "yt3", 0, "wind"]])
     a1 = _wav(str(m / "audio/train/yt1.wav"), 440)
     a3 = _wav(str(m / "audio/test/yt3.flac"), 220)
@@ -54,7 +56,9 @@ def test_audiocaps(tmp_path):
     assert set(builder.info.splits) == {"train", "test"}
     train = sorted(_rows(builder.as_data_source(split="train")), key=lambda r: r["filename"])
     assert [(r["filename"], sorted(r["captions"])) for r in train] == [
-        (b"yt1.wav", [b"a dog barks", b"barking dog"]), (b"yt2.wav", [b"rain falls"])]
+        (b"yt1.wav", [b"a dog barks", b"barking dog"]),
+        (b"yt2.wav", [b"rain falls"]),
+    ]
     assert train[0]["audio"] == a1 and train[1]["audio"] == b""  # yt2 missing from manual_dir
     (test,) = _rows(builder.as_data_source(split="test"))
     assert test["audio"] == a3 and test["filename"] == b"yt3.flac"
@@ -64,8 +68,7 @@ def test_audiocaps(tmp_path):
 def test_clotho(tmp_path):
     m = tmp_path / "m"
     caps = [f"caption_{i}" for i in range(1, 6)]
-    _csv(m / "clotho_captions_development.csv", ["file_name"] + caps,
-         [["x.wav"] + [f"x says {i}" for i in range(5)]])
+    _csv(m / "clotho_captions_development.csv", ["file_name"] + caps, [["x.wav"] + [f"x says {i}" for i in range(5)]])
     _csv(m / "clotho_captions_evaluation.csv", ["file_name"] + caps, [["y.wav"] + ["y"] * 5])
     ax = _wav(str(m / "development/x.wav"), 500)
     _wav(str(m / "evaluation/y.wav"), 600)
@@ -78,23 +81,28 @@ def test_clotho(tmp_path):
 
 def test_esc50(tmp_path):
     m = tmp_path / "m"
-    _csv(m / "meta/esc50.csv", ["filename", "fold", "target", "category", "esc10", "src_file", "take"],
-         [["1-100-A-0.wav", 1, 0, "dog", True, 100, "A"], ["2-200-A-10.wav", 2, 10, "rain", False, 200, "A"]])
+    _csv(
+        m / "meta/esc50.csv",
+        ["filename", "fold", "target", "category", "esc10", "src_file", "take"],
+        [["1-100-A-0.wav", 1, 0, "dog", True, 100, "A"], ["2-200-A-10.wav", 2, 10, "rain", False, 200, "A"]],
+    )
     a = _wav(str(m / "audio/1-100-A-0.wav"), 300)
     _wav(str(m / "audio/2-200-A-10.wav"), 350)
     builder = _prepare(tb.Esc50, m, tmp_path / "d")
     rows = sorted(_rows(builder.as_data_source(split="train")), key=lambda r: r["fold"])
     assert [(r["category"], r["target"], r["fold"]) for r in rows] == [(b"dog", 0, 1), (b"rain", 10, 2)]
     assert rows[0]["audio"] == a
-    (item, cand), = builder.to_candidates(rows[0])
+    ((item, cand),) = builder.to_candidates(rows[0])
     assert cand["captions"] == ["This is a sound of dog."] and cand["audio"] == a
     assert "tensorflow" not in sys.modules
 
 
 def _compa_dir(m, triplets):
     fields = ["pair_caption", "reversed_pair_caption", "pair_file", "reversed_pair_file"]
-    rows = [["dog then cat", "cat then dog", "p0.wav", "r0.wav"],
-            ["loud dog quiet man", "quiet dog loud man", "audio/p1.wav", "missing.wav"]]
+    rows = [
+        ["dog then cat", "cat then dog", "p0.wav", "r0.wav"],
+        ["loud dog quiet man", "quiet dog loud man", "audio/p1.wav", "missing.wav"],
+    ]
     if triplets:
         fields += ["triplet_caption", "triplet_file"]
         rows = [rows[0] + ["dog with cat", "t0.wav"], rows[1] + ["-", "-"]]
@@ -111,7 +119,9 @@ def test_compa_benchmarks(tmp_path, cls, triplets):
     builder = _prepare(cls, m, tmp_path / "d")
     rows = _rows(builder.as_data_source(split="test"))
     assert [(r["pair_caption"], r["reversed_pair_caption"]) for r in rows] == [
-        (b"dog then cat", b"cat then dog"), (b"loud dog quiet man", b"quiet dog loud man")]
+        (b"dog then cat", b"cat then dog"),
+        (b"loud dog quiet man", b"quiet dog loud man"),
+    ]
     assert rows[0]["pair_audio"] == open(m / "p0.wav", "rb").read()
     assert rows[1]["pair_audio"] == open(m / "audio/p1.wav", "rb").read()
     assert rows[1]["reversed_pair_audio"] == b""
@@ -126,8 +136,15 @@ def test_compa_benchmarks(tmp_path, cls, triplets):
 def test_build_from_tfds_pairs_captions_as_negatives(tmp_path):
     m = tmp_path / "m"
     _compa_dir(m, triplets=True)
-    stats = build(None, str(tmp_path / "out"), format="tfds", tfds_name="compa_order",
-                  manual_dir=str(m), tfds_split="test", sample_rate=SR)
+    stats = build(
+        None,
+        str(tmp_path / "out"),
+        format="tfds",
+        tfds_name="compa_order",
+        manual_dir=str(m),
+        tfds_split="test",
+        sample_rate=SR,
+    )
     assert stats["written"] == 4 and stats["skipped_by_reason"] == {"missing_file": 1}
     src = RecordSource(str(tmp_path / "out"))
     got = {e["key"]: (e["captions"], e["negatives"]) for e in map(src.example, range(len(src)))}

@@ -157,5 +157,8 @@ def test_eval_cli_hides_orbax_read_only_notices(bench, monkeypatch, caplog):
 
 
 def test_eval_cli_passes_step_to_load(bench):
-    assert run.main(["--model", "/m/compa", "--benchmark", "compa", "--data", str(bench / "order.csv"), "--step", "4"]) == 0
+    assert (
+        run.main(["--model", "/m/compa", "--benchmark", "compa", "--data", str(bench / "order.csv"), "--step", "4"])
+        == 0
+    )
     assert LOADED == [("/m/compa", 4)]

@@ -102,7 +102,9 @@ def test_test_set_files_use_only_the_given_clips(tmp_path):
         pair, rev = (sf.read(tmp_path / "test" / r[k])[0] for k in ("pair_file", "reversed_pair_file"))
         assert pair.size == rev.size and not np.allclose(pair, rev)
         if r["category"] == "loudness":
-            assert r["reversed_pair_caption"] == r["pair_caption"].replace("loud", "@").replace("quiet", "loud").replace("@", "quiet")
+            assert r["reversed_pair_caption"] == r["pair_caption"].replace("loud", "@").replace(
+                "quiet", "loud"
+            ).replace("@", "quiet")
         else:
             assert "followed by" in r["pair_caption"] and r["pair_caption"] != r["reversed_pair_caption"]
     rows = [json.loads(line) for line in (tmp_path / "test" / "retrieval.jsonl").read_text().splitlines()]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +12,6 @@ from flax import nnx
 
 from clapcomp.convert.hf import load_hf_clap
 from clapcomp.models.clap import ClapModel, l2_normalize
-
-import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 
 
 @pytest.fixture(scope="module")
