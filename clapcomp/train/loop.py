@@ -277,15 +277,17 @@ def main(argv: list[str]) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    want_help = any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
+    argv = ["clapcomp train", *(a for a in argv if a not in ("-h", "--help", "-help", "--helpfull"))]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py[:arg])", flag_values=fv)
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py[:k=v,...])", flag_values=fv,
+                                    sys_argv=argv)  # overrides are read from these, not sys.argv
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, config.json", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without SLURM/TPU)", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)", flag_values=fv)
-    want_help = any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
     try:
-        fv(["clapcomp train", *(a for a in argv if a not in ("-h", "--help", "-help", "--helpfull"))])
+        fv(argv)
     except flags.Error as e:
         sys.stderr.write(f"clapcomp train: {e}\n{fv.main_module_help()}\n")
         return 2
