@@ -142,12 +142,17 @@ def prepare(config, workdir: str | Path | None = None):
     import ml_collections
 
     c = ml_collections.ConfigDict(config.to_dict())
+    resuming = workdir is not None and _has_checkpoints(Path(workdir))
+    if resuming and c.init.kind == "auto":  # as the run started (the source may be gone by now)
+        from clapcomp.train.checkpoint import read_config
+
+        c.init.kind = read_config(workdir).init.kind
     if c.init.kind == "auto":
         c.init.kind = detect_kind(c.init.path) if c.init.path else "none"
         log.info("config.init.kind: %s%s", c.init.kind, f" (detected from {c.init.path})" if c.init.path else "")
     elif c.init.kind != "none" and not c.init.path:
         raise ValueError(f"config.init.kind={c.init.kind!r} needs config.init.path")
-    if workdir is not None and _has_checkpoints(Path(workdir)):  # resuming: the workdir's architecture
+    if resuming:  # the workdir's architecture
         loaded = checkpoint_architecture("checkpoint", str(workdir), c)
         model = merge_architecture(c, loaded, str(workdir))
     elif c.init.kind != "none":
