@@ -90,6 +90,11 @@ class TextConfig:
     pooling: str = "pooler"  # "pooler" (dense+tanh on token 0, CLAP) | "mean" | "cls"
     max_length: int = 77
 
+    @property
+    def max_positions(self) -> int:
+        """The longest token sequence the position table holds (RoBERTa's positions start at pad + 1)."""
+        return self.max_position_embeddings - (self.pad_token_id + 1 if self.family == "roberta" else 0)
+
 
 @dataclasses.dataclass(frozen=True)
 class ClapConfig:
@@ -138,6 +143,11 @@ def check_geometry(cfg: ClapConfig) -> None:
     if a.hop_length > a.n_fft:
         raise ValueError(f"model.audio.hop_length={a.hop_length} > n_fft={a.n_fft}: samples between windows would be "
                          f"skipped; set --config.model.audio.n_fft={1 << (a.hop_length - 1).bit_length()}")  # fmt: skip
+    t = cfg.text
+    if t.max_length > t.max_positions:
+        raise ValueError(f"model.text.max_length={t.max_length} exceeds the {t.family} text tower's position table "
+                         f"(max_position_embeddings={t.max_position_embeddings}); set "
+                         f"--config.model.text.max_length={t.max_positions} or less")  # fmt: skip
     width = h.spec_size * (h.spec_size // h.n_mels)  # frames HTSAT folds into its spec_size x spec_size image
     if a.n_frames > width:
         hop = next(k for k in range(a.hop_length, a.clip_samples + 2) if a.clip_samples // k + 1 <= width)

@@ -126,6 +126,11 @@ def merge_architecture(config, loaded: ClapConfig, source: str) -> ClapConfig:
             f"the weights at {source} do not fit the config: " + "; ".join(errors) + ". The architecture comes from "
             "the checkpoint: drop these overrides (or set them to the checkpoint's values), or start from other weights."
         )
+    text = out["text"]
+    limit = TextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in text.items()}).max_positions
+    if text["max_length"] > limit and text["max_length"] == default["text"]["max_length"]:
+        chosen.append(f"text.max_length={limit} (the checkpoint's position table; default {text['max_length']})")
+        text["max_length"] = limit
     if chosen:
         log.info("from the config on top of %s: %s", source, ", ".join(chosen))
     return ClapConfig.from_dict(out)

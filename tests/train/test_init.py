@@ -147,3 +147,18 @@ def test_laion_pt_needs_a_tokenizer(tmp_path, helpers):
     (tmp_path / "x.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="holds no tokenizer: pass --config.tokenizer"):
         init_lib.tokenizer_source(c)
+
+
+def test_text_length_is_derived_from_a_short_position_table_unless_set(helpers):
+    import dataclasses
+
+    from clapcomp.models.configs import ClapConfig, TextConfig
+
+    c = _config(helpers, "compa_stage2")
+    loaded = ClapConfig(text=TextConfig(max_position_embeddings=40))  # RoBERTa: 40 - (pad 1 + 1) = 38 tokens
+    assert init_lib.merge_architecture(c, loaded, "ckpt").text.max_length == 38
+    c.model.text.max_length = 60
+    merged = init_lib.merge_architecture(c, loaded, "ckpt")
+    with pytest.raises(ValueError, match=r"model.text.max_length=60 exceeds .* set --config.model.text.max_length=38"):
+        check_geometry(merged)
+    check_geometry(dataclasses.replace(merged, text=dataclasses.replace(merged.text, max_length=38)))
