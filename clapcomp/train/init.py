@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ def _loader(kind: str):
     from clapcomp.inference import LAYOUTS
 
     module, function = next(lay for lay in LAYOUTS if lay.name == KINDS[kind]).loader.split(":")
-    return getattr(__import__(module, fromlist=[function]), function)
+    return getattr(importlib.import_module(module), function)
 
 
 def checkpoint_architecture(kind: str, path: str, config) -> ClapConfig:

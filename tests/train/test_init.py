@@ -162,3 +162,24 @@ def test_text_length_is_derived_from_a_short_position_table_unless_set(helpers):
     with pytest.raises(ValueError, match=r"model.text.max_length=60 exceeds .* set --config.model.text.max_length=38"):
         check_geometry(merged)
     check_geometry(dataclasses.replace(merged, text=dataclasses.replace(merged.text, max_length=38)))
+
+
+def test_resume_needs_neither_the_source_dir_nor_its_tokenizer(helpers, tmp_path, tone_records):
+    from clapcomp.train import checkpoint as ckpt_lib
+
+    source = R.save_small_hf_dir(tmp_path / "clap-small")
+    c = _config(helpers, "compa_stage2")
+    c.init.path, c.data.train = str(source), str(tone_records)
+    workdir = tmp_path / "run"
+    first = init_lib.prepare(c, workdir)
+    ckpt_lib.save_config(workdir, first)
+    init_lib.copy_tokenizer(first, workdir)
+    (workdir / "checkpoints" / "2").mkdir(parents=True)  # as if a step had been saved
+    shutil.rmtree(source)
+    again = init_lib.prepare(c, workdir)
+    assert again.init.kind == "hf" and again.model.to_dict() == first.model.to_dict()
+    assert again.tokenizer_sha256 == first.tokenizer_sha256
+    assert init_lib.run_tokenizer(again, workdir).source == str(workdir / "tokenizer.json")
+    (workdir / "tokenizer.json").write_text((workdir / "tokenizer.json").read_text().replace("<mask>", "<masc>"))
+    with pytest.raises(ValueError, match="not the .* this run was started with"):
+        init_lib.run_tokenizer(again, workdir)
