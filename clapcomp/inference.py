@@ -7,8 +7,9 @@ jitted once per padded shape: batches are cut into chunks of at most `max_batch`
 batch is padded up to a power of two (repeating its first row), audio lengths to whole clips
 (`audio.prepare_waveforms`), texts to `max_length` tokens.
 
-`load(path)` recognises the directory layouts listed in `LAYOUTS` (today: an HF transformers
-ClapModel dir). Texts need a `tokenizer.json`: `load` takes the one in the directory, or the
+`load(path)` recognises the layouts listed in `LAYOUTS` (HF ClapModel dir, clapcomp export, clapcomp
+training workdir, LAION .pt). Texts need a `tokenizer.json`: `load` takes the one in the directory
+(a training workdir holds a copy, checked against the sha256 its config.json pins), or the
 `tokenizer=` argument (a `Tokenizer`, a tokenizer.json path or a dir holding one).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib
 import json
 import sys
@@ -95,8 +97,13 @@ def _tokenizer(tokenizer, path: Path, config: ClapConfig) -> Tokenizer | None:
     if tokenizer is None and not path.is_dir():
         return None  # a checkpoint file (LAION .pt) carries no tokenizer: pass tokenizer=
     training = _training_config(path) if tokenizer is None else None
-    if training and training.get("tokenizer") and not (path / "tokenizer.json").is_file():
-        tokenizer = training["tokenizer"]  # the tokenizer the run was trained with
+    if training and (path / "tokenizer.json").is_file() and training.get("tokenizer_sha256"):
+        digest = hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()
+        if digest != training["tokenizer_sha256"]:
+            raise ValueError(f"{path}/tokenizer.json has sha256 {digest}, but the run was trained with "
+                             f"{training['tokenizer_sha256']} (config.json tokenizer_sha256); restore its tokenizer.json")  # fmt: skip
+    elif training and training.get("tokenizer") and not (path / "tokenizer.json").is_file():
+        tokenizer = training["tokenizer"]  # a workdir from before workdirs held their tokenizer
     source = Path(tokenizer) if tokenizer is not None else path
     if source.is_file():
         return Tokenizer.from_file(source, max_length=config.text.max_length)

@@ -1,45 +1,27 @@
 """CompA stage 2: fine-tune a pretrained CLAP with K = 3 composition-aware hard negatives.
 
-Run:
   clapcomp train --config configs/compa_stage2.py --workdir runs/compa2 \
-      --config.init.path=/models/laion-clap-htsat-unfused --config.data.train=/data/compa/train
+      --config.init.path=/models/clap-htsat-unfused --config.data.train=/data/compa/train
 
+`init.path`: an HF ClapModel dir (laion/clap-htsat-unfused or -fused, saved with save_pretrained),
+a LAION-CLAP .pt (then also --config.tokenizer=roberta-base/tokenizer.json), or a clapcomp workdir;
+its kind is detected. The architecture comes from the checkpoint; dropout, drop-path, SpecAugment,
+the loss, the optimizer and the data from this file. Arguments: `dtype` = float32 | bfloat16
+(`configs/compa_stage2.py:dtype=bfloat16`; a bare `bf16` also works).
 The hard negatives of each audio enter only that audio's audio->text softmax (clapcomp.losses).
 """
 
-import math
-
-import ml_collections
+from clapcomp.train.config import defaults, parse_arg
 
 
 def get_config(arg=None):
-    c = ml_collections.ConfigDict()
+    arg = parse_arg("dtype=bfloat16" if arg == "bf16" else arg, dtype="float32")
+    c = defaults()
     c.seed = 3407
-    c.model = ml_collections.ConfigDict(
-        dict(
-            audio=dict(sample_rate=48_000, clip_seconds=10.0, fusion=False),
-            htsat=dict(),
-            text=dict(),
-            projection_dim=512,
-            logit_scale_init=math.log(1 / 0.07),
-            dtype="bfloat16" if arg == "bf16" else "float32",
-        )
-    )
-    c.init = ml_collections.ConfigDict(dict(kind="hf", path=""))  # HF ClapModel dir (or kind="checkpoint")
-    c.tokenizer = ""  # defaults to init.path when empty
-    c.data = ml_collections.ConfigDict(dict(train="", batch_size=256, num_negatives=3, num_positives=0, workers=8))
+    c.model.dtype = arg.dtype
     c.loss = "compa"
-    c.optimizer = ml_collections.ConfigDict(
-        dict(lr=1e-4, warmup_steps=1600, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
-    )
-    c.freeze = ""
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-    c.fsdp_text = False
+    c.data.num_negatives = 3
+    c.optimizer.warmup_steps = 1600
     c.total_steps = 20_000
-    c.log_every = 50
-    c.ckpt_every = 1000
     c.eval_every = 2000
-    c.keep_checkpoints = 3
-    c.evaluators = []
-    c.max_consecutive_nonfinite = 20
     return c

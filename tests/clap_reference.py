@@ -115,3 +115,21 @@ def hf_text_embeddings(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = model.get_text_features(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
     return out.pooler_output.numpy()
+
+
+def save_small_hf_dir(directory: Path, *, fusion: bool = False, seed: int = 0) -> Path:
+    """A small random `transformers.ClapModel` dir as `save_pretrained` writes it (HF's own dropout and
+    drop-path defaults), with an 8 kHz / 1-s / 16-mel `ClapFeatureExtractor` and a tokenizer.json:
+    the layout of laion/clap-htsat-*, at the tiny config's audio size."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    audio = dict(patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], hidden_size=32,
+                 num_mel_bins=16, spec_size=64, window_size=8, enable_fusion=fusion,
+                 fusion_type="aff_2d" if fusion else None)  # fmt: skip
+    model = ClapModel(ClapConfig(text_config=dict(TEXT), audio_config=audio, projection_dim=24)).eval()
+    randomise(model, seed)
+    save_hf_dir(model, directory)
+    ClapFeatureExtractor(feature_size=16, sampling_rate=8000, hop_length=80, fft_window_size=256, max_length_s=1,
+                         frequency_min=50, frequency_max=4000,
+                         truncation="fusion" if fusion else "rand_trunc").save_pretrained(directory)  # fmt: skip
+    return directory

@@ -149,6 +149,11 @@ class TextConfig:
     max_length: int = 77
     remat: str = "none"  # training: rematerialise each layer (clapcomp.models.remat.POLICIES)
 
+    @property
+    def max_positions(self) -> int:
+        """The longest token sequence the position table holds (RoBERTa's positions start at pad + 1)."""
+        return self.max_position_embeddings - (self.pad_token_id + 1 if self.family == "roberta" else 0)
+
 
 @dataclasses.dataclass(frozen=True)
 class ClapConfig:
@@ -173,6 +178,49 @@ class ClapConfig:
         for name, klass in towers.items():
             d[name] = _build(klass, d.get(name, {}))
         return _build(cls, d)
+
+
+# Which fields a run may choose on top of pretrained weights (clapcomp.train.init). Every other field
+# of `htsat`, `text`, `audio.fusion` and `projection_dim` is architecture: read from the checkpoint,
+# and a config that sets it explicitly to another value is an error. The front end (`audio`, except
+# `fusion`) is the checkpoint's unless the config sets it; the geometry check then decides.
+TRAINING_FIELDS: dict[str, frozenset[str]] = {
+    "htsat": frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "spec_augment"}),
+    "text": frozenset({"dropout", "attn_dropout", "max_length"}),
+    "": frozenset({"dtype", "logit_scale_init"}),  # the logit scale itself is a loaded weight
+}
+FRONT_END_FIELDS = frozenset(f.name for f in dataclasses.fields(AudioConfig)) - {"fusion"}
+
+
+def check_geometry(cfg: ClapConfig) -> None:
+    """The front end must fit the audio tower: a ValueError naming the fields and values that would fit."""
+    a, h = cfg.audio, cfg.htsat
+    if a.n_mels != h.n_mels:
+        raise ValueError(f"model.audio.n_mels={a.n_mels} but model.htsat.n_mels={h.n_mels}: HTSAT normalises each of "
+                         f"its {h.n_mels} mel bins; set --config.model.audio.n_mels={h.n_mels}")  # fmt: skip
+    if a.fusion != h.enable_fusion:
+        raise ValueError(f"model.audio.fusion={a.fusion} but model.htsat.enable_fusion={h.enable_fusion}: "
+                         f"set --config.model.audio.fusion={h.enable_fusion}")  # fmt: skip
+    if a.hop_length > a.n_fft:
+        raise ValueError(f"model.audio.hop_length={a.hop_length} > n_fft={a.n_fft}: samples between windows would be "
+                         f"skipped; set --config.model.audio.n_fft={1 << (a.hop_length - 1).bit_length()}")  # fmt: skip
+    t = cfg.text
+    if t.max_length > t.max_positions:
+        raise ValueError(f"model.text.max_length={t.max_length} exceeds the {t.family} text tower's position table "
+                         f"(max_position_embeddings={t.max_position_embeddings}); set "
+                         f"--config.model.text.max_length={t.max_positions} or less")  # fmt: skip
+    width = h.spec_size * (h.spec_size // h.n_mels)  # frames HTSAT folds into its spec_size x spec_size image
+    if a.n_frames > width:
+        hop = next(k for k in range(a.hop_length, a.clip_samples + 2) if a.clip_samples // k + 1 <= width)
+        seconds = math.floor((width * a.hop_length - 1) / a.sample_rate * 100) / 100
+        raise ValueError(
+            f"model.audio.clip_seconds={a.clip_seconds} at sample_rate={a.sample_rate} with hop_length={a.hop_length} "
+            f"gives {a.n_frames} mel frames, but HTSAT (model.htsat.spec_size={h.spec_size}, n_mels={h.n_mels}) takes "
+            f"at most {width} (spec_size * (spec_size // n_mels)). Fit them with one of: "
+            f"--config.model.audio.clip_seconds={seconds}; --config.model.audio.hop_length={hop} "
+            f"--config.model.audio.n_fft={max(a.n_fft, 1 << (hop - 1).bit_length())}; or, for a model trained from "
+            f"scratch, a larger model.htsat.spec_size"
+        )
 
 
 def _build(klass, values: dict[str, Any]):

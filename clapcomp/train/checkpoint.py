@@ -307,6 +307,7 @@ RESUMABLE = (
     "data.workers",
     "data.train",
     "tokenizer",
+    "tokenizer_sha256",  # pinned by the trainer; the workdir copy itself is checked on every start
     "init",
     "mesh",
     "fsdp_text",

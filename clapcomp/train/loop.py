@@ -1,13 +1,15 @@
 """`clapcomp train --config configs/x.py --workdir DIR [--config.field=value ...]`: the training loop.
 
+    config <- clapcomp.train.init.prepare: architecture from config.init.path (kind detected), checked
     mesh  <- config.mesh (axes data x fsdp) over every device of every process
-    state <- newest readable checkpoint in DIR, else config.init (random | HF | sentence | workdir)
+    state <- newest readable checkpoint in DIR, else config.init (random | HF | LAION | sentence | workdir | export)
     for step in range(state.step, config.total_steps):
         batch = next(data)                                   grain, global arrays on the mesh
         state, metrics = train_step(state, batch)             jitted, state donated
         log / checkpoint (every ckpt_every, and on SIGTERM/SIGINT: save, wait, exit 0) / evaluate
 Metrics go to a progress bar (step, loss, samples/s, ETA), `DIR/metrics.jsonl` and TensorBoard
-(`DIR/tb`), from process 0 only. The resolved config is `DIR/config.json`. `train(config, workdir)`
+(`DIR/tb`), from process 0 only. The resolved config is `DIR/config.json`, the run's tokenizer
+`DIR/tokenizer.json` (its sha256 in config.json). `train(config, workdir)`
 is the same loop as a Python function (the demo calls it); it returns the last logged metrics.
 """
 
@@ -28,6 +30,7 @@ from jax.experimental import multihost_utils
 
 from clapcomp.train import checkpoint as ckpt_lib
 from clapcomp.train import distributed
+from clapcomp.train import init as init_lib
 from clapcomp.train import state as state_lib
 from clapcomp.train import step as step_lib
 
@@ -51,6 +54,7 @@ def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
     file is written. Returns early, with a checkpoint saved, after SIGTERM/SIGINT
     (`metrics["preempted"] = True`)."""
     workdir = Path(workdir)
+    config = init_lib.prepare(config, workdir)  # architecture from the checkpoint; checked before compiling
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
@@ -63,14 +67,15 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
     has_checkpoints = bool(checkpointer.steps())
     accepted = ckpt_lib.check_resume_config(workdir, config) if has_checkpoints else []
     abstract = state_lib.abstract_state(config, mesh)
-    tokenizer = _tokenizer(config)
+    tokenizer = init_lib.run_tokenizer(config, workdir)
     iterator = _data_iterator(config, mesh, tokenizer)
 
     state = checkpointer.restore(abstract, iterator.grain_iterator, mode=restore)
     # Only now, with a restore done or a fresh start decided, does the workdir change.
     ckpt_lib.save_config(workdir, config)
+    init_lib.copy_tokenizer(config, workdir)
     if state is None:
-        graphdef, state = state_lib.init_state(config, mesh, state_lib.load_init_model(config))
+        graphdef, state = state_lib.init_state(config, mesh, init_lib.load_init_model(config))
     else:
         graphdef = state_lib.abstract_model(config)[0]
         _log_resume(workdir, int(state.step), accepted, restore)
@@ -103,7 +108,7 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
                 log.warning("stop requested (signal): saved checkpoint %d, exiting", done)
                 checkpointer.wait()
                 return {**last, "preempted": True}
-            if config.eval_every and (done % config.eval_every == 0 or done == config.total_steps):
+            if config.evaluators and config.eval_every and (done % config.eval_every == 0 or done == config.total_steps):
                 last.update(reporter.write(done, evaluate(config, graphdef, state, tokenizer)))
         checkpointer.wait()
         if start >= config.total_steps and config.evaluators:
@@ -126,22 +131,10 @@ def _log_resume(workdir: Path, step: int, accepted: list[str], restore: str) -> 
 # ----------------------------------------------------------------------------- data
 
 
-def _tokenizer(config):
-    from clapcomp.tokenizer import Tokenizer
-
-    path = Path(config.tokenizer or config.init.path)
-    if not str(path) or str(path) == ".":
-        raise ValueError("set config.tokenizer to a tokenizer.json (or a directory holding one)")
-    length = config.model.text.get("max_length", 77)
-    return Tokenizer.from_dir(path, max_length=length) if path.is_dir() else Tokenizer.from_file(path, max_length=length)
-
-
 def _data_iterator(config, mesh, tokenizer):
     """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline)."""
     from clapcomp.data import pipeline
 
-    if not config.data.train:
-        raise ValueError("config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)")
     from clapcomp.data.records import RecordSource
 
     if config.data.workers > 0:
@@ -321,14 +314,39 @@ class PreemptionGuard:
 # ----------------------------------------------------------------------------- CLI
 
 
+def usage(fv) -> str:
+    """`clapcomp train --help`: the flags, then every config field with its current value (the given
+    --config's, with its overrides, else the defaults of clapcomp/train/config.py)."""
+    from clapcomp.train.config import defaults
+
+    config = fv.config if fv.config is not None else defaults()
+    source = fv["config"].config_filename if fv.config is not None else "clapcomp/train/config.py defaults"
+
+    def fields(d, prefix="config."):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                yield from fields(v, f"{prefix}{k}.")
+            else:
+                yield f"  --{prefix}{k}={list(v) if isinstance(v, tuple) else v!r}"
+
+    head = [(main.__doc__ or "").strip(), "", "flags:"]
+    for name in ("config", "workdir", "coordinator", "num_processes", "process_id"):
+        head.append(f"  --{name}: {fv[name].help}")
+    return "\n".join([*head, "", f"config fields ({source}; override any with --config.FIELD=VALUE):",
+                      *fields(config.to_dict())])
+
+
 def main(argv: list[str]) -> int:
     """`clapcomp train --config configs/x.py --workdir DIR [--config.a.b=v ...] [--coordinator H:P
     --num_processes N --process_id I]`."""
     from absl import flags
     from ml_collections import config_flags
 
+    want_help = any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
+    argv = ["clapcomp train", *(a for a in argv if a not in ("-h", "--help", "-help", "--helpfull"))]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py[:arg])", flag_values=fv)
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py[:k=v,...])", flag_values=fv,
+                                    sys_argv=argv)  # overrides are read from these, not sys.argv
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, config.json", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without SLURM/TPU)", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)", flag_values=fv)
@@ -337,10 +355,13 @@ def main(argv: list[str]) -> int:
                       "with its data position; params_only: restore the train state, restart the data iterator "
                       "(e.g. after changing the process count)", flag_values=fv)
     try:
-        fv(["clapcomp train", *argv])
+        fv(argv)
     except flags.Error as e:
         sys.stderr.write(f"clapcomp train: {e}\n{fv.main_module_help()}\n")
         return 2
+    if want_help:
+        print(usage(fv))
+        return 0
     if fv.config is None or not fv.workdir:
         sys.stderr.write("clapcomp train: --config and --workdir are required\n")
         return 2

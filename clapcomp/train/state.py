@@ -14,7 +14,6 @@ of the *current* mesh: Orbax restores into it, so a checkpoint written on 8 devi
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
@@ -26,7 +25,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clapcomp.models.clap import ClapModel
-from clapcomp.models.configs import ClapConfig, TextConfig
+from clapcomp.models.configs import ClapConfig
 
 FSDP_MIN_SIZE = 2**18  # 262,144 elements: RoBERTa-base's 768x768 and larger matrices
 MAX_LOGIT_SCALE = float(np.log(100.0))
@@ -164,7 +163,7 @@ def abstract_state(config, mesh: Mesh) -> TrainState:
 
 def init_state(config, mesh: Mesh, model: ClapModel | None = None):
     """(graphdef, TrainState on `mesh`): random weights from `config.seed`, or `model`'s weights
-    (a model of the same architecture, e.g. from `load_init_model`)."""
+    (a model of the same architecture, e.g. from `clapcomp.train.init.load_init_model`)."""
     abstract = abstract_state(config, mesh)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
     if model is None:
@@ -192,51 +191,6 @@ def place(tree, shardings):
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree_util.tree_map(put, tree, shardings)
-
-
-def load_init_model(config) -> ClapModel | None:
-    """The model `config.init` names (None for random init); its config must match `config.model`."""
-    kind, path = config.init.kind, config.init.path
-    if kind == "none":
-        return None
-    if not path:
-        raise ValueError(f"config.init.kind={kind!r} needs config.init.path (a directory)")
-    cfg = model_config(config)
-    if kind == "hf":
-        from clapcomp.convert.hf import load_hf_clap
-
-        loaded_cfg, model = load_hf_clap(path)
-    elif kind == "checkpoint":
-        from clapcomp.train.checkpoint import load_model
-
-        loaded_cfg, model = load_model(path)
-    elif kind == "sentence":
-        from clapcomp.convert.sentence import load_sentence_encoder
-
-        model = ClapModel(dataclasses.replace(cfg, text=TextConfig()), rngs=nnx.Rngs(config.seed))
-        model.replace_text_tower(load_sentence_encoder(path).tower, rngs=nnx.Rngs(config.seed + 1))
-        loaded_cfg = model.cfg
-    else:
-        raise ValueError(f"config.init.kind must be none | hf | sentence | checkpoint, got {kind!r}")
-    _check_same_architecture(loaded_cfg, cfg, path)
-    return model
-
-
-def _check_same_architecture(loaded: ClapConfig, wanted: ClapConfig, path: str) -> None:
-    """The towers and heads must match; the front end (`audio`) and `dtype` are the config's choice."""
-    a, b = loaded.to_dict(), wanted.to_dict()
-    diff = sorted(
-        f"{tower}.{k}: {a[tower][k]!r} in {path}, {b[tower][k]!r} in config.model"
-        for tower in ("htsat", "text")
-        for k in a[tower]
-        if a[tower][k] != b[tower][k] and not (isinstance(a[tower][k], (list, tuple)) and list(a[tower][k]) == list(b[tower][k]))
-    )
-    diff += [f"{k}: {a[k]!r} vs {b[k]!r}" for k in ("projection_dim",) if a[k] != b[k]]
-    if diff:
-        raise ValueError(
-            "the weights in config.init.path do not fit config.model; set these config.model fields "
-            "to the checkpoint's values: " + "; ".join(diff)
-        )
 
 
 def clamp_logit_scale(params):

@@ -1,0 +1,291 @@
+"""What a run starts from, checked before anything is compiled: architecture, weights, tokenizer, data.
+
+    config = prepare(config, workdir)    architecture from the checkpoint, training choices from the
+                                         config; geometry and loss-vs-data checks; tokenizer pinned
+    copy_tokenizer(config, workdir)      <workdir>/tokenizer.json (the workdir is self-contained)
+    model  = load_init_model(config)     the weights `config.init` names (None: random init)
+
+Architecture from the checkpoint: with `config.init.path` (or when resuming a workdir), every
+architecture field of `config.model` (see `TRAINING_FIELDS` in clapcomp/models/configs.py) takes the
+checkpoint's value; a field the config sets explicitly (to a value other than its default in
+clapcomp/train/config.py) to another value is an error naming the field and both values. Training
+fields (dropout, drop-path, SpecAugment, max_length, dtype) stay the config's. The front end
+(`model.audio`) is the checkpoint's unless the config sets it; the geometry check then decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from clapcomp.models.configs import FRONT_END_FIELDS, TRAINING_FIELDS, ClapConfig, TextConfig, check_geometry
+from clapcomp.train import config as config_lib
+from clapcomp.train import state as state_lib
+
+log = logging.getLogger("clapcomp.train")
+
+# init.kind -> the `clapcomp.inference.LAYOUTS` row that detects and loads it ("sentence" is separate).
+KINDS = {"hf": "hf-clap", "laion": "laion-pt", "checkpoint": "clapcomp-workdir", "export": "clapcomp-export"}
+LOSSES = ("plain", "compa", "modular")
+
+
+def detect_kind(path: str | Path) -> str:
+    """What `path` holds, as an `init.kind`: hf | laion | checkpoint | export | sentence."""
+    from clapcomp.convert.sentence import _FAMILIES
+    from clapcomp.inference import LAYOUTS
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config.init.path={str(path)!r} does not exist")
+    for kind, name in KINDS.items():
+        if next(lay for lay in LAYOUTS if lay.name == name).detect(path):
+            return kind
+    cfg = path / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in _FAMILIES:
+        return "sentence"
+    found = sorted(p.name for p in path.iterdir()) if path.is_dir() else [path.name]
+    raise ValueError(f"config.init.path={str(path)!r} (holding {found}) is none of: an HF ClapModel dir, a LAION .pt, "
+                     "a clapcomp workdir or export, a sentence-encoder dir; set config.init.kind or another path")  # fmt: skip
+
+
+def _loader(kind: str):
+    from clapcomp.inference import LAYOUTS
+
+    module, function = next(lay for lay in LAYOUTS if lay.name == KINDS[kind]).loader.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def checkpoint_architecture(kind: str, path: str, config) -> ClapConfig:
+    """The ClapConfig of the weights at `path` (without building the model where the files say it)."""
+    if kind == "hf":
+        from clapcomp.convert.hf import config_from_hf
+
+        pre = Path(path, "preprocessor_config.json")
+        return config_from_hf(json.loads(Path(path, "config.json").read_text()),
+                              json.loads(pre.read_text()) if pre.is_file() else None)  # fmt: skip
+    if kind == "checkpoint":
+        from clapcomp.train.checkpoint import read_config
+
+        return state_lib.model_config(read_config(path))
+    if kind == "export":
+        return ClapConfig.from_dict(json.loads(Path(path, "clapcomp.json").read_text())["config"])
+    if kind == "laion":
+        from clapcomp.convert.laion import laion_config, read_laion_checkpoint
+
+        return laion_config(read_laion_checkpoint(path))
+    if kind == "sentence":  # the text tower from the encoder, the rest from the config
+        from clapcomp.convert.sentence import load_sentence_encoder
+
+        text = load_sentence_encoder(path, max_length=config.model.text.max_length).config
+        return dataclasses.replace(state_lib.model_config(config), text=text)
+    raise ValueError(f"config.init.kind must be auto | none | {' | '.join([*KINDS, 'sentence'])}, got {kind!r}")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def merge_architecture(config, loaded: ClapConfig, source: str) -> ClapConfig:
+    """config.model with the architecture of `loaded` (see module doc); raises on an explicit mismatch."""
+    wanted, default, have = config.model.to_dict(), config_lib.defaults().model.to_dict(), loaded.to_dict()
+    out, errors, chosen = {}, [], []
+    for group, fields in have.items():
+        if not isinstance(fields, dict):
+            fields, prefix = {group: fields}, ""
+        else:
+            prefix = group
+        merged = {}
+        for name, ours in fields.items():
+            field = f"{prefix}.{name}" if prefix else name
+            dflt = default[group][name] if prefix else default[name]
+            want = (wanted.get(group) or {}).get(name, dflt) if prefix else wanted.get(name, dflt)
+            if name in TRAINING_FIELDS.get(prefix, ()):
+                merged[name] = want
+                if _norm(want) != _norm(ours):
+                    chosen.append(f"{field}={want!r} (checkpoint {ours!r})")
+            elif _norm(want) == _norm(dflt) or _norm(want) == _norm(ours):
+                merged[name] = ours
+            elif prefix == "audio" and name in FRONT_END_FIELDS:
+                merged[name] = want
+                chosen.append(f"{field}={want!r} (checkpoint {ours!r})")
+            else:
+                errors.append(f"model.{field}: {_norm(ours)!r} in {source}, {_norm(want)!r} in the config")
+        if prefix:
+            out[group] = merged
+        else:
+            out.update(merged)
+    if errors:
+        raise ValueError(
+            f"the weights at {source} do not fit the config: " + "; ".join(errors) + ". The architecture comes from "
+            "the checkpoint: drop these overrides (or set them to the checkpoint's values), or start from other weights."
+        )
+    text = out["text"]
+    limit = TextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in text.items()}).max_positions
+    if text["max_length"] > limit and text["max_length"] == default["text"]["max_length"]:
+        chosen.append(f"text.max_length={limit} (the checkpoint's position table; default {text['max_length']})")
+        text["max_length"] = limit
+    if chosen:
+        log.info("from the config on top of %s: %s", source, ", ".join(chosen))
+    return ClapConfig.from_dict(out)
+
+
+def _has_checkpoints(workdir: Path) -> bool:
+    d = workdir / "checkpoints"
+    return (workdir / "config.json").is_file() and d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def prepare(config, workdir: str | Path | None = None):
+    """The run's config, resolved and checked: init.kind detected, the architecture from the checkpoint
+    (or from `workdir` when resuming), geometry and loss-vs-data validated, the tokenizer's sha256 pinned."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict(config.to_dict())
+    resuming = workdir is not None and _has_checkpoints(Path(workdir))
+    if resuming and c.init.kind == "auto":  # as the run started (the source may be gone by now)
+        from clapcomp.train.checkpoint import read_config
+
+        c.init.kind = read_config(workdir).init.kind
+    if c.init.kind == "auto":
+        c.init.kind = detect_kind(c.init.path) if c.init.path else "none"
+        log.info("config.init.kind: %s%s", c.init.kind, f" (detected from {c.init.path})" if c.init.path else "")
+    elif c.init.kind != "none" and not c.init.path:
+        raise ValueError(f"config.init.kind={c.init.kind!r} needs config.init.path")
+    if resuming:  # the workdir's architecture
+        loaded = checkpoint_architecture("checkpoint", str(workdir), c)
+        model = merge_architecture(c, loaded, str(workdir))
+    elif c.init.kind != "none":
+        loaded = checkpoint_architecture(c.init.kind, c.init.path, c)
+        model = merge_architecture(c, loaded, c.init.path)
+        log.info("architecture from %s: HTSAT embed_dim %d depths %s, %s text tower %d x %d, projection %d",
+                 c.init.path, model.htsat.embed_dim, list(model.htsat.depths), model.text.family,
+                 model.text.num_layers, model.text.hidden_size, model.projection_dim)  # fmt: skip
+    else:
+        model = state_lib.model_config(c)
+    check_geometry(model)
+    c.model = ml_collections.ConfigDict(model.to_dict())
+    check_loss_and_data(c)
+    src = tokenizer_source(c, workdir)
+    digest = sha256(src)
+    if c.tokenizer_sha256 and c.tokenizer_sha256 != digest:
+        raise ValueError(f"tokenizer {src} has sha256 {digest}, but config.tokenizer_sha256 pins {c.tokenizer_sha256}")
+    c.tokenizer_sha256 = digest
+    return c
+
+
+def check_loss_and_data(config) -> None:
+    """The loss against the batch fields and the records: an error naming the fields to change."""
+    loss, d = config.loss, config.data
+    if loss not in LOSSES:
+        raise ValueError(f"config.loss must be one of {LOSSES}, got {loss!r}")
+    if not d.train:
+        raise ValueError("config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)")
+    if loss == "compa" and d.num_negatives < 1:
+        raise ValueError("config.loss='compa' needs hard negatives: set --config.data.num_negatives=3 (K, CompA's value)")
+    if loss == "modular" and d.num_positives < 1:
+        raise ValueError("config.loss='modular' needs extra positives: set --config.data.num_positives=5 (and "
+                         "num_negatives=5), with records from `clapcomp data compose`")  # fmt: skip
+    if loss == "plain":
+        return
+    with_neg, with_pos, rows = _record_counts(d.train)
+    if loss == "modular" and with_pos == 0:
+        raise ValueError(
+            f"config.loss='modular' but none of the {rows} records in {d.train} has positives: build them with "
+            "`clapcomp data compose` (CompA stage 3 data), or train with --config.loss=compa"
+        )
+    if with_neg == 0:
+        log.info("the records in %s hold no negatives: clapcomp.data.negatives writes %d per caption", d.train,
+                 d.num_negatives)
+
+
+def _record_counts(train: str, sample: int = 64) -> tuple[int, int, int | str]:
+    """(rows with negatives, rows with positives, rows): `stats.json` of `clapcomp data build` if it
+    counts them, else the first `sample` records."""
+    stats_file = Path(train) / "stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    if "rows_with_negatives" in stats and "rows_with_positives" in stats:
+        return stats["rows_with_negatives"], stats["rows_with_positives"], stats.get("written", "?")
+    from clapcomp.data.records import RecordSource
+
+    source = RecordSource(train)
+    examples = [source.example(i) for i in range(min(sample, len(source)))]
+    n = len(examples)
+    return (sum(bool(e.get("negatives")) for e in examples), sum(bool(e.get("positives")) for e in examples),
+            f"{n} first" if n < len(source) else n)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def load_init_model(config):
+    """The model `config.init` names (None for random init), for a config resolved by `prepare`."""
+    kind, path = config.init.kind, config.init.path
+    if kind == "none":
+        return None
+    cfg = state_lib.model_config(config)
+    if kind == "sentence":
+        from clapcomp.convert.sentence import load_sentence_encoder
+        from clapcomp.models.clap import ClapModel
+
+        model = ClapModel(dataclasses.replace(cfg, text=TextConfig()), rngs=nnx.Rngs(config.seed))
+        model.replace_text_tower(load_sentence_encoder(path).tower, rngs=nnx.Rngs(config.seed + 1))
+        return model
+    loaded_cfg, model = _loader(kind)(path)
+    merge_architecture(config, loaded_cfg, path)  # the weights still fit (the files may have changed)
+    return model
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tokenizer_source(config, workdir: str | Path | None = None) -> Path:
+    """The tokenizer.json a run uses: the workdir's copy when resuming, else config.tokenizer (a file or
+    a dir holding one), else the one in init.path."""
+    if workdir is not None and (Path(workdir) / "tokenizer.json").is_file():
+        return Path(workdir) / "tokenizer.json"
+    given = config.tokenizer or config.init.path
+    if not given:
+        raise ValueError("set config.tokenizer to a tokenizer.json (or a directory holding one)")
+    path = Path(given)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    elif not config.tokenizer and path.is_file():  # a LAION .pt
+        raise ValueError(f"config.init.path={given} holds no tokenizer: pass --config.tokenizer=PATH/tokenizer.json "
+                         "(RoBERTa-base's for LAION-CLAP, e.g. the one in an HF laion/clap-htsat-unfused dir)")  # fmt: skip
+    if not path.is_file():
+        raise FileNotFoundError(f"missing tokenizer: {path} does not exist; set config.tokenizer to a tokenizer.json")
+    return path
+
+
+def copy_tokenizer(config, workdir: str | Path) -> Path:
+    """<workdir>/tokenizer.json, a copy of the run's tokenizer (process 0, write + rename), so the
+    workdir loads, evaluates, exports and seeds the next stage without the source directory."""
+    dst = Path(workdir) / "tokenizer.json"
+    if jax.process_index() == 0 and not dst.is_file():
+        src = tokenizer_source(config)
+        tmp = dst.with_suffix(".json.tmp")
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, dst)
+    return dst
+
+
+def run_tokenizer(config, workdir: str | Path):
+    """The Tokenizer of the run (the workdir's copy once written), checked against the pinned hash."""
+    from clapcomp.tokenizer import Tokenizer
+
+    path = tokenizer_source(config, workdir)
+    if config.tokenizer_sha256 and sha256(path) != config.tokenizer_sha256:
+        raise ValueError(f"{path} has sha256 {sha256(path)}, not the {config.tokenizer_sha256} this run was started "
+                         "with; restore the original tokenizer.json")  # fmt: skip
+    return Tokenizer.from_file(path, max_length=config.model.text.max_length)
