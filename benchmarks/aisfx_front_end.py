@@ -74,8 +74,8 @@ def compare(out: Path) -> None:
     import torch
 
     from clapcomp import audio
+    from clapcomp.audio import AISFX_AUDIO
     from clapcomp.convert.panns import _aisfx_safe_globals, aisfx_checkpoint_path, load_aisfx_tower
-    from clapcomp.models.configs import AISFX_AUDIO
 
     front, _, tower = load_aisfx_tower()
     cnn2d = _aisfx_file("models/cnn2d.py")

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from clapcomp.audio import AISFX_AUDIO, AudioConfig
 from clapcomp.models.cnn import Cnn
-from clapcomp.models.configs import AISFX_AUDIO, CNN_PRESETS, AudioConfig
+from clapcomp.models.configs import CNN_PRESETS
 
 
 def main() -> None:

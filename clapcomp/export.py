@@ -34,84 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "clapcomp-safetensors"
-FORMAT_VERSION = 1
+from clapcomp.convert.safetensors import flat_params, save_safetensors, write_tokenizer
+
 LOADER_NAME = "clapcomp_stablehlo_loader.py"
 _ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
                      "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------ safetensors
-def _name(path: tuple) -> str:
-    return ".".join(map(str, path))
-
-
-def flat_params(model) -> dict[str, np.ndarray]:
-    """Every nnx Variable of `model` (Params and BatchNorm stats) as float32/int numpy, by state path."""
-    from flax import nnx
-
-    return {_name(p): np.array(v.get_value(), order="C") for p, v in nnx.state(model).flat_state()}
-
-
-def save_safetensors(model, config, out: str | Path, tokenizer=None) -> list[Path]:
-    """Write model.safetensors + clapcomp.json (+ tokenizer.json); returns the files written."""
-    from safetensors.numpy import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(flat_params(model), str(out / "model.safetensors"), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
-    (out / "clapcomp.json").write_text(json.dumps(meta, indent=2))
-    return [out / "model.safetensors", out / "clapcomp.json", *_write_tokenizer(tokenizer, out)]
-
-
-def is_exported(path: Path) -> bool:
-    """`inference.load` layout test: a directory written by `save_safetensors` (or a stablehlo export)."""
-    meta = Path(path) / "clapcomp.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
-
-
-def load_exported(path: str | Path):
-    """A safetensors / stablehlo export dir -> `(ClapConfig, ClapModel)`; every tensor must match."""
-    from flax import nnx
-    from safetensors.numpy import load_file
-
-    from clapcomp.models.clap import ClapModel
-    from clapcomp.models.configs import ClapConfig
-
-    path = Path(path)
-    meta = json.loads((path / "clapcomp.json").read_text())
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}/clapcomp.json: format {meta.get('format')!r} v{meta.get('format_version')} is not "
-                         f"{FORMAT!r} <= v{FORMAT_VERSION}; is it from a newer clapcomp?")  # fmt: skip
-    config = ClapConfig.from_dict(meta["config"])
-    tensors = load_file(str(path / "model.safetensors"))
-    model = nnx.eval_shape(lambda: ClapModel(config, rngs=nnx.Rngs(0)))
-    flat = dict(nnx.state(model).flat_state())
-    names = {_name(p): p for p in flat}
-    missing, extra = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
-    if missing or extra:
-        raise ValueError(f"{path}/model.safetensors does not match its clapcomp.json config: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}; re-export the model")  # fmt: skip
-    for name, p in names.items():
-        want = flat[p].get_value().shape
-        if tensors[name].shape != tuple(want):
-            raise ValueError(f"{path}/model.safetensors: {name} has shape {tensors[name].shape}, config says {want}")
-        flat[p] = flat[p].replace(np.asarray(tensors[name]))
-    nnx.update(model, nnx.State.from_flat_path(flat))
-    return config, model
-
-
-def _write_tokenizer(tokenizer, out: Path) -> list[Path]:
-    """Copy the tokenizer's own tokenizer.json (the source file, without clapcomp's padding settings)."""
-    if tokenizer is None:
-        return []
-    src = Path(tokenizer.source)
-    if not src.is_file():
-        raise ValueError(f"the tokenizer was not read from a file ({tokenizer.source}); cannot copy its tokenizer.json")
-    if src.resolve() != (out / "tokenizer.json").resolve():
-        shutil.copyfile(src, out / "tokenizer.json")
-    return [out / "tokenizer.json"]
 
 
 # ------------------------------------------------------------------------------------ hf
@@ -127,7 +54,7 @@ def save_hf(model, config, out: str | Path, tokenizer=None) -> list[Path]:
     pre["processor_class"] = "ClapProcessor"
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     files = [out / "config.json", out / "preprocessor_config.json", out / "model.safetensors"]
-    written = _write_tokenizer(tokenizer, out)
+    written = write_tokenizer(tokenizer, out)
     if written:
         from tokenizers import Tokenizer as _Tokenizer
 

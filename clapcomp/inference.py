@@ -21,8 +21,8 @@ import hashlib
 import importlib
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,7 @@ LAYOUTS: list[Layout] = [
     Layout("hf-clap", "HF transformers ClapModel dir (config.json with model_type 'clap' + weights)",
            _is_hf_clap, "clapcomp.convert.hf:load_hf_clap"),
     Layout("clapcomp-export", "`clapcomp export --format safetensors|stablehlo` dir (clapcomp.json + model.safetensors)",
-           lambda p: importlib.import_module("clapcomp.export").is_exported(p), "clapcomp.export:load_exported"),
+           lambda p: importlib.import_module("clapcomp.convert.safetensors").is_exported(p), "clapcomp.convert.safetensors:load_exported"),
     Layout("clapcomp-workdir", "`clapcomp train --workdir` dir (config.json + checkpoints/; newest step or step=)",
            lambda p: _training_config(p) is not None, "clapcomp.train.checkpoint:load_model"),
     Layout("laion-pt", "LAION-CLAP / CompA checkpoint file (.pt / .pth / .ckpt)",
@@ -72,7 +72,7 @@ LAYOUTS: list[Layout] = [
 
 
 def load(path: str | Path, *, tokenizer: Tokenizer | str | Path | None = None, max_batch: int = 16,
-         step: int | None = None) -> "Clap":
+         step: int | None = None) -> Clap:
     """Load a model directory for inference (see `LAYOUTS`); the tokenizer from `tokenizer` or `path`.
     `step`: for a training workdir, that checkpoint instead of the newest."""
     path = Path(path)
@@ -135,7 +135,7 @@ class Clap:
         return self._fns[method], state
 
     @classmethod
-    def from_model(cls, model, config: ClapConfig, tokenizer: Tokenizer | None = None, **kwargs) -> "Clap":
+    def from_model(cls, model, config: ClapConfig, tokenizer: Tokenizer | None = None, **kwargs) -> Clap:
         """Wrap an in-memory `ClapModel` (e.g. the trainer's); it reads the model's current parameters."""
         return cls(model, config, tokenizer, **kwargs)
 

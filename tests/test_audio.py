@@ -290,7 +290,7 @@ def test_aisfx_front_end_options_match_a_numpy_float64_reference(essentia):
     NumPy float64 on a loud decaying noise and a quiet clip shorter than the clip (repeat-padded)."""
     import dataclasses
 
-    from clapcomp.models.configs import AISFX_AUDIO
+    from clapcomp.audio import AISFX_AUDIO
 
     cfg = AISFX_AUDIO if essentia else dataclasses.replace(
         AISFX_AUDIO, peak_normalize=True, window="periodic", mel_weighting="hz")  # fmt: skip

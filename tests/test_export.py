@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from clapcomp import export
+from clapcomp.convert import safetensors as st_format
 from clapcomp.inference import Clap
 from clapcomp.models.clap import ClapModel
 from clapcomp.models.configs import AudioConfig, ClapConfig, HTSATConfig, TextConfig
@@ -142,10 +143,10 @@ def test_hf_export_refuses_what_hf_cannot_hold(tmp_path, made):
 
 def test_safetensors_round_trip_is_exact(tmp_path, made):
     cfg, model, tok = made
-    export.save_safetensors(model, cfg, tmp_path / "st", tok)
-    config, loaded = export.load_exported(tmp_path / "st")
+    st_format.save_safetensors(model, cfg, tmp_path / "st", tok)
+    config, loaded = st_format.load_exported(tmp_path / "st")
     assert config == cfg
-    a, b = export.flat_params(model), export.flat_params(loaded)
+    a, b = st_format.flat_params(model), st_format.flat_params(loaded)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     clap = __import__("clapcomp").load(tmp_path / "st")
     audio = clips(cfg)
@@ -160,12 +161,12 @@ def test_safetensors_mismatch_is_a_clear_error(tmp_path, made):
     cfg, model, _ = made
     import dataclasses
 
-    export.save_safetensors(model, cfg, tmp_path / "st")
+    st_format.save_safetensors(model, cfg, tmp_path / "st")
     meta = json.loads((tmp_path / "st" / "clapcomp.json").read_text())
     meta["config"] = dataclasses.replace(cfg, projection_dim=4).to_dict()
     (tmp_path / "st" / "clapcomp.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"audio_projection.linear1.bias has shape \(8,\), config says \(4,\)"):
-        export.load_exported(tmp_path / "st")
+        st_format.load_exported(tmp_path / "st")
 
 
 FRESH = textwrap.dedent(
@@ -193,7 +194,7 @@ FRESH = textwrap.dedent(
 def test_stablehlo_runs_in_a_fresh_process_without_clapcomp(tmp_path, made):
     cfg, model, tok = made
     out = tmp_path / "shlo"
-    export.save_safetensors(model, cfg, tmp_path / "src", tok)  # the CLI's source: a dir clapcomp.load reads
+    st_format.save_safetensors(model, cfg, tmp_path / "src", tok)  # the CLI's source: a dir clapcomp.load reads
     assert export.main(["--model", str(tmp_path / "src"), "--format", "stablehlo", "--out", str(out)]) == 0
     manifest = json.loads((out / "stablehlo.json").read_text())
     assert manifest["functions"]["audio"]["inputs"][0]["shape"] == ["b", cfg.audio.clip_samples]

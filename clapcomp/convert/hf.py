@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from clapcomp.audio import AudioConfig
 from clapcomp.convert.weights import read_tensors
-from clapcomp.models.configs import AudioConfig, ClapConfig, HTSATConfig, TextConfig
+from clapcomp.models.configs import ClapConfig, HTSATConfig, TextConfig
 
 # ---------------------------------------------------------------------------------------------
 # Tables: row = (HF name below a prefix, path in the module's nnx state, transform)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clapcomp.models.configs import AudioConfig, ClapConfig, HTSATConfig, TextConfig
+from clapcomp.audio import AudioConfig
+from clapcomp.models.configs import ClapConfig, HTSATConfig, TextConfig
 
 # LAION name (after "audio_branch." / "text_branch." etc.) -> HF ClapModel name. Regex rows, first match.
 TOP_LEVEL = [

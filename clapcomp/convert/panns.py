@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clapcomp.models.configs import AISFX_AUDIO, CNN_PRESETS, AudioConfig, CnnConfig
+from clapcomp.audio import AISFX_AUDIO, AudioConfig
+from clapcomp.models.configs import CNN_PRESETS, CnnConfig
 
 AISFX_CREDIT = (
     "aisfx model by Alison B. Ma and Alexander Lerch, 'Representation Learning for the Automatic Indexing of "

@@ -13,36 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
-
-@dataclasses.dataclass(frozen=True)
-class AudioConfig:
-    """Waveform -> log-mel front end (HF `ClapFeatureExtractor` semantics)."""
-
-    sample_rate: int = 48_000
-    n_fft: int = 1024  # also the Hann window length
-    hop_length: int = 480
-    n_mels: int = 64
-    f_min: float = 50.0
-    f_max: float = 14_000.0
-    clip_seconds: float = 10.0  # 480,000 samples -> 1001 frames
-    fusion: bool = False  # True: global + 3 local chunks (`aff_2d`); False: one repeat-padded mel
-    # Front-end variants; the defaults are HF / LAION-CLAP (HTSAT and PANN alike). aisfx: AISFX_AUDIO below.
-    mel_scale: str = "auto"  # "auto": htk if fusion else slaney (HF) | "slaney" | "htk"
-    mel_norm: str = "auto"  # "auto": slaney area with the slaney scale, none with htk | "slaney" | "none" | "unit_sum"
-    mel_weighting: str = "hz"  # filter triangles linear in "hz" (HF, librosa) or in "mel" (Essentia's "warping")
-    window: str = "periodic"  # Hann window: "periodic" (HF, librosa, torchlibrosa) | "symmetric" (Essentia)
-    pad_mode: str = "reflect"  # centre padding of the STFT: "reflect" (HF, torchlibrosa) | "constant" (zeros)
-    compression: str = "db"  # "db": 10 log10(max(p, 1e-10)) | "log10_1e4": log10(1e4 p + 1) (Essentia shift_scale_log)
-    peak_normalize: bool = False  # divide each clip by its largest |sample| before the STFT
-    feature_range: tuple[float, float] = (0.0, 1.0)  # (lo, hi): features -> (x - lo) / (hi - lo)
-
-    @property
-    def clip_samples(self) -> int:
-        return int(round(self.clip_seconds * self.sample_rate))
-
-    @property
-    def n_frames(self) -> int:
-        return self.clip_samples // self.hop_length + 1
+from clapcomp.audio import AudioConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,16 +87,6 @@ CNN_PRESETS = {
         n_mels=96, channels=(64, 128, 256, 512), pool="max", pool_last=False, input_norm=False, head="max"
     ),
 }
-# The front end aisfx's CNN was trained on, its Essentia spectrogram (44.1 kHz, 2048 / 1024 frames centred
-# with zeros, symmetric Hann, 96 HTK mels to 22.05 kHz, triangles in mel, unit-sum, log10(1e4 p + 1), min-max
-# by its training range); its clips are 100 frames (2.3 s). aisfx's librosa path instead peak-normalises the
-# audio and uses a periodic window with Hz triangles: replace(AISFX_AUDIO, peak_normalize=True,
-# window="periodic", mel_weighting="hz").
-AISFX_AUDIO = AudioConfig(
-    sample_rate=44_100, n_fft=2048, hop_length=1024, n_mels=96, f_min=0.0, f_max=22_050.0,
-    clip_seconds=99 * 1024 / 44_100, mel_scale="htk", mel_norm="unit_sum", mel_weighting="mel", window="symmetric",
-    pad_mode="constant", compression="log10_1e4", feature_range=(0.0, 9.457798957824707),
-)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +133,7 @@ class ClapConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClapConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ClapConfig:
         d = dict(d)
         towers = {"audio": AudioConfig, "htsat": HTSATConfig, "text": TextConfig, "cnn": CnnConfig}
         for name, klass in towers.items():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from clapcomp.export import load_exported, save_safetensors
+from clapcomp.convert.safetensors import load_exported, save_safetensors
 from clapcomp.models.clap import ClapModel
 from clapcomp.models.cnn import Cnn
 from clapcomp.models.configs import AudioConfig, ClapConfig, CnnConfig, TextConfig

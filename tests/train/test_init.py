@@ -59,13 +59,13 @@ def test_explicit_other_shape_fails_before_training_naming_field_and_values(help
 
 
 def test_kind_is_detected_for_every_layout(tmp_path, hf_dir, reference_run):
-    from clapcomp import export
+    from clapcomp.convert.safetensors import save_safetensors
     from clapcomp.inference import load
 
     assert init_lib.detect_kind(hf_dir) == "hf"
     assert init_lib.detect_kind(reference_run) == "checkpoint"
     clap = load(reference_run)
-    export.save_safetensors(clap.model, clap.config, tmp_path / "export", clap.tokenizer)
+    save_safetensors(clap.model, clap.config, tmp_path / "export", clap.tokenizer)
     assert init_lib.detect_kind(tmp_path / "export") == "export"
     (tmp_path / "x.pt").write_bytes(b"")
     assert init_lib.detect_kind(tmp_path / "x.pt") == "laion"
