@@ -32,12 +32,14 @@ HEADLINE = (
 
 
 def get_config(arg: str):
-    """configs/demo.py (beside the package in the repository) -> its get_config(arg)."""
+    """configs/demo.py -> its get_config(arg): the copy an installed wheel ships as clapcomp/configs/
+    (pyproject.toml `package-dir`), else the checkout's configs/ beside the package."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the demo from a clone of the clapcomp repository")
+    here = Path(__file__).resolve().parent
+    path = next((p for p in (here / "configs" / "demo.py", here.parent / "configs" / "demo.py") if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"configs/demo.py is neither in {here} nor in {here.parent}; reinstall clapcomp")
     spec = importlib.util.spec_from_file_location("clapcomp_demo_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -126,6 +128,10 @@ def format_table(per_seed: list[dict], models: tuple[str, ...] = tuple(MODELS)) 
             cells.append(f"{v.mean():>11.1f} ± {v.std():4.1f}" if len(v) > 1 else f"{v.mean():>18.1f}")
         c = chance.get(metric)
         lines.append(f"{metric:<22}" + "".join(cells) + (f"{c:>10.1f}" if c is not None else f"{'':>10}"))
+    lines.append(
+        "chance: random similarities; a tie counts as a failure, so a model that cannot tell the "
+        "captions apart scores near 0, not at chance"
+    )
     return "\n".join(lines)
 
 
