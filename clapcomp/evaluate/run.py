@@ -17,8 +17,6 @@ direction; zero-shot: top-1 and mAP); with `--out` writes results.json and PNG p
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 from pathlib import Path
 
 from clapcomp.evaluate.compa import evaluate_compa
@@ -69,25 +67,6 @@ def format_table(results: dict[str, dict[str, dict]]) -> str:
             " captions apart scores near 0, not at chance)"
         )
     return "\n".join(lines)
-
-
-class _ReadOnlyNotice(logging.Filter):
-    """Drops Orbax's warnings that a read-only checkpoint open is read-only (what evaluation asks for)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(
-            ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
-        )
-
-
-@contextlib.contextmanager
-def _quiet_read_only_restore():
-    logger, notice = logging.getLogger("absl"), _ReadOnlyNotice()
-    logger.addFilter(notice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(notice)
 
 
 def _parse_model(spec: str) -> tuple[str, str]:
@@ -142,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = EVALUATORS[args.benchmark]
     results: dict[str, dict[str, dict]] = {}
     for name, path in models:
-        with _quiet_read_only_restore():
-            embedder = clapcomp.load(path, step=args.step)
+        embedder = clapcomp.load(path, step=args.step)
         results[name] = {
             b: evaluate(embedder, data=d, **kwargs) for b, d in zip(_bench_names(args.data), args.data, strict=True)
         }

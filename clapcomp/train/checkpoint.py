@@ -377,6 +377,28 @@ def read_config(workdir: str | Path):
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's notices that a read-only open is read-only: exactly what was asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+        )
+
+
+def read_only_manager(directory: str | Path):
+    """An Orbax CheckpointManager that only reads `directory` (for loading weights), without Orbax's
+    warnings that it is read-only."""
+    import orbax.checkpoint as ocp
+
+    absl_log, notice = logging.getLogger("absl"), _ReadOnlyNotice()
+    absl_log.addFilter(notice)
+    try:
+        return ocp.CheckpointManager(Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
+    finally:
+        absl_log.removeFilter(notice)
+
+
 def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | None = None):
     """A training workdir's checkpoint `step` (default: the newest) -> (ClapConfig, graphdef, params,
     model_state). A step that cannot be read raises CheckpointError: never a quiet older model.
@@ -389,9 +411,7 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     if mesh is None:
         mesh = Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), ("data", "fsdp"))
     abstract = state_lib.abstract_state(config, mesh)
-    manager = ocp.CheckpointManager(
-        Path(workdir, "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
-    )
+    manager = read_only_manager(Path(workdir, "checkpoints"))
     steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first or pass another workdir")
