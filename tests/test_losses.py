@@ -335,7 +335,7 @@ def _load_benchmark(name: str):
 
 
 def test_benchmark_smoke(capsys):
-    bench = _load_benchmark()
+    bench = _load_benchmark("loss_sharding")
     assert bench.main(["--n", "64", "--k", "3", "--d", "16", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "sharded" in out and "dense" in out
