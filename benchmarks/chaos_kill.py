@@ -298,7 +298,7 @@ def compare_states(a, b) -> tuple[int, list[str]]:
     raw = lambda x: np.ascontiguousarray(np.atleast_1d(x)).view(np.uint8)
     diff = [
         jax.tree_util.keystr(p)
-        for (p, x), y in zip(leaves_a, leaves_b)
+        for (p, x), y in zip(leaves_a, leaves_b, strict=True)
         if x.dtype != y.dtype or x.shape != y.shape or not np.array_equal(raw(x), raw(y))
     ]
     return len(leaves_a), diff

@@ -181,11 +181,11 @@ MANIFEST = {
     "nul_in_path": ({"bad_row"}, lambda r, i: ({}, {"audio": f"a\x00{i}.wav", "caption": "c", "_jsonl": True})),
     "absolute_outside": (
         {"path_escapes_root"},
-        lambda r, i: ({}, {"audio": "{outside}/abs%d.wav" % i, "caption": "c"}),
+        lambda r, i: ({}, {"audio": f"{{outside}}/abs{i}.wav", "caption": "c"}),
     ),
     "absolute_inside": (
         {OK},
-        lambda r, i: ({f"ai{i}.wav": encoded(r, "WAV")}, {"audio": "{root}/ai%d.wav" % i, "caption": "c"}),
+        lambda r, i: ({f"ai{i}.wav": encoded(r, "WAV")}, {"audio": f"{{root}}/ai{i}.wav", "caption": "c"}),
     ),
     "dotdot_traversal": (
         {"path_escapes_root"},
@@ -219,7 +219,7 @@ MANIFEST = {
         lambda r, i: _m(encoded(r, "WAV"), f"bl{i}.wav", caption=str(r.choice(["[1, 2]", '["a", ', '[{"x": 1}]']))),
     ),
     "garbage_line": ({"bad_row"}, lambda r, i: ({}, {"_raw": str(r.choice(["{not json", "[1, 2]", "42", '"x"']))})),
-    "deep_json_row": ({"bad_row"}, lambda r, i: ({}, {"_raw": '{"audio": "a.wav", "caption": %s}' % deep_json()})),
+    "deep_json_row": ({"bad_row"}, lambda r, i: ({}, {"_raw": '{"audio": "a.wav", "caption": ' + deep_json() + "}"})),
     "deep_json_caption": ({"bad_row"}, lambda r, i: ({}, {"audio": "a.wav", "caption": deep_json(5000)})),
     "bitflip_audio": (
         AUDIO_OUTCOMES,

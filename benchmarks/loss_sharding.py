@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         loss, grads = jax.device_get(result)
         reference = reference or (loss, grads)
         dloss = abs(float(loss) - float(reference[0]))
-        dgrad = max(float(np.abs(np.asarray(g) - np.asarray(r)).max()) for g, r in zip(grads, reference[1]))
+        dgrad = max(
+            float(np.abs(np.asarray(g) - np.asarray(r)).max()) for g, r in zip(grads, reference[1], strict=True)
+        )
         mib = lambda b: b / 2**20
         print(
             f"{name:<13} {compile_s:>9.2f} {1e3 * statistics.median(times):>10.1f} "

@@ -291,7 +291,7 @@ def run_infer(args) -> list[dict]:
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(weights, *(data[k] for k in keys)).compile()
         compile_s = time.perf_counter() - start
-        call = lambda: compiled(weights, *(data[k] for k in keys))
+        call = lambda compiled=compiled, keys=keys: compiled(weights, *(data[k] for k in keys))
         first, times = timed(call, jax.block_until_ready, args.warmup, args.steps)
         source = "from waveforms" if what == "audio" else f"{cfg.text.max_length} tokens"
         rows.append(row(f"clapcomp {what} embed ({source})", args.batch, times, first_s=first, compile_s=compile_s,
@@ -351,7 +351,7 @@ def run_torch(args) -> tuple[dict, list[dict], str | None]:
         forward = compile_(model) if mode == "compile" else model
         model.train()
 
-        def train_step():
+        def train_step(forward=forward):
             with autocast():
                 loss = forward(input_ids=ids, attention_mask=mask, input_features=mel, is_longer=longer,
                                return_loss=True).loss  # fmt: skip
@@ -363,7 +363,7 @@ def run_torch(args) -> tuple[dict, list[dict], str | None]:
         rows.append(measure(f"torch {mode} train", train_step, args.batch,
                             model_flops(cfg, args.batch, args.batch, train=True)))  # fmt: skip
     model.eval()
-    audio = lambda m, l: model.get_audio_features(input_features=m, is_longer=l).pooler_output
+    audio = lambda m, is_longer: model.get_audio_features(input_features=m, is_longer=is_longer).pooler_output
     text = lambda i, m: model.get_text_features(input_ids=i, attention_mask=m).pooler_output
     for what, fn, args_, counts in (
         ("audio", audio, (mel, longer), (args.batch, 0)),

@@ -114,7 +114,7 @@ def save_stablehlo(model, config, out: str | Path, tokenizer=None, *, audio_samp
             "file": target.name,
             "inputs": [
                 {"name": n, "shape": ["b" if d is b else d for d in s], "dtype": np.dtype(t).name} for n, s, t in inputs
-            ],  # fmt: skip
+            ],
             "output": {"shape": ["b", config.projection_dim], "dtype": "float32"},
         }
         files.append(target)

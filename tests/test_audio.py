@@ -163,7 +163,7 @@ def test_fusion_chunk_starts_split_like_numpy_array_split():
     cfg = AudioConfig(fusion=True)
     lengths = np.array([3 * SR, 10 * SR + 479, 10 * SR + 480, 10 * SR + 960, 10 * SR + 1440, 17 * SR])
     starts = np.asarray(audio.fusion_chunk_starts(lengths, cfg))
-    for length, got in zip(lengths, starts):
+    for length, got in zip(lengths, starts, strict=True):
         n = max(length, cfg.clip_samples) // 480 + 1 - 1001 + 1
         parts = [list(p) or [0] for p in np.array_split(np.arange(n), 3)]
         assert list(got) == [parts[0][0], parts[1][len(parts[1]) // 2], parts[2][-1]]

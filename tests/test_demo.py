@@ -61,7 +61,7 @@ def compile_cache(tmp_path):
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
     old = {n: getattr(jax.config, n) for n in names}
-    for n, v in zip(names, (str(tmp_path / "xla_cache"), 0.0, -1)):
+    for n, v in zip(names, (str(tmp_path / "xla_cache"), 0.0, -1), strict=True):
         jax.config.update(n, v)
     yield
     for n, v in old.items():

@@ -39,7 +39,7 @@ def tiny_config(fusion: bool) -> ClapConfig:
             intermediate_size=32,
             max_position_embeddings=40,
             max_length=16,
-        ),  # fmt: skip
+        ),
         projection_dim=8,
     )
 

@@ -132,7 +132,7 @@ def _check_all_meshes(loss_and_grad, args, ref_loss, ref_grads):
     for mesh in [None] + [_mesh(d) for d in DEVICE_COUNTS]:
         loss, grads = loss_and_grad(*args, mesh)
         np.testing.assert_allclose(loss, ref_loss, **TOL, err_msg=f"loss, mesh={mesh}")
-        for name, got, want in zip(("audio", "text/pos", "negatives", "scale"), grads, ref_grads):
+        for name, got, want in zip(("audio", "text/pos", "negatives", "scale"), grads, ref_grads, strict=True):
             np.testing.assert_allclose(got, want, **TOL, err_msg=f"d/d{name}, mesh={mesh}")
 
 
@@ -186,7 +186,7 @@ def test_plain_loss_matches_reference_on_2d_mesh_with_model_axis():
         (_mesh(8, ("data", "model"), (4, 2)), None),
         (_mesh(8, ("replica", "model"), (4, 2)), "replica"),
     ]:
-        got = jax.jit(lambda a, t: contrastive_loss(a, t, 12.0, mesh=mesh, batch_axes=axes))(a, t)
+        got = jax.jit(lambda a, t, mesh=mesh, axes=axes: contrastive_loss(a, t, 12.0, mesh=mesh, batch_axes=axes))(a, t)
         np.testing.assert_allclose(got, want, **TOL, err_msg=str(mesh))
 
 
@@ -210,7 +210,7 @@ def test_no_or_all_masked_negatives_give_exactly_the_plain_loss():
     pos, pm = t[:, None], np.ones((16, 1), bool)
     for mesh in (None, _mesh(8)):
         plain, masked, empty, modular = jax.jit(
-            lambda a, t, h: (
+            lambda a, t, h, mesh=mesh: (
                 contrastive_loss(a, t, 20.0, mesh=mesh),
                 contrastive_loss(a, t, 20.0, h, none, mesh=mesh),
                 contrastive_loss(a, t, 20.0, h[:, :0], none[:, :0], mesh=mesh),
@@ -229,7 +229,7 @@ def test_modular_with_only_main_caption_equals_hard_negative_loss():
     pm = np.zeros((16, 3), bool)  # column 0 counts as valid regardless: the main caption
     for mesh in (None, _mesh(4)):
         got, want = jax.jit(
-            lambda a, t, h: (
+            lambda a, t, h, mesh=mesh: (
                 modular_loss(a, pos, pm, h, m, 20.0, mesh=mesh),
                 contrastive_loss(a, t, 20.0, h, m, mesh=mesh),
             )
@@ -246,12 +246,14 @@ def test_masked_entries_get_exactly_zero_gradient_even_with_nan_padding():
     h[~m], pos[~pm] = np.nan, np.nan
     for mesh in (None, _mesh(2)):
         loss, (ga, gh) = jax.jit(
-            jax.value_and_grad(lambda a, h: contrastive_loss(a, t, 30.0, h, m, mesh=mesh), argnums=(0, 1))
+            jax.value_and_grad(lambda a, h, mesh=mesh: contrastive_loss(a, t, 30.0, h, m, mesh=mesh), argnums=(0, 1))
         )(a, h)
         assert np.isfinite(loss) and np.isfinite(ga).all()
         assert (gh[~m] == 0).all() and (np.abs(gh[m]).sum(-1) > 0).all()
         loss, (ga, gp, gn) = jax.jit(
-            jax.value_and_grad(lambda a, p, n: modular_loss(a, p, pm, n, m, 30.0, mesh=mesh), argnums=(0, 1, 2))
+            jax.value_and_grad(
+                lambda a, p, n, mesh=mesh: modular_loss(a, p, pm, n, m, 30.0, mesh=mesh), argnums=(0, 1, 2)
+            )
         )(a, pos, h)
         assert np.isfinite(loss) and np.isfinite(ga).all()
         assert (gp[~pm] == 0).all() and (gn[~m] == 0).all() and np.isfinite(gp).all()
@@ -266,13 +268,15 @@ def test_bf16_embeddings_at_scale_100_are_finite_and_close_to_float64():
     want = ref_contrastive(*_f64(*bf[:2]), 100.0, np.float64(bf[2]), m)
     for mesh in (None, _mesh(8)):
         loss, grads = jax.jit(
-            jax.value_and_grad(lambda a, t, h: contrastive_loss(a, t, 100.0, h, m, mesh=mesh), argnums=(0, 1, 2))
+            jax.value_and_grad(
+                lambda a, t, h, mesh=mesh: contrastive_loss(a, t, 100.0, h, m, mesh=mesh), argnums=(0, 1, 2)
+            )
         )(*bf)
         assert loss.dtype == jnp.float32
         np.testing.assert_allclose(loss, want, rtol=1e-5)
         assert all(np.isfinite(np.float32(g)).all() for g in grads)
         pos, pm = jnp.stack([bf[1], bf[1]], axis=1), np.ones((32, 2), bool)
-        modular = jax.jit(lambda a, p, h: modular_loss(a, p, pm, h, m, 100.0, mesh=mesh))
+        modular = jax.jit(lambda a, p, h, pm=pm, mesh=mesh: modular_loss(a, p, pm, h, m, 100.0, mesh=mesh))
         assert np.isfinite(modular(bf[0], pos, bf[2]))
 
 
@@ -331,7 +335,7 @@ def _load_benchmark(name: str):
 
 
 def test_benchmark_smoke(capsys):
-    bench = _load_benchmark()
+    bench = _load_benchmark("loss_sharding")
     assert bench.main(["--n", "64", "--k", "3", "--d", "16", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "sharded" in out and "dense" in out

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -198,7 +199,7 @@ SECRET = "sk-live-FUZZ-91c2e"
 class _Server(BaseHTTPRequestHandler):
     """401 for captions with 'denied', 500 for 'flaky', otherwise one negative; logs the auth header."""
 
-    seen: list = []
+    seen: ClassVar[list] = []  # shared by the handler instances (one per request); each test subclasses
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

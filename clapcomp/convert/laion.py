@@ -96,7 +96,7 @@ def laion_to_hf(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             qkv = QKV.match(inner)
             if qkv:
                 block, kind = qkv.groups()
-                for name, part in zip(("query", "key", "value"), np.split(value, 3, axis=0)):
+                for name, part in zip(("query", "key", "value"), np.split(value, 3, axis=0), strict=True):
                     out[f"audio_model.audio_encoder.{block}.attention.self.{name}.{kind}"] = part
                 continue
             inner = _rename(HTSAT_RENAMES, inner)

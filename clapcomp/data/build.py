@@ -24,6 +24,7 @@ bad, the build stops with `BuildError`; the shards written until then stay valid
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -160,7 +161,9 @@ def build(
                 negatives = clean_texts(cand.get("negatives"), "negatives", max_caption_chars)
                 positives = clean_texts(cand.get("positives"), "positives", max_caption_chars)
                 negatives, dropped = clean_negatives(negatives, captions + positives)
-                wave = call_with_timeout(lambda: load_audio(cand["audio"], cand["name"], **audio_kw), timeout_s)
+                wave = call_with_timeout(
+                    functools.partial(load_audio, cand["audio"], cand["name"], **audio_kw), timeout_s
+                )
                 writer.write(
                     dict(
                         key=cand["key"],

@@ -39,7 +39,6 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -80,7 +79,7 @@ class Op:
         return f"{left} {self.op} {right}"
 
 
-Expr = Union[Event, Op]
+Expr = Event | Op
 
 
 def concat(a: Expr, b: Expr) -> Op:
@@ -423,7 +422,7 @@ def counting_example(phrases: Sequence[str], counts: Sequence[int]) -> dict:
             if c + d in COUNT_WORDS:
                 cands.append(render(counts[:i] + [c + d] + counts[i + 1 :]))
     negs = list(dict.fromkeys(n for n in cands if n != cap))
-    pos = [f"{p} {COUNT_WORDS[c]}" for p, c in zip(phrases, counts)] if len(counts) > 1 else []
+    pos = [f"{p} {COUNT_WORDS[c]}" for p, c in zip(phrases, counts, strict=True)] if len(counts) > 1 else []
     return {"caption": cap, "positives": pos, "negatives": negs}
 
 
@@ -486,8 +485,8 @@ def compose_one(
         shape = parse(SHAPES[int(rng.integers(len(SHAPES)))])
         names = leaves(shape)
         picks = rng.choice(len(clips), size=len(names), replace=len(names) > len(clips))
-        ex = example(shape, {n: labels[int(k)] for n, k in zip(names, picks)}, rng)
-        return render_audio(shape, {n: clips[int(k)] for n, k in zip(names, picks)}), ex
+        ex = example(shape, {n: labels[int(k)] for n, k in zip(names, picks, strict=True)}, rng)
+        return render_audio(shape, {n: clips[int(k)] for n, k in zip(names, picks, strict=True)}), ex
     x = int(rng.integers(len(clips)))
     other = [k for k in range(len(clips)) if labels[k] != labels[x]]  # same-label pairs make false negatives
     if not other:

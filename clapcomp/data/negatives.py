@@ -127,7 +127,7 @@ def order_swaps(caption: str) -> list[str]:
         return []
 
     def join(segs_, seps_):
-        return "".join([segs_[0]] + [sep + s for sep, s in zip(seps_, segs_[1:])])
+        return "".join([segs_[0]] + [sep + s for sep, s in zip(seps_, segs_[1:], strict=True)])
 
     def with_word(j, word):  # separators with the j-th connective replaced by `word`
         return seps[:j] + [seps[j].replace(seps[j].strip(" ,"), word)] + seps[j + 1 :]

@@ -323,7 +323,7 @@ def synthesize(
         kind, x, y, a1, a2 = _attribute_pair(rng)
         sx, sy, sp = (int(s) for s in rng.integers(0, 2**63 - 1, size=3))
         files = [f"audio/attribute/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed")]
-        for f, (ax, ay) in zip(files, ((a1, a2), (a2, a1))):
+        for f, (ax, ay) in zip(files, ((a1, a2), (a2, a1)), strict=True):
             ex_, ey_ = maker.event(x, {kind: ax}, sx), maker.event(y, {kind: ay}, sy)
             audio = compose.overlay_audio(ex_, ey_, balance=False, tile=False)
             _write(out / f, maker.place(audio, sp), sample_rate, ext)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -62,7 +63,7 @@ def _text(value) -> str:
 
 class _Base(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release (clapcomp)."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release (clapcomp)."}
 
     @tfds.core.utils.classproperty
     @classmethod

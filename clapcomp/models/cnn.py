@@ -92,7 +92,7 @@ class Cnn(nnx.Module):
             self.bn0 = _batch_norm(cfg.n_mels, jnp.float32, rngs)
         cins = (1,) + tuple(cfg.channels[:-1])
         self.blocks = nnx.List(
-            [ConvBlock(i, o, cfg.kernel_size, dtype=dtype, rngs=rngs) for i, o in zip(cins, cfg.channels)]
+            [ConvBlock(i, o, cfg.kernel_size, dtype=dtype, rngs=rngs) for i, o in zip(cins, cfg.channels, strict=True)]
         )
         if cfg.head == "fc1":
             self.fc1 = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
@@ -120,7 +120,7 @@ class Cnn(nnx.Module):
             x = spec_augment(x, keys[0])
         x = x.transpose(0, 2, 3, 1).astype(self.dtype)  # [B, F, M, 1]: time is H, mel is W
         last = len(self.blocks) - 1
-        for i, (block, k) in enumerate(zip(self.blocks, keys[1:])):
+        for i, (block, k) in enumerate(zip(self.blocks, keys[1:], strict=True)):
             x = block(x, pool=cfg.pool if (i < last or cfg.pool_last) else None, train=train)
             x = dropout(x, cfg.dropout, k) if train else x
         return jnp.mean(x.astype(jnp.float32), axis=2)
@@ -148,7 +148,9 @@ class Cnn(nnx.Module):
             return self._pool(x, k_head)
         bounds = span_bounds(x.shape[1], s)
         keys = [None] * s if k_head is None else list(jax.random.split(k_head, s))
-        return jnp.concatenate([self._pool(x[:, a:b], k) for a, b, k in zip(bounds[:-1], bounds[1:], keys)], axis=-1)
+        return jnp.concatenate(
+            [self._pool(x[:, a:b], k) for a, b, k in zip(bounds[:-1], bounds[1:], keys, strict=True)], axis=-1
+        )
 
     def outputs(self, mel) -> dict[str, jax.Array]:
         """LAION-CLAP's PANN output dict at inference: mel [B, 1, F, M] ->

@@ -163,7 +163,7 @@ class AFF(nnx.Module):
         pooled = jnp.mean(both, axis=(1, 2), keepdims=True)
         glob = norm(self.global_bn2, self.global_conv2(jax.nn.relu(norm(self.global_bn1, self.global_conv1(pooled)))))
         if train:  # a batch without any longer row must not move the running statistics
-            for bn, (mean, var) in zip(bns, saved):
+            for bn, (mean, var) in zip(bns, saved, strict=True):
                 bn.mean[...] = jnp.where(any_row, bn.mean[...], mean)
                 bn.var[...] = jnp.where(any_row, bn.var[...], var)
         gate = jax.nn.sigmoid(local + glob)
@@ -285,7 +285,7 @@ class SwinStage(nnx.Module):
 
     def __call__(self, x, *, key=None):
         call = remat.blockwise(lambda block, x, k: block(x, key=k), self.remat, "htsat.remat")
-        for block, k in zip(self.blocks, _split(key, len(self.blocks))):
+        for block, k in zip(self.blocks, _split(key, len(self.blocks)), strict=True):
             x = call(block, x, k)
         return x if self.downsample is None else self.downsample(x)
 
@@ -380,6 +380,6 @@ class HTSAT(nnx.Module):
         x = self.patch_embed(x, jnp.asarray(is_longer, bool).reshape(-1), train=train)
         if cfg.ape:
             x = x + self.absolute_pos_embed[...].astype(x.dtype)
-        for stage, k in zip(self.stages, _split(k_stages, len(self.stages))):
+        for stage, k in zip(self.stages, _split(k_stages, len(self.stages)), strict=True):
             x = stage(x, key=k)
         return self.norm(x.astype(jnp.float32))

@@ -67,15 +67,15 @@ class _Layer(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array, key: jax.Array | None) -> jax.Array:
         """x [B, L, H] f32, mask [B, L] bool (True = real token) -> [B, L, H] f32."""
-        b, l, h = x.shape
-        heads = lambda t: t.reshape(b, l, self.num_heads, h // self.num_heads)
+        b, seq, h = x.shape
+        heads = lambda t: t.reshape(b, seq, self.num_heads, h // self.num_heads)
         xc = x.astype(self.dtype)
         q, k, v = heads(self.query(xc)), heads(self.key(xc)), heads(self.value(xc))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         scores = scores * (h // self.num_heads) ** -0.5
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
         probs = _dropout(jax.nn.softmax(scores, axis=-1), self.attn_dropout, _key(key, 0))
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, l, h)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, seq, h)
         attn = _dropout(self.attn_out(ctx).astype(jnp.float32), self.dropout, _key(key, 1))
         x = self.attn_norm(x + attn)
         y = self.ffn_out(self.act(self.ffn_in(x.astype(self.dtype))))

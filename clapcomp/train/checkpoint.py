@@ -25,6 +25,7 @@ It never starts from scratch over existing checkpoints: when none can be read, i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -171,8 +172,8 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                self._retrying(step, lambda: self._check_compatible(step, abstract, mode))
-                return self._retrying(step, lambda: self._read(step, abstract, iterator, mode))
+                self._retrying(step, functools.partial(self._check_compatible, step, abstract, mode))
+                return self._retrying(step, functools.partial(self._read, step, abstract, iterator, mode))
             except CheckpointError:
                 raise
             except Exception as e:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib.util
 import json
 import logging
@@ -43,10 +44,8 @@ def load_config(path: Path, arg: str, overrides: list[str]):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set needs key=value, got {item!r}")
-        try:
+        with contextlib.suppress(ValueError, SyntaxError):  # else a plain string
             value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass  # a plain string
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
@@ -117,7 +116,9 @@ def run_seed(a, seed: int) -> dict:
     )
     tok = cfg("plain").tokenizer
     test = a.corpus / "test"
-    return {name: evaluate(workdir / d, tok, test) for name, d in zip(MODELS, ("plain", "compa", "compa_s3"))}
+    return {
+        name: evaluate(workdir / d, tok, test) for name, d in zip(MODELS, ("plain", "compa", "compa_s3"), strict=True)
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -62,7 +62,7 @@ def test_overlay_tiles_balances_and_normalises():
 
 def test_render_nested_tree_matches_step_by_step_reference():
     rng = np.random.default_rng(0)
-    clips = {k: rng.standard_normal(n) for k, n in zip("ABC", (50, 80, 30))}
+    clips = {k: rng.standard_normal(n) for k, n in zip("ABC", (50, 80, 30), strict=True)}
     out = compose.render_audio(parse("(A + B) * C"), clips)
     ab = ref_concat(clips["A"], clips["B"])
     c = np.resize(clips["C"], ab.size)
@@ -85,7 +85,7 @@ def test_parse_precedence_roundtrip_and_errors():
         assert parse(str(tree)) == tree
     assert compose.leaves(parse("(A + B) * C")) == ["A", "B", "C"]
     for bad in ["", "A +", "A $ B", "(A + B", "A B", "A + )"]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="expression"):
             parse(bad)
 
 

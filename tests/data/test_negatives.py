@@ -5,6 +5,7 @@ import logging
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ SECRET = "sk-test-SECRET-7f3a"
 
 
 class _Handler(BaseHTTPRequestHandler):
-    requests: list = []
+    requests: ClassVar[list] = []  # shared by the handler instances (one per request); each test subclasses
     fail_first: int = 0
     status: int = 500
 
