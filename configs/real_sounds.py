@@ -1,7 +1,7 @@
 """Composition-aware training on real recordings from pretrained towers (LiT-style, CPU-sized).
 
   python examples/real_sounds/compare.py --corpus data/real_sounds --workdir runs/real_sounds \
-      --config configs/real_sounds.py --seeds 0,1,2 --steps 120
+      --config configs/real_sounds.py --seeds 0,1,2 --steps 100
 or one model: clapcomp train --config configs/real_sounds.py:loss=compa --workdir runs/rs_compa \
       --config.data.train=data/real_sounds/records_44100   (records of `clapcomp data build` at 44.1 kHz)
 Arguments (`configs/real_sounds.py:k=v,...`): `loss` = plain (default) | compa | modular, `seed`.
@@ -15,8 +15,8 @@ projection and the logit scale train. The CNN keeps coarse time: its time map po
 (`cnn.time_segments=4`), so event order can reach the projection.
 Clips: aisfx's front end (44.1 kHz, 96 mel bins) on 7.5-s clips, which hold the corpus's longest
 compositions (7.25 s) whole; shorter ones are repeat-padded (clapcomp.audio).
-Sized for a 2-core CPU: batch 32, 120 steps (~1.3 passes over 3,000 compositions), one run meant to
-stay under 30 minutes; measure with the smoke run in examples/real_sounds/README.md.
+Sized for a 2-core CPU: batch 32, 100 steps (~1.1 passes over 3,000 compositions), so that one run
+stays under 30 minutes (timing: examples/real_sounds/README.md, "Recipe").
 """
 
 from clapcomp.audio import AISFX_AUDIO
@@ -40,9 +40,9 @@ def get_config(arg=None):
     c.data.update(batch_size=32, workers=0, num_negatives=3 if arg.loss in ("compa", "modular") else 0,
                   num_positives=4 if arg.loss == "modular" else 0)  # fmt: skip
     c.optimizer.update(lr=2e-4, warmup_steps=10, weight_decay=1e-4)
-    c.total_steps = 120
+    c.total_steps = 100
     c.log_every = 10
-    c.ckpt_every = 120
+    c.ckpt_every = 100
     c.keep_checkpoints = 1
     c.max_consecutive_nonfinite = 3
     return c
