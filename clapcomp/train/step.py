@@ -9,6 +9,8 @@ No config is read inside the trace. Per step:
   key = fold_in(key(seed), step)             the same step always draws the same randomness, so a
                                              resumed run is bit-identical to an unbroken one
   audio  = embed_audio(waveform, lengths)    log-mel on device, random crop / SpecAugment / dropout
+                                             (a locked audio tower, `lock_audio_tower`: inference mode,
+                                             BatchNorm statistics unchanged, no gradient through it)
   texts  = embed_tokens(captions), and the hard negatives [B, K, L] or modular positives
            [B, P, L] / negatives [B, Q, L], flattened to rows of the same text tower
   loss   = clapcomp.losses (plain | compa | modular), sharded over the mesh's batch axes
@@ -34,7 +36,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from clapcomp import audio as audio_lib
 from clapcomp import losses
+from clapcomp.models.clap import l2_normalize
 from clapcomp.train import state as state_lib
 from clapcomp.train.distributed import BATCH
 
@@ -60,10 +64,20 @@ def _embed_rows(model, ids, mask, key):
     )
 
 
-def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str):
+def _embed_audio(model, batch, key, lock_audio_tower: bool):
+    """[B, D] audio embeddings in train mode; a locked tower runs as at inference (LiT), under
+    stop_gradient, on the random crop: only the projection after it trains."""
+    if not lock_audio_tower:
+        return model.embed_audio(batch["waveform"], batch["lengths"], train=True, key=key)
+    mel, is_longer = audio_lib.features(batch["waveform"], batch["lengths"], model.cfg.audio, key=key)
+    pooled = jax.lax.stop_gradient(model.audio_tower(mel, is_longer, train=False))
+    return l2_normalize(model.audio_projection(pooled))
+
+
+def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str, lock_audio_tower: bool = False):
     """The contrastive loss `loss` of `model` on `batch` (train mode, randomness from `key`)."""
     k_audio, k_text, k_neg, k_pos = jax.random.split(key, 4)
-    audio = model.embed_audio(batch["waveform"], batch["lengths"], train=True, key=k_audio)
+    audio = _embed_audio(model, batch, k_audio, lock_audio_tower)
     text = model.embed_tokens(batch["input_ids"], batch["attention_mask"], train=True, key=k_text)
     scale = jnp.exp(model.logit_scale[...])
     if loss == "plain":
@@ -77,11 +91,12 @@ def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str):
     return losses.modular_loss(audio, positives, positive_mask, negatives, batch["neg_mask"], scale, mesh=mesh)
 
 
-def loss_fn(name: str) -> LossFn:
-    """The train loss `name` ("plain" | "compa" | "modular") as (model, batch, key, mesh) -> scalar."""
+def loss_fn(name: str, *, lock_audio_tower: bool = False) -> LossFn:
+    """The train loss `name` ("plain" | "compa" | "modular") as (model, batch, key, mesh) -> scalar;
+    `lock_audio_tower`: the audio tower runs in inference mode (see `_embed_audio`)."""
     if name not in LOSSES:
         raise ValueError(f"config.loss must be one of {LOSSES}, got {name!r}")
-    return functools.partial(compute_loss, loss=name)
+    return functools.partial(compute_loss, loss=name, lock_audio_tower=lock_audio_tower)
 
 
 def applied_updates(opt_state) -> jax.Array:
@@ -146,5 +161,6 @@ def from_config(graphdef, config, mesh: Mesh, abstract: state_lib.TrainState):
     """`make_train_step` with the objects `config` describes (optimizer, schedule, loss, seed)."""
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
     tx = state_lib.make_optimizer(config, abstract.params)
-    return make_train_step(graphdef, tx, state_lib.learning_rate(config), loss_fn(config.loss), mesh,
+    loss = loss_fn(config.loss, lock_audio_tower=state_lib.audio_tower_locked(config.freeze))
+    return make_train_step(graphdef, tx, state_lib.learning_rate(config), loss, mesh,
                            seed=config.seed, state_sharding=shardings)  # fmt: skip

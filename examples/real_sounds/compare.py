@@ -15,7 +15,8 @@ the table of `clapcomp.demo.format_table` (mean ± std over seeds) and writes
 WORKDIR/report/compare.json and the PNG charts.
 
 `--config` is any config file whose get_config(arg) takes "plain" / "compa" / "modular" (the audio
-tower is the config's: swap configs/demo.py for a pretrained-tower config to switch it);
+tower is the config's: configs/real_sounds.py starts from the pretrained aisfx CNN + MiniLM with
+the audio tower locked, configs/demo.py trains a small model from scratch);
 `--set key=value` (repeatable) overrides any field, e.g. `--set optimizer.lr=1e-4`, for every
 run; `--set3 key=value` only for the stage-3 run (after `--set`).
 """

