@@ -54,4 +54,5 @@ def get_config(arg=None):
     c.keep_checkpoints = 3
     c.evaluators = []  # [dict(name=<clapcomp.evaluate.run.EVALUATORS key>, kwargs=dict(...))]
     c.max_consecutive_nonfinite = 20  # stop after this many skipped (NaN/inf) steps in a row
+    c.preempt_check_every = 10  # multi-process: steps between the collective preemption checks
     return c

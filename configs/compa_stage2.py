@@ -42,4 +42,5 @@ def get_config(arg=None):
     c.keep_checkpoints = 3
     c.evaluators = []
     c.max_consecutive_nonfinite = 20
+    c.preempt_check_every = 10  # multi-process: steps between the collective preemption checks
     return c

@@ -59,4 +59,5 @@ def get_config(arg=None):
     c.keep_checkpoints = 1
     c.evaluators = []  # e.g. [dict(name="compa", label="order", kwargs=dict(data="runs/demo/data/order.csv"))]
     c.max_consecutive_nonfinite = 3
+    c.preempt_check_every = 10  # multi-process: steps between the collective preemption checks
     return c

@@ -273,7 +273,7 @@ def _grain_args(save: bool):
 # Fields a resume may change: they shape neither the saved arrays nor the data position (paths may
 # move between machines). Every other field must match config.json. A prefix covers its subfields.
 RESUMABLE = ("total_steps", "log_every", "ckpt_every", "eval_every", "evaluators", "keep_checkpoints",
-             "max_consecutive_nonfinite", "optimizer.warmup_steps", "data.workers", "data.train", "tokenizer",
+             "max_consecutive_nonfinite", "preempt_check_every", "optimizer.warmup_steps", "data.workers", "data.train", "tokenizer",
              "init", "mesh", "fsdp_text")
 
 
