@@ -9,6 +9,7 @@ warm-up excluded):
   steps/s            1 / median `step_time_s` of metrics.jsonl (wall time between logged steps)
   steps/s wall       steps / wall time from step --skip to the last step
   device-bound       the same compiled step dispatched back to back on one batch, one wait at the end
+                     (on a CPU the "device" is the same cores as the host: indicative only)
   host data ms/step  time in `next(data iterator)` (grain + host->device copy)
   device_get ms/step time the host sat blocked in `jax.device_get` (waiting for a step's metrics)
   device_get calls   how many metric fetches blocked for more than 0.2 ms
