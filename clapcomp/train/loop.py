@@ -9,8 +9,10 @@
         checkpoint (every ckpt_every, and on SIGTERM/SIGINT: save, wait, exit 0) / evaluate
         batch = next(data)                                   copied to device while this step runs
 The host never waits for a step before it has queued the next one, except where it must read the
-step itself: a checkpoint, an evaluation, the last step. Preemption is polled every
-`preempt_check_every` steps (a collective on multi-process runs).
+step itself: a checkpoint, an evaluation, the last step. The next batch is read only after this
+step's checkpoint, so a saved data position always matches the batches the saved state consumed
+(resume stays bit-identical). Preemption is polled every `preempt_check_every` steps (a collective
+on multi-process runs).
 Metrics go to a progress bar (step, loss, samples/s, ETA), `DIR/metrics.jsonl` and TensorBoard
 (`DIR/tb`), from process 0 only. The resolved config is `DIR/config.json`. `train(config, workdir)`
 is the same loop as a Python function (the demo calls it); it returns the last logged metrics.
