@@ -31,4 +31,5 @@ def get_config(arg=None):
     c.log_every = 1
     c.ckpt_every = 8
     c.max_consecutive_nonfinite = 3
+    c.preempt_check_every = 2  # the multi-process tests go through the every-N preemption path
     return c

@@ -304,6 +304,7 @@ RESUMABLE = (
     "evaluators",
     "keep_checkpoints",
     "max_consecutive_nonfinite",
+    "preempt_check_every",
     "optimizer.warmup_steps",
     "data.workers",
     "data.train",

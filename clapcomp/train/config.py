@@ -58,6 +58,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.ckpt_every = 1000
     c.keep_checkpoints = 3
     c.max_consecutive_nonfinite = 20  # stop after this many skipped (NaN/inf) steps in a row
+    c.preempt_check_every = 10  # multi-process: steps between the collective preemption checks
     return c
 
 

@@ -3,10 +3,17 @@
     config <- clapcomp.train.init.prepare: architecture from config.init.path (kind detected), checked
     mesh  <- config.mesh (axes data x fsdp) over every device of every process
     state <- newest readable checkpoint in DIR, else config.init (random | HF | LAION | sentence | workdir | export)
+    batch = next(data)                                       grain, global arrays on the mesh
     for step in range(state.step, config.total_steps):
-        batch = next(data)                                   grain, global arrays on the mesh
-        state, metrics = train_step(state, batch)             jitted, state donated
-        log / checkpoint (every ckpt_every, and on SIGTERM/SIGINT: save, wait, exit 0) / evaluate
+        state, metrics = train_step(state, batch)             jitted, state donated, dispatched async
+        report step - 1's metrics (fetched one step late, while this step runs), non-finite stop rule
+        checkpoint (every ckpt_every, and on SIGTERM/SIGINT: save, wait, exit 0) / evaluate
+        batch = next(data)                                   copied to device while this step runs
+The host never waits for a step before it has queued the next one, except where it must read the
+step itself: a checkpoint, an evaluation, the last step. The next batch is read only after this
+step's checkpoint, so a saved data position always matches the batches the saved state consumed
+(resume stays bit-identical). Preemption is polled every `preempt_check_every` steps (a collective
+on multi-process runs).
 Metrics go to a progress bar (step, loss, samples/s, ETA), `DIR/metrics.jsonl` and TensorBoard
 (`DIR/tb`), from process 0 only. The resolved config is `DIR/config.json`, the run's tokenizer
 `DIR/tokenizer.json` (its sha256 in config.json). `train(config, workdir)`
@@ -87,29 +94,39 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
 
     keys = step_lib.batch_spec(config.loss)
     reporter = Reporter(config, workdir, start)
-    guard = PreemptionGuard()
+    guard = PreemptionGuard(config.preempt_check_every)
     last: dict = {}
     try:
-        train_step = None
+        train_step, pending = None, None
+        batch = _next_batch(iterator, keys) if start < config.total_steps else None
         for step in range(start, config.total_steps):
-            batch = {k: v for k, v in next(iterator).items() if k in keys}
             if train_step is None:
                 train_step = step_lib.from_config(graphdef, config, mesh, abstract).lower(state, batch).compile()
                 reporter.set_flops(train_step)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch)  # dispatched: the device runs it while the host goes on
+            for v in metrics.values():
+                v.copy_to_host_async()
             done = step + 1
-            preempted = guard.requested()
+            if pending is not None:  # step done - 1, already finished or next in the queue
+                last = reporter.report(*pending)
+            preempted = guard.requested(done)
             saving = done % config.ckpt_every == 0 or done == config.total_steps or preempted
+            evaluating = config.evaluators and config.eval_every and (done % config.eval_every == 0 or done == config.total_steps)
+            # The data position now is exactly `done` batches: the counters and a save see that.
             skips = iterator.skip_totals() if saving or reporter.logs(done) else None
-            last = reporter.report(done, metrics, {f"data/skipped/{k}": v for k, v in (skips or {}).items()})
+            pending = (done, metrics, {f"data/skipped/{k}": v for k, v in (skips or {}).items()})
+            if saving or evaluating:  # never save (or evaluate) a state whose metrics were not checked
+                last, pending = reporter.report(*pending), None
             if saving:
                 checkpointer.save(done, state, iterator.grain_iterator, skips=skips)
             if preempted:
                 log.warning("stop requested (signal): saved checkpoint %d, exiting", done)
                 checkpointer.wait()
                 return {**last, "preempted": True}
-            if config.evaluators and config.eval_every and (done % config.eval_every == 0 or done == config.total_steps):
+            if evaluating:
                 last.update(reporter.write(done, evaluate(config, graphdef, state, tokenizer)))
+            if done < config.total_steps:  # the next batch goes to the device while this step runs
+                batch = _next_batch(iterator, keys)
         checkpointer.wait()
         if start >= config.total_steps and config.evaluators:
             last = evaluate(config, graphdef, state, tokenizer)
@@ -117,6 +134,11 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
     finally:
         guard.restore()
         reporter.close()
+
+
+def _next_batch(iterator, keys) -> dict:
+    """The next global batch, restricted to the loss's `keys` (its arrays start their copy to device)."""
+    return {k: v for k, v in next(iterator).items() if k in keys}
 
 
 def _log_resume(workdir: Path, step: int, accepted: list[str], restore: str) -> None:
@@ -217,8 +239,13 @@ class Reporter:
         return step % self.config.log_every == 0 or step == self.config.total_steps
 
     def report(self, step: int, metrics, extra: dict | None = None) -> dict:
-        """Fetches this step's metrics (a sync), enforces the non-finite limit, logs every log_every
-        (with `extra` host-side figures, e.g. the data pipeline's skip counters)."""
+        """Fetches step `step`'s metrics (waits for that step), enforces the non-finite limit, logs every
+        log_every (with `extra` host-side figures, e.g. the data pipeline's skip counters).
+
+        The loop reports a step after queueing the next one, so the stop rule acts one step late: when
+        step n reaches the limit, step n + 1 has been dispatched but is neither saved nor logged. Steps
+        that save or evaluate are reported before their save, so no checkpoint ever holds a state past
+        the limit: the newest one holds the last good parameters."""
         m = {k: v.item() for k, v in jax.device_get(metrics).items()}
         limit = self.config.max_consecutive_nonfinite
         if m["nonfinite_run"] >= limit:
@@ -269,13 +296,19 @@ class Reporter:
 class PreemptionGuard:
     """SIGTERM / SIGINT -> finish the current step, save, exit 0. All processes agree on the step.
 
+    With several processes, `requested(step)` gathers every process's flag only at steps that are
+    multiples of `every` (the same steps everywhere; the gather waits for the devices), so a stop
+    lands up to `every - 1` steps after the signal; a single process reads its flag at every step.
+
     A second SIGINT (Ctrl-C again) exits at once with status 130, even inside a long compile or
     save: the signals are read by a watcher thread from `signal.set_wakeup_fd`, which the C-level
     handler writes while the main thread is still inside XLA or Orbax. The newest complete
     checkpoint stays valid (saves are atomic)."""
 
-    def __init__(self):
-        self.flag = False
+    def __init__(self, every: int = 1):
+        if every < 1:
+            raise ValueError(f"config.preempt_check_every must be >= 1, got {every}")
+        self.flag, self.every = False, every
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self.old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -299,9 +332,12 @@ class PreemptionGuard:
                     signal.Signals(signum).name)
         self.flag = True
 
-    def requested(self) -> bool:
+    def requested(self, step: int) -> bool:
+        """Whether to save and stop after `step` (a collective at multiples of `every` on multi-process)."""
         if jax.process_count() == 1:
             return self.flag
+        if step % self.every:
+            return False
         return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
 
     def restore(self) -> None:

@@ -1,0 +1,136 @@
+"""The loop does not wait on the host: metrics are read one step late, the stop rule still stops the
+run with nothing saved past the limit, every save sees the data position of the batches the saved
+state consumed, and multi-process preemption polls gather only every `preempt_check_every` steps."""
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clapcomp.train import checkpoint as ckpt_lib
+from clapcomp.train import loop
+
+
+@pytest.fixture
+def tiny(helpers, tone_records, compile_cache):
+    jax.config.update("jax_compilation_cache_dir", str(compile_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("plain")
+    config.data.train = str(tone_records)
+    return config
+
+
+class _Counting:
+    """The trainer's data iterator, counting batches and turning the given (1-based) ones to NaN."""
+
+    def __init__(self, iterator, bad=()):
+        self.iterator, self.bad, self.n = iterator, set(bad), 0
+        self.grain_iterator = iterator.grain_iterator
+
+    def __getattr__(self, name):
+        return getattr(self.iterator, name)
+
+    def __next__(self):
+        batch = next(self.iterator)
+        self.n += 1
+        return {**batch, "waveform": batch["waveform"] * jnp.nan} if self.n in self.bad else batch
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _saved(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_each_save_holds_the_data_position_of_the_batches_its_state_consumed(tmp_path, tiny, monkeypatch):
+    iterators, seen, args = [], {}, []
+    make = loop._data_iterator
+    monkeypatch.setattr(loop, "_data_iterator",
+                        lambda *a: args.extend(a) or iterators.append(_Counting(make(*a))) or iterators[-1])
+    save = ckpt_lib.Checkpointer.save
+
+    def recording_save(self, step, state, grain_iterator, **kw):
+        seen[step] = (iterators[-1].n, int(state.step), grain_iterator.get_state())
+        return save(self, step, state, grain_iterator, **kw)
+
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", recording_save)
+    tiny.total_steps, tiny.ckpt_every = 6, 3
+    loop.train(tiny, tmp_path)
+
+    assert sorted(seen) == [3, 6] and iterators[-1].n == 6  # no batch is read past the last step
+    for step, (pulled, state_step, _) in seen.items():
+        assert pulled == state_step == step  # the batch of the next step is read only after the save
+    fresh = make(*args).grain_iterator  # an independent replay: 3 batches in, grain is where save 3 was
+    for _ in range(3):
+        next(fresh)
+    assert fresh.get_state() == seen[3][2] != seen[6][2]
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 7))  # every step logged once, in order
+
+
+def test_stop_rule_one_step_late_saves_nothing_past_the_limit(tmp_path, tiny, helpers, monkeypatch):
+    make = loop._data_iterator
+    monkeypatch.setattr(loop, "_data_iterator", lambda *a: _Counting(make(*a), {5, 6, 7}))
+    tiny.total_steps, tiny.ckpt_every, tiny.keep_checkpoints = 12, 4, 10
+    with pytest.raises(loop.NonFiniteError, match=r"3 steps in a row \(up to step 7\).*max_consecutive_nonfinite=3"):
+        loop.train(tiny, tmp_path)
+
+    rows = {r["step"]: r for r in _rows(tmp_path)}
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6]  # step 8 was dispatched, never logged
+    assert [rows[s]["nonfinite_run"] for s in (4, 5, 6)] == [0, 1, 2]
+    assert _saved(tmp_path) == [4]  # step 8 would have saved: the stop came first
+    state = helpers.read_state(tmp_path, 4)
+    assert int(state.nonfinite_run) == 0 and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
+
+
+def test_a_stop_on_a_save_step_is_caught_before_its_save(tmp_path, tiny, monkeypatch):
+    make = loop._data_iterator
+    monkeypatch.setattr(loop, "_data_iterator", lambda *a: _Counting(make(*a), {2, 3, 4}))
+    tiny.total_steps, tiny.ckpt_every, tiny.keep_checkpoints = 8, 4, 10
+    with pytest.raises(loop.NonFiniteError, match=r"up to step 4\)"):
+        loop.train(tiny, tmp_path)
+    assert not (tmp_path / "checkpoints").is_dir() or _saved(tmp_path) == []
+
+
+class _Gather:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, **kw):
+        self.calls.append(bool(x))
+        return np.stack([np.asarray(x), np.asarray(False)])  # the other process saw no signal
+
+
+def test_multi_process_preemption_gathers_only_every_n_steps(monkeypatch):
+    gather = _Gather()
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(loop.multihost_utils, "process_allgather", gather)
+    guard = loop.PreemptionGuard(every=4)
+    try:
+        asked = [s for s in range(1, 13) if guard.requested(s)]
+        assert asked == [] and len(gather.calls) == 3  # steps 4, 8, 12 only
+        guard.flag = True  # a signal arrived at step 13: the stop waits for the next shared step
+        asked = [s for s in range(13, 21) if guard.requested(s)]
+        assert asked == [16, 20] and gather.calls[-2:] == [True, True]
+    finally:
+        guard.restore()
+
+
+def test_single_process_reads_its_flag_every_step_and_bad_interval_is_refused():
+    guard = loop.PreemptionGuard(every=10)
+    try:
+        assert not guard.requested(3)
+        guard.flag = True
+        assert guard.requested(3)  # no collective to wait for
+    finally:
+        guard.restore()
+    with pytest.raises(ValueError, match="preempt_check_every must be >= 1, got 0"):
+        loop.PreemptionGuard(every=0)
