@@ -37,5 +37,4 @@ def get_config(arg=None):
     c.ckpt_every = 400
     c.keep_checkpoints = 1
     c.max_consecutive_nonfinite = 3
-    c.preempt_check_every = 10  # multi-process: steps between the collective preemption checks
     return c
