@@ -18,7 +18,7 @@ def test_defaults_hold_every_model_field():
     got = dict(_flat(defaults().model.to_dict()))
     want = dict(_flat(ClapConfig().to_dict()))
     assert got == want and len(want) == sum(len(dataclasses.fields(t)) for t in (ClapConfig, *(
-        type(getattr(ClapConfig(), n)) for n in ("audio", "htsat", "text")))) - 3
+        type(getattr(ClapConfig(), n)) for n in ("audio", "htsat", "text", "cnn")))) - 4
 
 
 def test_parse_arg():
