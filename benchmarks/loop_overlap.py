@@ -48,8 +48,14 @@ def write_records(out_dir: Path, n: int, seconds: float, seed: int = 0) -> None:
         a, b = rng.choice(4, size=2, replace=False)
         half = len(t) // 2
         wave = np.concatenate([np.sin(2 * np.pi * freqs[a] * t[:half]), np.sin(2 * np.pi * freqs[b] * t[half:])])
-        examples.append({"key": f"tone-{i}", "audio": (0.5 * wave).astype(np.float32), "sample_rate": 8000,
-                         "captions": [f"a {names[a]} tone followed by a {names[b]} tone"]})
+        examples.append(
+            {
+                "key": f"tone-{i}",
+                "audio": (0.5 * wave).astype(np.float32),
+                "sample_rate": 8000,
+                "captions": [f"a {names[a]} tone followed by a {names[b]} tone"],
+            }
+        )
     write(str(out_dir), examples, shard_size=64, audio_format="pcm16")
 
 
@@ -91,7 +97,11 @@ def device_bound(config, batch: dict, n: int) -> float:
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     batch = {k: v for k, v in batch.items() if k in step_lib.batch_spec(config.loss)}
     graphdef, state = state_lib.init_state(config, mesh)
-    step = step_lib.from_config(graphdef, config, mesh, state_lib.abstract_state(config, mesh)).lower(state, batch).compile()
+    step = (
+        step_lib.from_config(graphdef, config, mesh, state_lib.abstract_state(config, mesh))
+        .lower(state, batch)
+        .compile()
+    )
     for _ in range(3):
         state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clapcomp.convert.safetensors import flat_params, save_safetensors, write_tokenizer
+from clapcomp.convert.safetensors import FORMAT_VERSION, flat_params, save_safetensors, tensor_name, write_tokenizer
 
 LOADER_NAME = "clapcomp_stablehlo_loader.py"
 _ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
@@ -76,7 +76,7 @@ def _embedding_functions(model):
     variables = list(state.flat_state())  # structure only: every value is replaced by `params`
 
     def build(params):
-        flat = {p: v.replace(params[_name(p)]) for p, v in variables}
+        flat = {p: v.replace(params[tensor_name(p)]) for p, v in variables}
         return nnx.merge(graphdef, nnx.State.from_flat_path(flat))
 
     return (lambda params, w, n: build(params).embed_audio(w, n), lambda params, i, m: build(params).embed_tokens(i, m))

@@ -71,8 +71,9 @@ LAYOUTS: list[Layout] = [
 ]  # fmt: skip
 
 
-def load(path: str | Path, *, tokenizer: Tokenizer | str | Path | None = None, max_batch: int = 16,
-         step: int | None = None) -> Clap:
+def load(
+    path: str | Path, *, tokenizer: Tokenizer | str | Path | None = None, max_batch: int = 16, step: int | None = None
+) -> Clap:
     """Load a model directory for inference (see `LAYOUTS`); the tokenizer from `tokenizer` or `path`.
     `step`: for a training workdir, that checkpoint instead of the newest."""
     path = Path(path)
@@ -213,7 +214,7 @@ def main(argv: list[str]) -> int:
         for j, text in enumerate(args.text):
             print(f"  [{j}] {text}")
         print(f"{'':40s}" + "".join(f"{f'[{j}]':>9s}" for j in range(len(args.text))))
-        for name, row in zip(args.audio, sims):
+        for name, row in zip(args.audio, sims, strict=True):
             print(f"{Path(name).name[:40]:40s}" + "".join(f"{v:9.4f}" for v in row))
     if args.out:
         np.savez(args.out, audio_embeddings=audio_emb, text_embeddings=text_emb, similarity=sims,

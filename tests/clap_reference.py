@@ -27,13 +27,15 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
     """Weights ~ N(0, 1/fan_in), norm gains 1 + N(0, 0.2), biases N(0, 0.1), BatchNorm stats random
     (the mel BatchNorm around dB-scale statistics)."""
     g = torch.Generator().manual_seed(seed)
-    rand = lambda shape: torch.randn(shape, generator=g)  # noqa: E731
+    rand = lambda shape: torch.randn(shape, generator=g)
     with torch.no_grad():
         for name, t in model.state_dict(keep_vars=True).items():
             if not t.is_floating_point() or name.startswith("logit_scale"):
                 continue
             if name.endswith("running_var"):
-                value = (300.0 if "audio_encoder.batch_norm" in name else 1.0) * (0.5 + torch.rand(t.shape, generator=g))
+                value = (300.0 if "audio_encoder.batch_norm" in name else 1.0) * (
+                    0.5 + torch.rand(t.shape, generator=g)
+                )
             elif name.endswith("running_mean"):
                 value = -40.0 + 5 * rand(t.shape) if "audio_encoder.batch_norm" in name else 0.1 * rand(t.shape)
             elif name.endswith("bias") or "bias_table" in name:
@@ -65,7 +67,9 @@ def write_tokenizer(path: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TEXT["vocab_size"], special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    trainer = trainers.BpeTrainer(
+        vocab_size=TEXT["vocab_size"], special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    )
     tok.train_from_iterator(SENTENCES * 3, trainer)
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     tok.save(str(path))
@@ -113,7 +117,9 @@ def hf_audio_embeddings(model, waveforms: list[np.ndarray], *, fusion: bool) -> 
 
 def hf_text_embeddings(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        out = model.get_text_features(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
+        out = model.get_text_features(
+            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        )
     return out.pooler_output.numpy()
 
 

@@ -96,7 +96,9 @@ def laion_builder():
     model_py.RobertaModel = types.SimpleNamespace(from_pretrained=small_roberta)
     audio_cfg = model_py.CLAPAudioCfp(model_type="HTSAT", model_name="tiny", sample_rate=RATE, window_size=1024,
                                       hop_size=480, fmin=50, fmax=14000, class_num=5, mel_bins=64, clip_samples=RATE)  # fmt: skip
-    text_cfg = model_py.CLAPTextCfg(context_length=77, vocab_size=300, width=768, heads=12, layers=1, model_type="roberta")
+    text_cfg = model_py.CLAPTextCfg(
+        context_length=77, vocab_size=300, width=768, heads=12, layers=1, model_type="roberta"
+    )
 
     def make(fusion: bool, ape: bool = False):
         options["ape"] = ape

@@ -33,8 +33,25 @@ def _load(path: Path, name: str):
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory):
     root = tmp_path_factory.mktemp("chaos") / "run"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--kills", str(KILLS), "--seed", "0", "--steps", str(STEPS),
-                           "--workdir", str(root), "--launch-timeout", "200"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--kills",
+            str(KILLS),
+            "--seed",
+            "0",
+            "--steps",
+            str(STEPS),
+            "--workdir",
+            str(root),
+            "--launch-timeout",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, json.loads((root / "summary.json").read_text())
 
@@ -84,8 +101,11 @@ def test_every_re_executed_step_repeats_the_reference_numbers(chaos):
 
 def test_the_scripts_comparison_sees_a_single_bit_and_the_sign_of_zero():
     compare_states = _load(SCRIPT, "chaos_kill").compare_states
-    a = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.float32(0.0)}, "step": np.int32(3),
-         "nu": np.array([np.nan, 1.0], np.float32)}
+    a = {
+        "params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.float32(0.0)},
+        "step": np.int32(3),
+        "nu": np.array([np.nan, 1.0], np.float32),
+    }
     assert compare_states(a, copy.deepcopy(a)) == (4, [])  # NaN == NaN bit for bit
     flipped = copy.deepcopy(a)
     flipped["params"]["w"].view(np.uint32)[1, 2] ^= 1  # one ulp

@@ -21,7 +21,8 @@ FORMAT = "clapcomp-safetensors"
 FORMAT_VERSION = 1
 
 
-def _name(path: tuple) -> str:
+def tensor_name(path: tuple) -> str:
+    """A model state path -> its model.safetensors key, e.g. \"text_tower.layers.0.query.kernel\"."""
     return ".".join(map(str, path))
 
 
@@ -29,7 +30,7 @@ def flat_params(model) -> dict[str, np.ndarray]:
     """Every nnx Variable of `model` (Params and BatchNorm stats) as float32/int numpy, by state path."""
     from flax import nnx
 
-    return {_name(p): np.array(v.get_value(), order="C") for p, v in nnx.state(model).flat_state()}
+    return {tensor_name(p): np.array(v.get_value(), order="C") for p, v in nnx.state(model).flat_state()}
 
 
 def save_safetensors(model, config, out: str | Path, tokenizer=None) -> list[Path]:
@@ -67,7 +68,7 @@ def load_exported(path: str | Path):
     tensors = load_file(str(path / "model.safetensors"))
     model = nnx.eval_shape(lambda: ClapModel(config, rngs=nnx.Rngs(0)))
     flat = dict(nnx.state(model).flat_state())
-    names = {_name(p): p for p in flat}
+    names = {tensor_name(p): p for p in flat}
     missing, extra = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
     if missing or extra:
         raise ValueError(f"{path}/model.safetensors does not match its clapcomp.json config: missing {missing[:5]}, "

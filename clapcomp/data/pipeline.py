@@ -34,8 +34,15 @@ import numpy as np
 
 from clapcomp.data.records import RecordError, call_with_timeout, decode_audio, parse_record
 
-READ_REASONS = ("bad_record", "corrupt_audio", "truncated_audio", "too_long", "no_caption",
-                "timeout", "unexpected_error")
+READ_REASONS = (
+    "bad_record",
+    "corrupt_audio",
+    "truncated_audio",
+    "too_long",
+    "no_caption",
+    "timeout",
+    "unexpected_error",
+)
 _log = logging.getLogger(__name__)
 
 
@@ -48,9 +55,23 @@ class RecordTransform:
     [P, L]``, ``pos_mask [P]``; ``_skips [len(READ_REASONS)]`` i32 (bad records replaced).
     """
 
-    def __init__(self, source, *, tokenizer, sample_rate, clip_samples, k_negatives,
-                 n_positives=0, fused=False, max_samples=None, negative_generator=None,
-                 decode_timeout_s=10.0, max_record_seconds=600.0, max_retries=16, max_unexpected=3):
+    def __init__(
+        self,
+        source,
+        *,
+        tokenizer,
+        sample_rate,
+        clip_samples,
+        k_negatives,
+        n_positives=0,
+        fused=False,
+        max_samples=None,
+        negative_generator=None,
+        decode_timeout_s=10.0,
+        max_record_seconds=600.0,
+        max_retries=16,
+        max_unexpected=3,
+    ):
         self.source, self.tokenizer, self.sample_rate = source, tokenizer, sample_rate
         self.k, self.p = k_negatives, n_positives
         self.out_samples = (max_samples or 3 * clip_samples) if fused else clip_samples
@@ -72,17 +93,20 @@ class RecordTransform:
             except Exception as e:  # not bad data: a bug; tolerated a few times, with its traceback
                 self.unexpected += 1
                 skips[READ_REASONS.index("unexpected_error")] += 1
-                _log.exception("unexpected error in the record transform (%d of at most %d)",
-                               self.unexpected, self.max_unexpected)
+                _log.exception(
+                    "unexpected error in the record transform (%d of at most %d)", self.unexpected, self.max_unexpected
+                )
                 if self.unexpected >= self.max_unexpected:
                     raise RuntimeError(
                         f"{self.unexpected} unexpected errors in the record transform, last {type(e).__name__}: "
                         f"{e}; this is a bug (in clapcomp or a custom tokenizer / negative generator), not bad "
-                        "data: see the tracebacks in the log") from e
+                        "data: see the tracebacks in the log"
+                    ) from e
             record = self.source[int(rng.integers(len(self.source)))]
         raise RuntimeError(
-            f"{self.max_retries + 1} bad records in a row ({dict(zip(READ_REASONS, skips.tolist()))}); "
-            "the dataset looks broken: rebuild it with `clapcomp data build`")
+            f"{self.max_retries + 1} bad records in a row ({dict(zip(READ_REASONS, skips.tolist(), strict=True))}); "
+            "the dataset looks broken: rebuild it with `clapcomp data build`"
+        )
 
     def _decode(self, rec: dict) -> np.ndarray:
         wave = decode_audio(rec)
@@ -114,8 +138,7 @@ class RecordTransform:
         positives = self._pick(rec["positives"], self.p, rng)
         ids, mask = self.tokenizer([caption] + negatives + positives)
         n, L = len(negatives), ids.shape[1]
-        example = {"waveform": out, "lengths": np.int32(wave.shape[0]),
-                   "input_ids": ids[0], "attention_mask": mask[0]}
+        example = {"waveform": out, "lengths": np.int32(wave.shape[0]), "input_ids": ids[0], "attention_mask": mask[0]}
         example.update(_padded("neg", ids[1 : 1 + n], mask[1 : 1 + n], self.k, L))
         if self.p:
             example.update(_padded("pos", ids[1 + n :], mask[1 + n :], self.p, L))
@@ -133,16 +156,30 @@ def _padded(prefix: str, ids: np.ndarray, mask: np.ndarray, width: int, L: int) 
     out_mask = np.zeros((width, L), np.int32)
     out_ids[: len(ids)], out_mask[: len(ids)] = ids, mask
     valid = np.arange(width) < len(ids)
-    return {f"{prefix}_input_ids": out_ids, f"{prefix}_attention_mask": out_mask,
-            f"{prefix}_mask": valid}
+    return {f"{prefix}_input_ids": out_ids, f"{prefix}_attention_mask": out_mask, f"{prefix}_mask": valid}
 
 
-def make_dataset(source, *, tokenizer, seed: int, global_batch_size: int, clip_samples: int,
-                 k_negatives: int = 0, n_positives: int = 0, sample_rate: int = 48000,
-                 fused: bool = False, max_samples: int | None = None, num_epochs: int | None = None,
-                 process_index: int | None = None, process_count: int | None = None,
-                 num_workers: int = 0, read_threads: int = 2, prefetch_batches: int = 4,
-                 generate_negatives: bool = True, decode_timeout_s: float | None = 10.0):
+def make_dataset(
+    source,
+    *,
+    tokenizer,
+    seed: int,
+    global_batch_size: int,
+    clip_samples: int,
+    k_negatives: int = 0,
+    n_positives: int = 0,
+    sample_rate: int = 48000,
+    fused: bool = False,
+    max_samples: int | None = None,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_workers: int = 0,
+    read_threads: int = 2,
+    prefetch_batches: int = 4,
+    generate_negatives: bool = True,
+    decode_timeout_s: float | None = 10.0,
+):
     """A grain `IterDataset` of per-host numpy batches (see `RecordTransform` for the fields).
 
     `source`: a `RecordSource` (or any random-access source of record bytes). `num_epochs=None`
@@ -165,30 +202,38 @@ def make_dataset(source, *, tokenizer, seed: int, global_batch_size: int, clip_s
 
         process_index, process_count = jax.process_index(), jax.process_count()
     if global_batch_size % process_count:
-        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the "
-                         f"{process_count} processes; pick a multiple")
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by the {process_count} processes; pick a multiple"
+        )
     if len(source) == 0:
         raise ValueError("the record source is empty; check the build's stats.json")
     transform = RecordTransform(
-        source, tokenizer=tokenizer, sample_rate=sample_rate, clip_samples=clip_samples,
-        k_negatives=k_negatives, n_positives=n_positives, fused=fused, max_samples=max_samples,
+        source,
+        tokenizer=tokenizer,
+        sample_rate=sample_rate,
+        clip_samples=clip_samples,
+        k_negatives=k_negatives,
+        n_positives=n_positives,
+        fused=fused,
+        max_samples=max_samples,
         negative_generator=NegativeGenerator(seed) if generate_negatives else None,
-        decode_timeout_s=decode_timeout_s)
+        decode_timeout_s=decode_timeout_s,
+    )
     # random_map before the host slice: the record at global position g gets the same rng
     # (crop, caption choice) whatever the process count; the map is lazy, so each host only
     # computes its own slice.
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
     ds = ds.random_map(transform)[process_index::process_count]
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                              prefetch_buffer_size=prefetch_batches))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
     if num_workers > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():
             raise RuntimeError(
                 "num_workers > 0 runs grain worker processes, which read absl flags: parse them in your "
-                "program's entry point first (absl.app.run, or flags.FLAGS.mark_as_parsed() for the defaults)")
+                "program's entry point first (absl.app.run, or flags.FLAGS.mark_as_parsed() for the defaults)"
+            )
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
 
@@ -201,8 +246,9 @@ class DeviceIterator:
     `grain_iterator` (with `get_state()/set_state()`) is what the trainer checkpoints.
     """
 
-    def __init__(self, dataset, mesh, batch_axes=("data",), *, max_error_rate: float = 0.1,
-                 min_examples_for_rate: int = 1000):
+    def __init__(
+        self, dataset, mesh, batch_axes=("data",), *, max_error_rate: float = 0.1, min_examples_for_rate: int = 1000
+    ):
         from jax.sharding import NamedSharding, PartitionSpec
 
         self.grain_iterator = iter(dataset)
@@ -220,7 +266,7 @@ class DeviceIterator:
         batch = next(self.grain_iterator)
         skips = batch.pop("_skips").sum(axis=0)
         self.metrics["examples"] += len(batch["lengths"])
-        for reason, n in zip(READ_REASONS, skips.tolist()):
+        for reason, n in zip(READ_REASONS, skips.tolist(), strict=True):
             self.metrics["skipped"][reason] += n
         self._check_error_rate()
         return {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in batch.items()}
@@ -232,7 +278,8 @@ class DeviceIterator:
             raise RuntimeError(
                 f"{bad} of {seen} records read were bad ({self.metrics['skipped']}), more than "
                 f"max_error_rate={self.max_error_rate:g}; the warnings log names them. Rebuild the "
-                "dataset with `clapcomp data build` or raise max_error_rate.")
+                "dataset with `clapcomp data build` or raise max_error_rate."
+            )
 
     def skip_totals(self) -> dict[str, int]:
         """Bad records replaced since the run began, summed over processes, plus the counts
@@ -243,7 +290,7 @@ class DeviceIterator:
         local = np.array([self.metrics["skipped"][r] for r in READ_REASONS], np.int64)
         if jax.process_count() > 1:
             local = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(READ_REASONS)).sum(0)
-        return {r: int(self._skips_before.get(r, 0)) + int(n) for r, n in zip(READ_REASONS, local)}
+        return {r: int(self._skips_before.get(r, 0)) + int(n) for r, n in zip(READ_REASONS, local, strict=True)}
 
     def restore_skips(self, totals: dict[str, int]) -> None:
         """Counts saved with the checkpoint this run resumes from (`skip_totals` adds them)."""

@@ -120,7 +120,7 @@ class TextConfig:
 class ClapConfig:
     """The dual encoder: towers + projection MLPs (hidden -> D -> D, ReLU) + logit scale."""
 
-    audio: AudioConfig = AudioConfig()
+    audio: AudioConfig = AudioConfig()  # noqa: RUF009 (frozen, shared safely, like the towers below)
     htsat: HTSATConfig = HTSATConfig()
     text: TextConfig = TextConfig()
     audio_tower: str = "htsat"  # "htsat" (uses `htsat`) | "cnn" (uses `cnn`)

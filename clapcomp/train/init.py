@@ -225,9 +225,13 @@ def check_loss_and_data(config) -> None:
     if loss not in LOSSES:
         raise ValueError(f"config.loss must be one of {LOSSES}, got {loss!r}")
     if not d.train:
-        raise ValueError("config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)")
+        raise ValueError(
+            "config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)"
+        )
     if loss == "compa" and d.num_negatives < 1:
-        raise ValueError("config.loss='compa' needs hard negatives: set --config.data.num_negatives=3 (K, CompA's value)")
+        raise ValueError(
+            "config.loss='compa' needs hard negatives: set --config.data.num_negatives=3 (K, CompA's value)"
+        )
     if loss == "modular" and d.num_positives < 1:
         raise ValueError("config.loss='modular' needs extra positives: set --config.data.num_positives=5 (and "
                          "num_negatives=5), with records from `clapcomp data compose`")  # fmt: skip
@@ -240,8 +244,11 @@ def check_loss_and_data(config) -> None:
             "`clapcomp data compose` (CompA stage 3 data), or train with --config.loss=compa"
         )
     if with_neg == 0:
-        log.info("the records in %s hold no negatives: clapcomp.data.negatives writes %d per caption", d.train,
-                 d.num_negatives)
+        log.info(
+            "the records in %s hold no negatives: clapcomp.data.negatives writes %d per caption",
+            d.train,
+            d.num_negatives,
+        )
 
 
 def _record_counts(train: str, sample: int = 64) -> tuple[int, int, int | str]:

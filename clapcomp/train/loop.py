@@ -44,8 +44,16 @@ from clapcomp.train import step as step_lib
 log = logging.getLogger("clapcomp.train")
 
 # Dense bf16 peak FLOP/s per device, for the MFU estimate (device_kind prefix -> FLOP/s).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12,
-              "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
 
 
 class NonFiniteError(RuntimeError):
@@ -89,8 +97,15 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
         if restore == "latest":
             iterator.restore_skips(checkpointer.restored_skips)
     start = int(state.step)
-    log.info("%s at step %d of %d on %d devices (%d processes), mesh %s", "resuming" if start else "starting",
-             start, config.total_steps, jax.device_count(), jax.process_count(), dict(mesh.shape))
+    log.info(
+        "%s at step %d of %d on %d devices (%d processes), mesh %s",
+        "resuming" if start else "starting",
+        start,
+        config.total_steps,
+        jax.device_count(),
+        jax.process_count(),
+        dict(mesh.shape),
+    )
 
     keys = step_lib.batch_spec(config.loss)
     reporter = Reporter(config, workdir, start)
@@ -111,7 +126,11 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
                 last = reporter.report(*pending)
             preempted = guard.requested(done)
             saving = done % config.ckpt_every == 0 or done == config.total_steps or preempted
-            evaluating = config.evaluators and config.eval_every and (done % config.eval_every == 0 or done == config.total_steps)
+            evaluating = (
+                config.evaluators
+                and config.eval_every
+                and (done % config.eval_every == 0 or done == config.total_steps)
+            )
             # The data position now is exactly `done` batches: the counters and a save see that.
             skips = iterator.skip_totals() if saving or reporter.logs(done) else None
             pending = (done, metrics, {f"data/skipped/{k}": v for k, v in (skips or {}).items()})
@@ -145,7 +164,9 @@ def _log_resume(workdir: Path, step: int, accepted: list[str], restore: str) -> 
     for change in accepted:
         log.warning("resuming with a changed setting %s", change)
     if restore != "latest":
-        log.warning("restore=%s: train state of step %d restored, data iterator restarted from the beginning", restore, step)
+        log.warning(
+            "restore=%s: train state of step %d restored, data iterator restarted from the beginning", restore, step
+        )
     if jax.process_index() == 0 and (accepted or restore != "latest"):
         ckpt_lib.record(workdir, "resumed", step=step, restore=restore, changed=accepted)
 
@@ -156,7 +177,6 @@ def _log_resume(workdir: Path, step: int, accepted: list[str], restore: str) -> 
 def _data_iterator(config, mesh, tokenizer):
     """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline)."""
     from clapcomp.data import pipeline
-
     from clapcomp.data.records import RecordSource
 
     if config.data.workers > 0:
@@ -279,7 +299,11 @@ class Reporter:
         for k, v in m.items():
             self.tb.add_scalar(k, v, step)
         eta = (self.config.total_steps - step) * m.get("step_time_s", 0.0)
-        line = f"loss {m['loss']:.4f}  {m.get('samples_per_s', 0):.1f} samples/s  ETA {eta / 60:.1f} min" if "loss" in m else ""
+        line = (
+            f"loss {m['loss']:.4f}  {m.get('samples_per_s', 0):.1f} samples/s  ETA {eta / 60:.1f} min"
+            if "loss" in m
+            else ""
+        )
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(line or ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
@@ -328,8 +352,10 @@ class PreemptionGuard:
             log.warning("second SIGINT: exiting now without a checkpoint; the newest complete one is intact")
             logging.shutdown()
             os._exit(130)
-        log.warning("received %s; saving a checkpoint after this step (Ctrl-C again to exit at once)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "received %s; saving a checkpoint after this step (Ctrl-C again to exit at once)",
+            signal.Signals(signum).name,
+        )
         self.flag = True
 
     def requested(self, step: int) -> bool:
@@ -368,8 +394,9 @@ def usage(fv) -> str:
     head = [(main.__doc__ or "").strip(), "", "flags:"]
     for name in ("config", "workdir", "coordinator", "num_processes", "process_id"):
         head.append(f"  --{name}: {fv[name].help}")
-    return "\n".join([*head, "", f"config fields ({source}; override any with --config.FIELD=VALUE):",
-                      *fields(config.to_dict())])
+    return "\n".join(
+        [*head, "", f"config fields ({source}; override any with --config.FIELD=VALUE):", *fields(config.to_dict())]
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -381,15 +408,22 @@ def main(argv: list[str]) -> int:
     want_help = any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
     argv = ["clapcomp train", *(a for a in argv if a not in ("-h", "--help", "-help", "--helpfull"))]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py[:k=v,...])", flag_values=fv,
-                                    sys_argv=argv)  # overrides are read from these, not sys.argv
+    config_flags.DEFINE_config_file(
+        "config", None, "ml_collections config file (configs/*.py[:k=v,...])", flag_values=fv, sys_argv=argv
+    )  # overrides are read from these, not sys.argv
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, config.json", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without SLURM/TPU)", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)", flag_values=fv)
-    flags.DEFINE_enum("restore", "latest", list(ckpt_lib.RESTORE_MODES), "latest: resume the newest checkpoint "
-                      "with its data position; params_only: restore the train state, restart the data iterator "
-                      "(e.g. after changing the process count)", flag_values=fv)
+    flags.DEFINE_enum(
+        "restore",
+        "latest",
+        list(ckpt_lib.RESTORE_MODES),
+        "latest: resume the newest checkpoint "
+        "with its data position; params_only: restore the train state, restart the data iterator "
+        "(e.g. after changing the process count)",
+        flag_values=fv,
+    )
     try:
         fv(argv)
     except flags.Error as e:

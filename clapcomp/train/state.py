@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from clapcomp.models.clap import ClapModel
 from clapcomp.models.configs import ClapConfig
@@ -85,7 +86,9 @@ def make_optimizer(config, params) -> optax.GradientTransformation:
     if not config.freeze:
         return tx
     frozen = frozen_params(config.freeze)
-    labels = {k: jax.tree_util.tree_map(lambda _: "frozen" if k in frozen else "train", v) for k, v in params.items()}
+    labels = {
+        k: jax.tree_util.tree_map(lambda _, k=k: "frozen" if k in frozen else "train", v) for k, v in params.items()
+    }
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
@@ -139,7 +142,7 @@ def state_shardings(abstract: TrainState, mesh: Mesh, fsdp_text: bool) -> TrainS
                 return NamedSharding(mesh, spec)
         return NamedSharding(mesh, P())
 
-    rep = lambda x: NamedSharding(mesh, P())  # noqa: E731
+    rep = lambda x: NamedSharding(mesh, P())
     return TrainState(
         step=rep(abstract.step),
         params=jax.tree_util.tree_map_with_path(for_param, abstract.params),
@@ -212,4 +215,3 @@ def place(tree, shardings):
 def clamp_logit_scale(params):
     """LAION-CLAP clamps the logit scale to [0, ln 100] after every update."""
     return {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, MAX_LOGIT_SCALE)}
-

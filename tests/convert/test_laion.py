@@ -42,8 +42,21 @@ def test_unfused_checkpoint_imports_completely_with_equal_embeddings(tmp_path, l
     assert set(tensors) == set(state)  # "module." stripped
     cfg, model = load_laion_clap(tmp_path / "laion.pt", audio=AudioConfig(clip_seconds=1))
     h, t = cfg.htsat, cfg.text
-    assert (h.embed_dim, h.depths, h.num_heads, h.window_size, h.spec_size, h.enable_fusion) == (8, (2, 1), (1, 2), 4, 128, False)
-    assert (t.num_layers, t.hidden_size, t.vocab_size, t.max_position_embeddings, cfg.projection_dim) == (1, 768, 300, 40, 12)
+    assert (h.embed_dim, h.depths, h.num_heads, h.window_size, h.spec_size, h.enable_fusion) == (
+        8,
+        (2, 1),
+        (1, 2),
+        4,
+        128,
+        False,
+    )
+    assert (t.num_layers, t.hidden_size, t.vocab_size, t.max_position_embeddings, cfg.projection_dim) == (
+        1,
+        768,
+        300,
+        40,
+        12,
+    )
     np.testing.assert_allclose(float(model.logit_scale.get_value()), 2.5)
 
     # Every key is accounted for: dropped ones are only the documented kinds, the rest land on HF names
@@ -87,7 +100,7 @@ def test_fused_bare_state_dict_matches_on_the_same_mel(tmp_path, laion):
     longer = np.array([True, False])
     with torch.no_grad():
         want = ref.get_audio_embedding(
-            [{"mel_fusion": torch.from_numpy(m), "longer": torch.tensor(b)} for m, b in zip(mel, longer)]
+            [{"mel_fusion": torch.from_numpy(m), "longer": torch.tensor(b)} for m, b in zip(mel, longer, strict=True)]
         ).numpy()
     np.testing.assert_allclose(np.asarray(model.embed_mel(jnp.asarray(mel), jnp.asarray(longer))), want, atol=1e-4)
 
@@ -111,7 +124,9 @@ def test_absolute_position_embedding_imports_and_refuses_hf_export(tmp_path, lai
 
 def test_unknown_keys_and_other_towers_are_named(laion):
     tensors = {k: v.numpy() for k, v in laion(False).state_dict().items()}
-    with pytest.raises(ValueError, match=r"2 LAION-CLAP tensors have no mapping: \['audio_branch.extra.weight', 'mystery'\]"):
+    with pytest.raises(
+        ValueError, match=r"2 LAION-CLAP tensors have no mapping: \['audio_branch.extra.weight', 'mystery'\]"
+    ):
         laion_to_hf({**tensors, "mystery": np.zeros(1), "audio_branch.extra.weight": np.zeros(1)})
     with pytest.raises(ValueError, match="no 'text_branch.embeddings.word_embeddings.weight'"):
         laion_config({k: v for k, v in tensors.items() if not k.startswith("text_branch.")})

@@ -11,8 +11,27 @@ from clapcomp.data.records import RecordSource, decode_flac, encode_record, writ
 from clapcomp.tokenizer import Tokenizer
 
 N, CLIP, L, K, P = 12, 4000, 8, 3, 2
-WORDS = (["<pad>", "<unk>"] + [f"r{i}" for i in range(N)] + [f"n{i}" for i in range(5)]
-         + "record first second neg pos a dog barks then man speaks followed by after".split())
+WORDS = (
+    ["<pad>", "<unk>"]
+    + [f"r{i}" for i in range(N)]
+    + [f"n{i}" for i in range(5)]
+    + [
+        "record",
+        "first",
+        "second",
+        "neg",
+        "pos",
+        "a",
+        "dog",
+        "barks",
+        "then",
+        "man",
+        "speaks",
+        "followed",
+        "by",
+        "after",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +46,14 @@ def tok():
 
 def _record(i):
     """Record i: a monotonic ramp of 2000 + 500 i samples (so any crop can be located)."""
-    return {"key": f"k{i}", "audio": np.linspace(-0.9, 0.9, 2000 + 500 * i).astype(np.float32),
-            "sample_rate": 16000, "captions": [f"record r{i} first", f"record r{i} second"],
-            "negatives": [f"neg n{j}" for j in range(i % 5)],
-            "positives": [f"pos n{j}" for j in range(i % 3)]}
+    return {
+        "key": f"k{i}",
+        "audio": np.linspace(-0.9, 0.9, 2000 + 500 * i).astype(np.float32),
+        "sample_rate": 16000,
+        "captions": [f"record r{i} first", f"record r{i} second"],
+        "negatives": [f"neg n{j}" for j in range(i % 5)],
+        "positives": [f"pos n{j}" for j in range(i % 3)],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +64,18 @@ def source(tmp_path_factory):
 
 
 def _ds(source, tok, **kw):
-    args = dict(tokenizer=tok, seed=7, global_batch_size=4, clip_samples=CLIP, k_negatives=K,
-                sample_rate=16000, num_epochs=1, process_index=0, process_count=1,
-                generate_negatives=False)
+    args = dict(
+        tokenizer=tok,
+        seed=7,
+        global_batch_size=4,
+        clip_samples=CLIP,
+        k_negatives=K,
+        sample_rate=16000,
+        num_epochs=1,
+        process_index=0,
+        process_count=1,
+        generate_negatives=False,
+    )
     return make_dataset(source, **{**args, **kw})
 
 
@@ -68,12 +100,18 @@ def test_batches_match_direct_decoding_and_tokenising(source, tok):
     assert len(batches) == N // 4
     for batch in batches:
         assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
-            "waveform": ((4, CLIP), "float32"), "lengths": ((4,), "int32"),
-            "input_ids": ((4, L), "int32"), "attention_mask": ((4, L), "int32"),
-            "neg_input_ids": ((4, K, L), "int32"), "neg_attention_mask": ((4, K, L), "int32"),
-            "neg_mask": ((4, K), "bool"), "pos_input_ids": ((4, P, L), "int32"),
-            "pos_attention_mask": ((4, P, L), "int32"), "pos_mask": ((4, P), "bool"),
-            "_skips": ((4, len(READ_REASONS)), "int32")}
+            "waveform": ((4, CLIP), "float32"),
+            "lengths": ((4,), "int32"),
+            "input_ids": ((4, L), "int32"),
+            "attention_mask": ((4, L), "int32"),
+            "neg_input_ids": ((4, K, L), "int32"),
+            "neg_attention_mask": ((4, K, L), "int32"),
+            "neg_mask": ((4, K), "bool"),
+            "pos_input_ids": ((4, P, L), "int32"),
+            "pos_attention_mask": ((4, P, L), "int32"),
+            "pos_mask": ((4, P), "bool"),
+            "_skips": ((4, len(READ_REASONS)), "int32"),
+        }
         assert not batch["_skips"].any()
         for b, rid in enumerate(_record_ids(batch)):
             rec = _record(int(rid))
@@ -100,8 +138,9 @@ def test_batches_match_direct_decoding_and_tokenising(source, tok):
 def test_epoch_sees_every_record_once_and_processes_split_it(source, tok):
     one = [r for b in _ds(source, tok) for r in _record_ids(b)]
     assert sorted(one, key=int) == [str(i) for i in range(N)]
-    per_host = [[r for b in _ds(source, tok, process_index=p, process_count=2) for r in _record_ids(b)]
-                for p in range(2)]
+    per_host = [
+        [r for b in _ds(source, tok, process_index=p, process_count=2) for r in _record_ids(b)] for p in range(2)
+    ]
     assert all(len(h) == N // 2 for h in per_host)
     assert not set(per_host[0]) & set(per_host[1])
     assert sorted(per_host[0] + per_host[1], key=int) == [str(i) for i in range(N)]
@@ -111,7 +150,7 @@ def test_epoch_sees_every_record_once_and_processes_split_it(source, tok):
 
 def _assert_same(batches_a, batches_b):
     assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
+    for a, b in zip(batches_a, batches_b, strict=True):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -178,14 +217,16 @@ def test_orbax_checkpoint_of_the_device_iterator(source, tok, tmp_path):
         expected = [next(it) for _ in range(3)]
         restored = DeviceIterator(_ds(source, tok, num_epochs=None), mesh)
         mngr.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored.grain_iterator)))
-    _assert_same([{k: np.asarray(v) for k, v in b.items()} for b in expected],
-                 [{k: np.asarray(v) for k, v in next(restored).items()} for _ in range(3)])
+    _assert_same(
+        [{k: np.asarray(v) for k, v in b.items()} for b in expected],
+        [{k: np.asarray(v) for k, v in next(restored).items()} for _ in range(3)],
+    )
 
 
 def test_pcm16_records_give_the_same_batches_as_flac(source, tok, tmp_path):
     write_records(str(tmp_path), (_record(i) for i in range(N)), audio_format="pcm16")
     pcm = RecordSource(str(tmp_path))
-    for a, b in zip(_ds(source, tok), _ds(pcm, tok)):
+    for a, b in zip(_ds(source, tok), _ds(pcm, tok), strict=True):
         assert _record_ids(a) == _record_ids(b)
         np.testing.assert_array_equal(a["lengths"], b["lengths"])
         # both store 16-bit samples; FLAC and raw PCM scale by 2**15 on read
@@ -205,8 +246,10 @@ def test_fused_mode_keeps_the_whole_clip_up_to_max_samples(source, tok):
 
 def test_generated_negatives_when_the_record_has_none(tmp_path, tok):
     caption = "a dog barks then a man speaks"
-    write_records(str(tmp_path), [{"key": "x", "audio": np.full(3000, 0.1, np.float32),
-                                   "sample_rate": 16000, "captions": [caption]}])
+    write_records(
+        str(tmp_path),
+        [{"key": "x", "audio": np.full(3000, 0.1, np.float32), "sample_rate": 16000, "captions": [caption]}],
+    )
     (batch,) = list(_ds(RecordSource(str(tmp_path)), tok, global_batch_size=1, generate_negatives=True))
     expected = NegativeGenerator(7).generate(caption, K)
     assert expected and caption not in expected
@@ -222,12 +265,15 @@ def _bad_shard(path):
 
     w = ArrayRecordWriter(str(path), "group_size:1")
     w.write(b"junk, not a record")
-    w.write(encode_record({"key": "c", "audio": b"fLaC garbage", "num_samples": 100,
-                           "sample_rate": 16000, "captions": ["x"]}))
-    w.write(encode_record({"key": "e", "audio": np.full(100, 0.1, np.float32), "sample_rate": 16000,
-                           "captions": []}))
-    w.write(encode_record({"key": "t", "audio": b"x", "num_samples": 16000 * 3600,
-                           "sample_rate": 16000, "captions": ["x"]}))
+    w.write(
+        encode_record(
+            {"key": "c", "audio": b"fLaC garbage", "num_samples": 100, "sample_rate": 16000, "captions": ["x"]}
+        )
+    )
+    w.write(encode_record({"key": "e", "audio": np.full(100, 0.1, np.float32), "sample_rate": 16000, "captions": []}))
+    w.write(
+        encode_record({"key": "t", "audio": b"x", "num_samples": 16000 * 3600, "sample_rate": 16000, "captions": ["x"]})
+    )
     w.close()
 
 
@@ -239,7 +285,7 @@ def test_bad_records_are_replaced_and_counted(source, tok, tmp_path):
     assert len(batches) == 3 * (N + 4) // 2
     # Every output comes from a good record; each bad draw is counted by its reason.
     assert all(int(r) < N for b in batches for r in _record_ids(b))
-    skips = dict(zip(READ_REASONS, sum(b["_skips"].sum(0) for b in batches).tolist()))
+    skips = dict(zip(READ_REASONS, sum(b["_skips"].sum(0) for b in batches).tolist(), strict=True))
     assert {r for r, n in skips.items() if n} == {"bad_record", "corrupt_audio", "no_caption", "too_long"}
     assert all(skips[r] >= 3 for r in ("bad_record", "corrupt_audio", "no_caption", "too_long"))
 
@@ -278,8 +324,9 @@ def test_device_iterator_stops_past_the_error_rate(tok, tmp_path):
     _bad_shard(tmp_path / "bad.array_record")
     src = RecordSource([str(tmp_path / "good" / "data-00000.array_record"), str(tmp_path / "bad.array_record")])
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    it = DeviceIterator(_ds(src, tok, global_batch_size=1, num_epochs=None), mesh,
-                        max_error_rate=0.5, min_examples_for_rate=4)
+    it = DeviceIterator(
+        _ds(src, tok, global_batch_size=1, num_epochs=None), mesh, max_error_rate=0.5, min_examples_for_rate=4
+    )
     with pytest.raises(RuntimeError, match="max_error_rate=0.5"):
         for _ in range(20):
             next(it)
@@ -287,8 +334,7 @@ def test_device_iterator_stops_past_the_error_rate(tok, tmp_path):
 
 def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
     good = [source[i] for i in range(N)]
-    transform = pipeline.RecordTransform(good, tokenizer=tok, sample_rate=16000, clip_samples=CLIP,
-                                         k_negatives=K)
+    transform = pipeline.RecordTransform(good, tokenizer=tok, sample_rate=16000, clip_samples=CLIP, k_negatives=K)
     rng = np.random.default_rng(0)
     skipped = 0
     for i in range(100):
@@ -312,8 +358,15 @@ def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source
             raise KeyError("bug in a custom negative generator")
 
     records = [encode_record({**_record(i), "negatives": []}) for i in range(N)]
-    transform = pipeline.RecordTransform(records, tokenizer=tok, sample_rate=16000, clip_samples=CLIP,
-                                         k_negatives=K, negative_generator=Broken(), max_unexpected=3)
+    transform = pipeline.RecordTransform(
+        records,
+        tokenizer=tok,
+        sample_rate=16000,
+        clip_samples=CLIP,
+        k_negatives=K,
+        negative_generator=Broken(),
+        max_unexpected=3,
+    )
     rng = np.random.default_rng(0)
     with pytest.raises(RuntimeError, match="3 unexpected errors.*KeyError.*a bug"):
         transform(records[0], rng)

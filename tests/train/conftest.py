@@ -29,7 +29,10 @@ def _example(i: int, rng: np.random.Generator) -> dict:
         "audio": wave,
         "sample_rate": 8000,
         "captions": [f"a {PITCHES[a]} tone followed by a {PITCHES[b]} tone"],
-        "negatives": [f"a {PITCHES[b]} tone followed by a {PITCHES[a]} tone", f"a {PITCHES[a]} tone with a {PITCHES[b]} tone"],
+        "negatives": [
+            f"a {PITCHES[b]} tone followed by a {PITCHES[a]} tone",
+            f"a {PITCHES[a]} tone with a {PITCHES[b]} tone",
+        ],
         "positives": [f"a {PITCHES[a]} tone", f"a {PITCHES[b]} tone"],
     }
 
@@ -66,14 +69,28 @@ def train_env(cache: Path, devices: int = 8) -> dict:
 
 
 def train_cmd(workdir: Path, records: Path, *overrides: str, config: str = "configs/tiny.py") -> list[str]:
-    return [sys.executable, "-m", "clapcomp.cli", "train", f"--config={REPO / config}", f"--workdir={workdir}",
-            f"--config.data.train={records}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "clapcomp.cli",
+        "train",
+        f"--config={REPO / config}",
+        f"--workdir={workdir}",
+        f"--config.data.train={records}",
+        *overrides,
+    ]
 
 
 def run_train(workdir, records, *overrides, cache, devices=8, timeout=600, config="configs/tiny.py"):
     """Runs `clapcomp train` to completion in a subprocess; returns the CompletedProcess."""
-    return subprocess.run(train_cmd(workdir, records, *overrides, config=config), env=train_env(cache, devices),
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        train_cmd(workdir, records, *overrides, config=config),
+        env=train_env(cache, devices),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 REFERENCE = ("--config.total_steps=8", "--config.ckpt_every=4", "--config.mesh.fsdp=2", "--config.fsdp_text=True")
@@ -116,7 +133,9 @@ def read_state(workdir: Path, step: int):
     config = ckpt_lib.read_config(workdir)
     mesh = jax.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1])
     abstract = state_lib.abstract_state(config, mesh)
-    with ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    with ocp.CheckpointManager(
+        (workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
+    ) as m:
         restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
     return jax.tree_util.tree_map(np.asarray, restored)
 
@@ -127,10 +146,12 @@ def assert_states_bitwise_equal(a, b) -> None:
     leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
     leaves_b, tree_b = jax.tree_util.tree_flatten(b)
     assert len(leaves_a) == len(leaves_b)
-    for (path, x), y in zip(leaves_a, leaves_b):
+    for (path, x), y in zip(leaves_a, leaves_b, strict=True):
         assert x.dtype == y.dtype and x.shape == y.shape, path
-        assert np.array_equal(x.view(np.uint8) if x.ndim else np.atleast_1d(x).view(np.uint8),
-                              y.view(np.uint8) if y.ndim else np.atleast_1d(y).view(np.uint8)), jax.tree_util.keystr(path)
+        assert np.array_equal(
+            x.view(np.uint8) if x.ndim else np.atleast_1d(x).view(np.uint8),
+            y.view(np.uint8) if y.ndim else np.atleast_1d(y).view(np.uint8),
+        ), jax.tree_util.keystr(path)
 
 
 @pytest.fixture(scope="session")

@@ -31,12 +31,25 @@ def main(workdir: str, csv: str, fsdp: int) -> None:
     digest = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state, state.model_state)):
         digest.update(np.asarray(leaf).tobytes())
-    sharded = {state_lib.path_name(p): str(x.sharding.spec) for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
-               if x.sharding.spec != jax.sharding.PartitionSpec()}
+    sharded = {
+        state_lib.path_name(p): str(x.sharding.spec)
+        for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
+        if x.sharding.spec != jax.sharding.PartitionSpec()
+    }
     graphdef = state_lib.abstract_model(config)[0]
     metrics = loop.evaluate(config, graphdef, state, loop._tokenizer(config))
-    print(json.dumps({"devices": jax.device_count(), "mesh": dict(mesh.shape), "step": int(state.step),
-                      "sha256": digest.hexdigest(), "sharded": sharded, "eval": metrics}))
+    print(
+        json.dumps(
+            {
+                "devices": jax.device_count(),
+                "mesh": dict(mesh.shape),
+                "step": int(state.step),
+                "sha256": digest.hexdigest(),
+                "sharded": sharded,
+                "eval": metrics,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ def _state(step: int, mesh):
 
 
 def _abstract(mesh):
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _state(0, mesh))
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _state(0, mesh)
+    )
 
 
 def _iterator():
@@ -204,14 +206,30 @@ def test_skip_counters_are_saved_with_the_step(tmp_path):
 def test_config_changes_split_into_accepted_and_refused():
     import ml_collections
 
-    saved = {"total_steps": 8, "loss": "compa", "model": {"projection_dim": 32, "htsat": {"depths": [1, 1]}},
-             "optimizer": {"lr": 0.01, "warmup_steps": 3}, "data": {"workers": 0, "batch_size": 8}}
-    new = ml_collections.ConfigDict({"total_steps": 16, "loss": "plain", "model": {"projection_dim": 32, "htsat": {"depths": (1, 1)}},
-                                     "optimizer": {"lr": 0.01, "warmup_steps": 5}, "data": {"workers": 2, "batch_size": 8},
-                                     "log_every": 5})
+    saved = {
+        "total_steps": 8,
+        "loss": "compa",
+        "model": {"projection_dim": 32, "htsat": {"depths": [1, 1]}},
+        "optimizer": {"lr": 0.01, "warmup_steps": 3},
+        "data": {"workers": 0, "batch_size": 8},
+    }
+    new = ml_collections.ConfigDict(
+        {
+            "total_steps": 16,
+            "loss": "plain",
+            "model": {"projection_dim": 32, "htsat": {"depths": (1, 1)}},
+            "optimizer": {"lr": 0.01, "warmup_steps": 5},
+            "data": {"workers": 2, "batch_size": 8},
+            "log_every": 5,
+        }
+    )
     accepted, refused = ckpt_lib.config_changes(saved, new)
-    assert accepted == ["data.workers: 0 -> 2", "log_every: '<absent>' -> 5", "optimizer.warmup_steps: 3 -> 5",
-                        "total_steps: 8 -> 16"]
+    assert accepted == [
+        "data.workers: 0 -> 2",
+        "log_every: '<absent>' -> 5",
+        "optimizer.warmup_steps: 3 -> 5",
+        "total_steps: 8 -> 16",
+    ]
     assert refused == ["loss: 'compa' -> 'plain'"]  # the tuple/list spelling of depths is no change
 
 

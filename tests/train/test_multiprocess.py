@@ -24,10 +24,21 @@ def _launch(helpers, workdir, records, cache, *extra, sigterm_after_step=None, e
     port = _free_port()
     procs = [
         subprocess.Popen(
-            helpers.train_cmd(workdir, records, *OVERRIDES, *extra, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-                              f"--process_id={i}"),
-            env=helpers.train_env(cache, devices=4), cwd=helpers.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            helpers.train_cmd(
+                workdir,
+                records,
+                *OVERRIDES,
+                *extra,
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=helpers.train_env(cache, devices=4),
+            cwd=helpers.REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     try:
@@ -43,7 +54,7 @@ def _launch(helpers, workdir, records, cache, *extra, sigterm_after_step=None, e
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert (p.returncode == 0) == (expect_rc == 0), err[-3000:]
     return outs
 
@@ -70,7 +81,9 @@ def _snapshot(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_one_to_two_processes_is_refused_untouched_or_restored_params_only(tmp_path, tone_records, compile_cache, helpers):
+def test_one_to_two_processes_is_refused_untouched_or_restored_params_only(
+    tmp_path, tone_records, compile_cache, helpers
+):
     workdir = tmp_path / "run"
     r = helpers.run_train(workdir, tone_records, *OVERRIDES, "--config.total_steps=5", cache=compile_cache)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -14,8 +14,14 @@ SCRIPT = Path(__file__).with_name("restore_eval.py")
 
 
 def _restore(helpers, workdir, csv, devices, fsdp, cache):
-    r = subprocess.run([sys.executable, str(SCRIPT), str(workdir), str(csv), str(fsdp)], env=helpers.train_env(cache, devices),
-                       capture_output=True, text=True, timeout=600, cwd=helpers.REPO)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), str(workdir), str(csv), str(fsdp)],
+        env=helpers.train_env(cache, devices),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=helpers.REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -13,8 +13,13 @@ pytestmark = pytest.mark.slow  # multi-process / end-to-end: `make test-fast` sk
 
 
 def _start(h, workdir, records, cache):
-    return subprocess.Popen(h.train_cmd(workdir, records, *h.REFERENCE), env=h.train_env(cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        h.train_cmd(workdir, records, *h.REFERENCE),
+        env=h.train_env(cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(predicate, proc, timeout=600):
@@ -25,7 +30,9 @@ def _wait_for(predicate, proc, timeout=600):
         time.sleep(0.02)
 
 
-def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path, tone_records, compile_cache, reference_run, helpers):
+def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(
+    tmp_path, tone_records, compile_cache, reference_run, helpers
+):
     h = helpers
     workdir = tmp_path / "run"
     proc = _start(h, workdir, tone_records, compile_cache)
@@ -40,7 +47,9 @@ def test_sigkill_after_checkpoint_then_resume_is_bitwise_identical(tmp_path, ton
     h.assert_states_bitwise_equal(h.read_state(reference_run, 8), h.read_state(workdir, 8))
 
 
-def test_sigterm_saves_exits_cleanly_and_resume_is_bitwise_identical(tmp_path, tone_records, compile_cache, reference_run, helpers):
+def test_sigterm_saves_exits_cleanly_and_resume_is_bitwise_identical(
+    tmp_path, tone_records, compile_cache, reference_run, helpers
+):
     h = helpers
     workdir = tmp_path / "run"
     proc = _start(h, workdir, tone_records, compile_cache)
@@ -62,7 +71,9 @@ def _snapshot(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_corrupt_newest_checkpoint_falls_back_and_still_matches(tmp_path, tone_records, compile_cache, reference_run, helpers):
+def test_corrupt_newest_checkpoint_falls_back_and_still_matches(
+    tmp_path, tone_records, compile_cache, reference_run, helpers
+):
     h = helpers
     import shutil
 
@@ -83,7 +94,9 @@ def test_corrupt_newest_checkpoint_falls_back_and_still_matches(tmp_path, tone_r
     h.assert_states_bitwise_equal(h.read_state(reference_run, 8), h.read_state(workdir, 8))
 
 
-def test_wrong_model_flag_is_refused_untouched_then_correct_command_resumes(tmp_path, tone_records, compile_cache, reference_run, helpers):
+def test_wrong_model_flag_is_refused_untouched_then_correct_command_resumes(
+    tmp_path, tone_records, compile_cache, reference_run, helpers
+):
     h = helpers
     import shutil
 
@@ -110,7 +123,6 @@ def test_load_newest_or_explicit_step_and_a_corrupt_step_is_an_error(tmp_path, r
 
     import jax
     import pytest
-
     from flax import nnx
 
     import clapcomp
@@ -120,7 +132,9 @@ def test_load_newest_or_explicit_step_and_a_corrupt_step_is_an_error(tmp_path, r
     shutil.copytree(reference_run, workdir)
     for step in (8, 4):
         params = ckpt_lib.load_weights(workdir, step=None if step == 8 else step)[2]
-        helpers.assert_states_bitwise_equal(helpers.read_state(reference_run, step).params, jax.tree_util.tree_map(np.asarray, params))
+        helpers.assert_states_bitwise_equal(
+            helpers.read_state(reference_run, step).params, jax.tree_util.tree_map(np.asarray, params)
+        )
     with pytest.raises(ckpt_lib.CheckpointError, match=r"no step 5; it holds steps \[4, 8\]"):
         ckpt_lib.load_weights(workdir, step=5)
 
@@ -133,7 +147,10 @@ def test_load_newest_or_explicit_step_and_a_corrupt_step_is_an_error(tmp_path, r
 
     with pytest.raises(ckpt_lib.CheckpointError, match="step 8"):
         export.main(["--model", str(workdir), "--format", "safetensors", "--out", str(tmp_path / "x")])
-    assert export.main(["--model", str(workdir), "--format", "safetensors", "--out", str(tmp_path / "e4"), "--step", "4"]) == 0
+    assert (
+        export.main(["--model", str(workdir), "--format", "safetensors", "--out", str(tmp_path / "e4"), "--step", "4"])
+        == 0
+    )
     model = clapcomp.load(tmp_path / "e4").model  # the export of step 4 ...
     loaded = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
     helpers.assert_states_bitwise_equal(helpers.read_state(reference_run, 4).params, loaded)

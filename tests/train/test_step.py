@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from clapcomp.train import distributed
 from clapcomp.train import state as state_lib
@@ -65,7 +66,8 @@ def test_nan_step_does_not_advance_the_schedule(setup):
     key = jax.random.fold_in(jax.random.key(config.seed), 2)  # the step's own randomness
     model_state = jax.tree_util.tree_map(jnp.asarray, before.model_state)
     grads = jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p, model_state), later, key, mesh))(
-        jax.tree_util.tree_map(jnp.asarray, before.params))
+        jax.tree_util.tree_map(jnp.asarray, before.params)
+    )
     s3, m2 = step(s2, later)
     assert int(m2["nonfinite"]) == 0
 
@@ -76,7 +78,9 @@ def test_nan_step_does_not_advance_the_schedule(setup):
     for path, new in jax.tree_util.tree_leaves_with_path(s3.params[w]):
         old = _at(before.params[w], path)
         g = np.asarray(_at(grads[w], path))
-        np.testing.assert_allclose(np.asarray(new) - old, -float(schedule(1)) * g, rtol=1e-3, atol=1e-7)  # float32 ulps of new - old
+        np.testing.assert_allclose(
+            np.asarray(new) - old, -float(schedule(1)) * g, rtol=1e-3, atol=1e-7
+        )  # float32 ulps of new - old
     assert int(step_lib.applied_updates(s3.opt_state)) == 2
 
 
@@ -95,7 +99,9 @@ def test_config_step_logs_the_adamw_rate_it_applies(setup):
     cfg = state_lib.model_config(config)
     good = _batch(cfg, 8, 0)
     state = jax.tree_util.tree_map(lambda x: x.copy(), state)  # the step donates its input
-    expected = optax.warmup_cosine_decay_schedule(0.0, config.optimizer.lr, config.optimizer.warmup_steps, config.total_steps, 0.0)
+    expected = optax.warmup_cosine_decay_schedule(
+        0.0, config.optimizer.lr, config.optimizer.warmup_steps, config.total_steps, 0.0
+    )
     rates = []
     for batch in (good, {**good, "waveform": good["waveform"] * np.inf}, good):
         state, m = step(state, batch)

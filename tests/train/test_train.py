@@ -87,9 +87,9 @@ def test_nonfinite_steps_skipped_counted_then_stop(tmp_path, tiny, helpers, monk
 
 
 def test_data_skip_counters_reach_metrics_and_survive_a_resume(tmp_path, tiny, tone_records):
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     import shutil
+
+    from array_record.python.array_record_module import ArrayRecordWriter
 
     records = tmp_path / "records"
     shutil.copytree(tone_records, records)
@@ -129,9 +129,15 @@ def test_second_ctrl_c_exits_at_once_even_inside_a_blocking_call(tmp_path, helpe
         "guard = PreemptionGuard()\n"
         "print('ready', flush=True)\n"
         "r, w = os.pipe()\n"
-        "os.read(r, 1)  # blocks in C forever, as a long XLA compile or Orbax write would\n")
-    proc = subprocess.Popen([sys.executable, str(script)], env=helpers.train_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+        "os.read(r, 1)  # blocks in C forever, as a long XLA compile or Orbax write would\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=helpers.train_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGINT)
