@@ -190,8 +190,17 @@ def prepare(config, workdir: str | Path | None = None):
     elif c.init.kind not in NO_PATH_NEEDED and not c.init.path:
         raise ValueError(f"config.init.kind={c.init.kind!r} needs config.init.path")
     if resuming:  # the workdir's architecture
+        from clapcomp.train.checkpoint import IncompatibleCheckpoint
+
         loaded = checkpoint_architecture("checkpoint", str(workdir), c)
-        model = merge_architecture(c, loaded, str(workdir))
+        try:
+            model = merge_architecture(c, loaded, str(workdir))
+        except ValueError as e:
+            raise IncompatibleCheckpoint(
+                f"{workdir} holds checkpoints of another architecture: {e} Nothing was changed. To resume, drop the "
+                f"overrides; to start a new run from its weights: --workdir NEW --config.init.kind=checkpoint "
+                f"--config.init.path={workdir} (only if the towers and projections keep their shapes)."
+            ) from None
     elif c.init.kind != "none":
         loaded = checkpoint_architecture(c.init.kind, c.init.path, c)
         model = merge_architecture(c, loaded, init_source(c))

@@ -27,7 +27,7 @@ FRONT = AudioConfig(sample_rate=RATE, n_fft=512, hop_length=160, n_mels=64, f_mi
 
 @pytest.fixture(scope="module")
 def pann_model():
-    from convert.test_laion import _stand_ins  # tests/ is on the pytest pythonpath
+    from laion_reference import _stand_ins  # tests/ is on the pytest pythonpath
 
     stand_ins = _stand_ins()
     hidden = {name: sys.modules[name] for name in stand_ins if name in sys.modules}

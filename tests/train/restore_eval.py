@@ -14,6 +14,7 @@ import numpy as np
 
 from clapcomp.train import checkpoint as ckpt_lib
 from clapcomp.train import distributed, loop
+from clapcomp.train import init as init_lib
 from clapcomp.train import state as state_lib
 
 
@@ -25,7 +26,8 @@ def main(workdir: str, csv: str, fsdp: int) -> None:
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     abstract = state_lib.abstract_state(config, mesh)
-    iterator = loop._data_iterator(config, mesh, loop._tokenizer(config))
+    tokenizer = init_lib.run_tokenizer(config, workdir)
+    iterator = loop._data_iterator(config, mesh, tokenizer)
     state = checkpointer.restore(abstract, iterator.grain_iterator)
     checkpointer.close()
     digest = hashlib.sha256()
@@ -37,7 +39,7 @@ def main(workdir: str, csv: str, fsdp: int) -> None:
         if x.sharding.spec != jax.sharding.PartitionSpec()
     }
     graphdef = state_lib.abstract_model(config)[0]
-    metrics = loop.evaluate(config, graphdef, state, loop._tokenizer(config))
+    metrics = loop.evaluate(config, graphdef, state, tokenizer)
     print(
         json.dumps(
             {
