@@ -1,5 +1,5 @@
 """Kill anywhere: SIGKILL a tiny CPU training run at N random moments, resume it each time, and check
-that it ends bitwise equal to an uninterrupted run (issue 9, item 1).
+that it ends bitwise equal to an uninterrupted run.
 
     python benchmarks/chaos_kill.py --kills 20 --seed 0 --steps 24 --workdir /tmp/chaos
 

@@ -47,7 +47,7 @@ def test_table_takes_any_models_in_the_order_given():
         ((60, 60, 28.9), "does not clearly fix"),
     ],  # retrieval R@1 -1.1
 )
-def test_reading_applies_the_issue_bar(compa, verdict):
+def test_reading_applies_the_demo_bar(compa, verdict):
     text = demo.reading([{"plain CLAP": _result(17, 20, 30.0), "CompA": _result(*compa)}])
     assert f"CompA training {verdict} what" in text
     assert f"from 17.0 to {compa[0]:.1f} on order" in text

@@ -1,4 +1,4 @@
-"""Reliability on dirty inputs and safe loading (issue 9, items 4 and 5).
+"""Reliability on dirty inputs and safe loading.
 
 - benchmarks/fuzz_inputs.py (kinds in benchmarks/fuzz_kinds.py) with 150 inputs: no crash, no hang, every input accepted or skipped
   by reason, specific malformed kinds skipped for their own reason, no escaping file written.

@@ -1,4 +1,4 @@
-"""Kill anywhere (issue 9, item 1): benchmarks/chaos_kill.py SIGKILLs a tiny CPU training run 3 times
+"""Kill anywhere: benchmarks/chaos_kill.py SIGKILLs a tiny CPU training run 3 times
 (seed 0 plans one kill at start-up, one inside an async checkpoint write, one during training steps),
 relaunches it after each, and the resumed run ends with parameters, optimizer state and BatchNorm
 statistics bitwise equal to an uninterrupted run's. The final states are re-read and compared here

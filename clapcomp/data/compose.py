@@ -82,14 +82,6 @@ class Op:
 Expr = Event | Op
 
 
-def concat(a: Expr, b: Expr) -> Op:
-    return Op("+", a, b)
-
-
-def overlay(a: Expr, b: Expr) -> Op:
-    return Op("*", a, b)
-
-
 # ---------------------------------------------------------------------------------------------
 # parsing
 

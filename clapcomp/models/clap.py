@@ -35,7 +35,8 @@ def l2_normalize(x: jax.Array) -> jax.Array:
     """[B, D] -> [B, D] float32 unit rows: x / max(|x|, 1e-12), as torch `F.normalize`.
 
     Written with rsqrt of the clamped squared norm so an all-zero row (e.g. a padded, masked hard
-    negative) has a zero gradient instead of the NaN that d|x| gives at 0."""
+    negative) has the finite gradient torch gives there (1/1e-12 times the incoming gradient) instead
+    of the NaN that d|x| gives at 0; masked rows get a zero incoming gradient from the loss."""
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
