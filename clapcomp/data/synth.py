@@ -314,7 +314,7 @@ def synthesize(
         rows.append(row)
         for f in files[: 3 if i % 4 == 3 else 2]:
             record("order", f, [(x, {}, sx), (y, {}, sy)], sp)
-    _write_csv(out / "order.csv", ORDER_COLUMNS, rows)
+    write_csv(out / "order.csv", ORDER_COLUMNS, rows)
 
     maker = _Maker(seed, "attribute", sample_rate, clip_seconds)
     rows = []
@@ -329,7 +329,7 @@ def synthesize(
             _write(out / f, maker.place(audio, sp), sample_rate, ext)
             record("attribute", f, [(x, {kind: ax}, sx), (y, {kind: ay}, sy)], sp)
         rows.append([f"{_phrase(x, a1)} and {_phrase(y, a2)}", f"{_phrase(x, a2)} and {_phrase(y, a1)}", *files])
-    _write_csv(out / "attribute.csv", ORDER_COLUMNS[:4], rows)
+    write_csv(out / "attribute.csv", ORDER_COLUMNS[:4], rows)
 
     with (out / "renderings.jsonl").open("w") as f:
         for r in renderings:
@@ -358,7 +358,8 @@ ORDER_COLUMNS = (
 )
 
 
-def _write_csv(path: Path, header, rows) -> None:
+def write_csv(path: Path, header, rows) -> None:
+    """`rows` under `header` as a CSV file (the CompA benchmark format with ORDER_COLUMNS)."""
     import csv
 
     with path.open("w", newline="") as f:

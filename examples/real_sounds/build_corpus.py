@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp.data.synth import ORDER_COLUMNS, write_csv  # the CompA benchmark CSV, as the demo writes it
+
 HERE = Path(__file__).resolve().parent
 RESERVED = frozenset(
     {"0ad-data", "megaglest-data", "widelands-data", "wesnoth-1.16-data", "minetest-data", "lugaru-data"}
@@ -277,7 +279,7 @@ def test_set(out: Path, clips: list[dict], a) -> dict:
                 write(f"order_{i:05d}_triplet.flac", compose.overlay_audio(wx, wy)),
             ]
         rows.append(row)
-    _write_csv(test / "order.csv", ORDER_COLUMNS, rows)
+    write_csv(test / "order.csv", ORDER_COLUMNS, rows)
 
     rows, cut, fade, gap = [], int(a.count_seconds * sr), int(0.01 * sr), int(0.25 * sr)
     for i in range(a.n_attribute):
@@ -296,7 +298,7 @@ def test_set(out: Path, clips: list[dict], a) -> dict:
             rows.append([ex["caption"], ex["negatives"][0],
                          write(f"attribute_{i:05d}_pair.flac", compose.counting_audio(parts, [c1, c2], gap)),
                          write(f"attribute_{i:05d}_reversed.flac", compose.counting_audio(parts, [c2, c1], gap)), "counting"])  # fmt: skip
-    _write_csv(test / "attribute.csv", list(ORDER_COLUMNS[:4]) + ["category"], rows)
+    write_csv(test / "attribute.csv", list(ORDER_COLUMNS[:4]) + ["category"], rows)
 
     names, labels = [c["audio"] for c in clips], [c["caption"] for c in clips]
     clip_list = [waves[n] for n in names]
@@ -313,23 +315,6 @@ def test_set(out: Path, clips: list[dict], a) -> dict:
     return {"order": a.n_order, "order_triplets": a.n_order // 4, "attribute": a.n_attribute,
             "attribute_categories": {"loudness": (a.n_attribute + 1) // 2, "counting": a.n_attribute // 2},
             "retrieval": a.n_retrieval, "retrieval_kinds": dict(kinds)}  # fmt: skip
-
-
-ORDER_COLUMNS = (
-    "pair_caption",
-    "reversed_pair_caption",
-    "pair_file",
-    "reversed_pair_file",
-    "triplet_caption",
-    "triplet_file",
-)
-
-
-def _write_csv(path: Path, header, rows) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
 
 
 def _table(clips: list[dict], split: dict[str, str]) -> str:
