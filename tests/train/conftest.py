@@ -158,3 +158,24 @@ def assert_states_bitwise_equal(a, b) -> None:
 def helpers():
     """This module's helper functions (test modules cannot import conftest under importlib mode)."""
     return sys.modules[__name__]
+
+
+@pytest.fixture
+def tiny(helpers, tone_records, compile_cache):
+    """configs/tiny.py as `tiny(loss)`, training on the tone records, with the shared compile cache."""
+    import importlib.util
+
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(compile_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def get(loss):
+        c = module.get_config(loss)
+        c.data.train = str(tone_records)
+        return c
+
+    return get

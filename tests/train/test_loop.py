@@ -2,7 +2,6 @@
 run with nothing saved past the limit, every save sees the data position of the batches the saved
 state consumed, and multi-process preemption polls gather only every `preempt_check_every` steps."""
 
-import importlib.util
 import json
 
 import jax
@@ -15,15 +14,9 @@ from clapcomp.train import loop
 
 
 @pytest.fixture
-def tiny(helpers, tone_records, compile_cache):
-    jax.config.update("jax_compilation_cache_dir", str(compile_cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("plain")
-    config.data.train = str(tone_records)
-    return config
+def tiny(tiny):
+    """The tiny plain config (tests/train/conftest.py)."""
+    return tiny("plain")
 
 
 class _Counting:

@@ -1,7 +1,6 @@
 """`train(config, workdir)` on 8 simulated CPU devices: the loss falls with each loss kind, and
 non-finite steps are skipped, counted, and stop the run after the configured number in a row."""
 
-import importlib.util
 import json
 
 import jax
@@ -11,22 +10,6 @@ import pytest
 
 from clapcomp.train import checkpoint as ckpt_lib
 from clapcomp.train import loop
-
-
-@pytest.fixture
-def tiny(helpers, tone_records, compile_cache):
-    jax.config.update("jax_compilation_cache_dir", str(compile_cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    def get(loss):
-        c = module.get_config(loss)
-        c.data.train = str(tone_records)
-        return c
-
-    return get
 
 
 def _losses(workdir):
