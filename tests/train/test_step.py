@@ -65,7 +65,7 @@ def test_nan_step_does_not_advance_the_schedule(setup):
     assert int(m1["nonfinite"]) == 1 and int(s2.step) == 2
     key = jax.random.fold_in(jax.random.key(config.seed), 2)  # the step's own randomness
     model_state = jax.tree_util.tree_map(jnp.asarray, before.model_state)
-    grads = jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p, model_state), later, key, mesh))(
+    grads = jax.jit(jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p, model_state), later, key, mesh)))(
         jax.tree_util.tree_map(jnp.asarray, before.params)
     )
     s3, m2 = step(s2, later)
