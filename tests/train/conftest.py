@@ -2,14 +2,18 @@
 
 The records are 1-s tones at 8 kHz whose caption names their pitch and loudness ordering, with
 two caption negatives and two extra positives each, so all three losses have something to learn.
-Subprocess runs share one persistent XLA compilation cache, so each program compiles once.
+Every process of a test run (both xdist workers and the `clapcomp train` subprocesses) shares one
+persistent XLA compilation cache, so each program compiles once per run, and the reference run is
+trained once per run, not once per worker.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pytest
 
@@ -45,14 +49,39 @@ def write_tone_records(out_dir: Path, n: int = 32, seed: int = 0) -> Path:
     return out_dir
 
 
+def run_root(tmp_path_factory) -> Path:
+    """A folder shared by every xdist worker of this test run (the session's own one without xdist)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def once_per_run(tmp_path_factory, name: str, make) -> Path:
+    """`make(path)` runs once per test run, whichever worker asks first; the others wait and reuse it."""
+    root = run_root(tmp_path_factory)
+    path, done = root / name, root / f"{name}.done"
+    with filelock.FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            make(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def tone_records(tmp_path_factory) -> Path:
-    return write_tone_records(tmp_path_factory.mktemp("tones"))
+    return once_per_run(tmp_path_factory, "tones", write_tone_records)
+
+
+# jax guards its cache files with a file lock only when eviction is on (a maximum size is set)
+CACHE_MAX_BYTES = 8 * 2**30
 
 
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("xla_cache")
+    path = run_root(tmp_path_factory) / "xla_cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def train_env(cache: Path, devices: int = 8) -> dict:
@@ -63,6 +92,7 @@ def train_env(cache: Path, devices: int = 8) -> dict:
         JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(CACHE_MAX_BYTES),
         PYTHONPATH=str(REPO),
     )
     return env
@@ -100,10 +130,12 @@ REFERENCE = ("--config.total_steps=8", "--config.ckpt_every=4", "--config.mesh.f
 def reference_run(tmp_path_factory, tone_records, compile_cache) -> Path:
     """An uninterrupted 8-step tiny run on 8 devices (mesh data 4 x fsdp 2, text tower FSDP);
     checkpoints at steps 4 and 8."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    r = run_train(workdir, tone_records, *REFERENCE, cache=compile_cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return workdir
+
+    def train(path):
+        r = run_train(path / "run", tone_records, *REFERENCE, cache=compile_cache)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    return once_per_run(tmp_path_factory, "reference", train) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +201,7 @@ def tiny(helpers, tone_records, compile_cache):
 
     jax.config.update("jax_compilation_cache_dir", str(compile_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

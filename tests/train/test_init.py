@@ -116,6 +116,13 @@ def test_clip_length_that_does_not_fit_htsat_is_an_immediate_error_with_values_t
     check_geometry(dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, hop_length=hop, n_fft=n_fft)))
 
 
+def test_the_trainer_refuses_bad_geometry_before_writing_anything(helpers, tmp_path, tone_records, compile_cache):
+    workdir = tmp_path / "run"
+    r = helpers.run_train(workdir, tone_records, "--config.model.audio.n_mels=64", cache=compile_cache)
+    assert r.returncode != 0 and "model.audio.n_mels=64 but model.htsat.n_mels=16" in r.stderr, r.stderr[-3000:]
+    assert not (workdir / "checkpoints").exists()
+
+
 def test_mismatched_mel_bins_name_the_field(helpers):
     c = _config(helpers, "tiny")
     c.model.audio.n_mels = 64
