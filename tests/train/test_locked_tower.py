@@ -180,15 +180,19 @@ def test_cached_clap_embeds_as_clap_and_runs_the_tower_once_per_clip(setup):
 
 
 def test_the_trainer_trains_from_the_cache_as_from_the_waveforms(setup, tmp_path):
-    """Two 2-step runs of the trainer from the same initialisation: the logged losses agree."""
+    """Two 2-step runs of the trainer from the same initialisation: the logged losses agree. The cache
+    comes from `cache_for_config` (the run's initial tower, as the trainer builds it), written once."""
     from clapcomp.train import loop
 
     config, *_, records = setup
-    cache = locked_tower.write_cache(records, tmp_path / "cache", _model(setup))
     config = config.copy_and_resolve_references()
     config.total_steps, config.ckpt_every = 2, 2
+    path = locked_tower.cache_for_config(config, records, tmp_path / "caches")
+    written = (path / "stats.json").stat().st_mtime_ns
+    assert locked_tower.cache_for_config(config, records, tmp_path / "caches") == path
+    assert (path / "stats.json").stat().st_mtime_ns == written  # found, not written again
     loop.train(config, tmp_path / "waves")
-    loop.train(_with_cache(config, cache.path), tmp_path / "cached")
+    loop.train(_with_cache(config, path), tmp_path / "cached")
     losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
               for run in ("waves", "cached")]  # fmt: skip
     assert len(losses[0]) == 2
