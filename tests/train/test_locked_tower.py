@@ -90,9 +90,9 @@ def test_cached_outputs_give_the_loss_and_gradients_of_the_locked_tower(setup, t
     loss = step_lib.loss_fn("compa", lock_audio_tower=True)
     key = jax.random.key(5)
 
-    def value_and_grads(batch):
-        fn = lambda p: loss(nnx.merge(graphdef, p, state.model_state), batch, key, mesh)
-        return jax.value_and_grad(fn)(state.params)
+    def value_and_grads(batch):  # jitted: eager op-by-op dispatch of the backward pass is slow
+        fn = lambda p, b: loss(nnx.merge(graphdef, p, state.model_state), b, key, mesh)
+        return jax.jit(jax.value_and_grad(fn))(state.params, batch)
 
     # the cached rows are the tower's output in the step up to float32 rounding (a few ulp: another batch)
     mel, is_longer = audio_lib.features(waves["waveform"], waves["lengths"], _model(setup).cfg.audio)
