@@ -15,6 +15,7 @@ COMMANDS = {
     "export": ("clapcomp.export", "export a model as an HF ClapModel dir, safetensors or StableHLO"),
     "embed": ("clapcomp.inference", "embed audio files and texts, print similarities"),
     "demo": ("clapcomp.demo", "train plain CLAP vs CompA on synthetic data and compare"),
+    "tower-cache": ("clapcomp.train.locked_tower", "a locked audio tower's outputs per clip, for training"),
     "data build": ("clapcomp.data.build", "manifests / CompA CSV / webdataset -> ArrayRecord"),
     "data synth": ("clapcomp.data.synth", "generate the synthetic compositional dataset"),
     "data compose": ("clapcomp.data.compose", "compose single-event clips into CompA stage-3 data"),

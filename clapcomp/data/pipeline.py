@@ -19,6 +19,9 @@ Waveforms: unfused mode crops a random `clip_samples` window from longer clips; 
 zero-padded and `lengths` holds the true count (`clapcomp.audio.features` repeat-pads on device).
 Fused mode (`fused=True`) keeps up to `max_samples` (default 3 x clip_samples = 30 s; cropped at
 random beyond that), so the fusion front end sees the whole clip and can set `is_longer`.
+With a `tower_cache` (`clapcomp.data.tower_cache`: a locked audio tower's outputs keyed by clip) an
+example carries the cached row `audio_pooled` instead of the waveform (a clip the cache lacks stops
+the pipeline with `TowerCacheMiss`: the cache does not fit the records).
 
 Checkpointing: `DeviceIterator.grain_iterator` is grain's iterator; save it in the trainer's Orbax
 Composite as ``data=grain.checkpoint.CheckpointSave(it.grain_iterator)`` and restore with
@@ -33,6 +36,7 @@ import logging
 import numpy as np
 
 from clapcomp.data.records import RecordError, call_with_timeout, decode_audio, parse_record
+from clapcomp.data.tower_cache import TowerCacheMiss
 
 READ_REASONS = (
     "bad_record",
@@ -49,7 +53,8 @@ _log = logging.getLogger(__name__)
 class RecordTransform:
     """One record -> one training example (numpy). Picklable, for grain worker processes.
 
-    Output: ``waveform [S] f32`` (S = clip_samples; fused: max_samples, default 3 x clip_samples), ``lengths`` i32,
+    Output: ``waveform [S] f32`` (S = clip_samples; fused: max_samples, default 3 x clip_samples), or with a
+    `tower_cache` ``audio_pooled [P] f32`` (the cache's row for the clip) instead; ``lengths`` i32,
     ``input_ids``/``attention_mask [L]`` i32, ``neg_input_ids``/``neg_attention_mask [K, L]`` i32,
     ``neg_mask [K]`` bool, with ``n_positives`` P > 0 also ``pos_input_ids``/``pos_attention_mask
     [P, L]``, ``pos_mask [P]``; ``_skips [len(READ_REASONS)]`` i32 (bad records replaced).
@@ -67,12 +72,14 @@ class RecordTransform:
         fused=False,
         max_samples=None,
         negative_generator=None,
+        tower_cache=None,
         decode_timeout_s=10.0,
         max_record_seconds=600.0,
         max_retries=16,
         max_unexpected=3,
     ):
         self.source, self.tokenizer, self.sample_rate = source, tokenizer, sample_rate
+        self.tower_cache = tower_cache
         self.k, self.p = k_negatives, n_positives
         self.out_samples = (max_samples or 3 * clip_samples) if fused else clip_samples
         self.negative_generator = negative_generator
@@ -90,6 +97,8 @@ class RecordTransform:
             except RecordError as e:  # bad data: replaced and counted
                 skips[READ_REASONS.index(e.reason)] += 1
                 _log.warning("skipping a bad record (%s): %s", e.reason, e)
+            except TowerCacheMiss:  # neither bad data nor a bug: a cache that does not fit the records
+                raise
             except Exception as e:  # not bad data: a bug; tolerated a few times, with its traceback
                 self.unexpected += 1
                 skips[READ_REASONS.index("unexpected_error")] += 1
@@ -108,14 +117,6 @@ class RecordTransform:
             "the dataset looks broken: rebuild it with `clapcomp data build`"
         )
 
-    def _decode(self, rec: dict) -> np.ndarray:
-        wave = decode_audio(rec)
-        if rec["sample_rate"] != self.sample_rate:
-            import soxr
-
-            wave = soxr.resample(wave, rec["sample_rate"], self.sample_rate).astype(np.float32)
-        return wave
-
     def _load(self, record: bytes, rng: np.random.Generator) -> dict:
         rec = parse_record(record)
         if not rec["captions"]:
@@ -124,12 +125,15 @@ class RecordTransform:
             raise RecordError("too_long", f"record {rec['key']!r}: {rec['num_samples']} samples")
         # FLAC decoding runs under the time bound; PCM is a bounded copy and runs inline.
         timeout = self.decode_timeout_s if rec["audio_format"] != "pcm16" else None
-        wave = call_with_timeout(self._decode, timeout, rec)  # from int16: always finite
+        wave = call_with_timeout(decode_at, timeout, rec, self.sample_rate)  # from int16: always finite
         if wave.shape[0] > self.out_samples:
             start = int(rng.integers(wave.shape[0] - self.out_samples + 1))
             wave = wave[start : start + self.out_samples]
-        out = np.zeros(self.out_samples, np.float32)
-        out[: wave.shape[0]] = wave
+        if self.tower_cache is not None:
+            audio = {"audio_pooled": self.tower_cache.lookup(wave, f"record {rec['key']!r}")}
+        else:
+            audio = {"waveform": np.zeros(self.out_samples, np.float32)}
+            audio["waveform"][: wave.shape[0]] = wave
 
         caption = rec["captions"][int(rng.integers(len(rec["captions"])))]
         negatives = self._pick(rec["negatives"], self.k, rng)
@@ -138,7 +142,7 @@ class RecordTransform:
         positives = self._pick(rec["positives"], self.p, rng)
         ids, mask = self.tokenizer([caption] + negatives + positives)
         n, L = len(negatives), ids.shape[1]
-        example = {"waveform": out, "lengths": np.int32(wave.shape[0]), "input_ids": ids[0], "attention_mask": mask[0]}
+        example = {**audio, "lengths": np.int32(wave.shape[0]), "input_ids": ids[0], "attention_mask": mask[0]}
         example.update(_padded("neg", ids[1 : 1 + n], mask[1 : 1 + n], self.k, L))
         if self.p:
             example.update(_padded("pos", ids[1 + n :], mask[1 + n :], self.p, L))
@@ -149,6 +153,16 @@ class RecordTransform:
         if len(texts) <= k:
             return list(texts)
         return [texts[i] for i in sorted(rng.choice(len(texts), size=k, replace=False))]
+
+
+def decode_at(rec: dict, sample_rate: int) -> np.ndarray:
+    """A parsed record's audio `[T]` float32 at `sample_rate` (soxr when the record has another rate)."""
+    wave = decode_audio(rec)
+    if rec["sample_rate"] != sample_rate:
+        import soxr
+
+        wave = soxr.resample(wave, rec["sample_rate"], sample_rate).astype(np.float32)
+    return wave
 
 
 def _padded(prefix: str, ids: np.ndarray, mask: np.ndarray, width: int, L: int) -> dict:
@@ -178,6 +192,7 @@ def make_dataset(
     read_threads: int = 2,
     prefetch_batches: int = 4,
     generate_negatives: bool = True,
+    tower_cache=None,
     decode_timeout_s: float | None = 10.0,
 ):
     """A grain `IterDataset` of per-host numpy batches (see `RecordTransform` for the fields).
@@ -191,7 +206,8 @@ def make_dataset(
     identical for any worker count. Each process builds `read_threads` batches at a
     time and buffers `prefetch_batches` (memory: ~(threads + buffer) x batch x S x 4 bytes).
     Negatives come from the record, else (if `generate_negatives`) from
-    `clapcomp.data.negatives.NegativeGenerator(seed)`.
+    `clapcomp.data.negatives.NegativeGenerator(seed)`. `tower_cache`: a `TowerCache` whose rows
+    replace the waveforms (``audio_pooled``).
     """
     import grain
 
@@ -217,6 +233,7 @@ def make_dataset(
         fused=fused,
         max_samples=max_samples,
         negative_generator=NegativeGenerator(seed) if generate_negatives else None,
+        tower_cache=tower_cache,
         decode_timeout_s=decode_timeout_s,
     )
     # random_map before the host slice: the record at global position g gets the same rng

@@ -86,8 +86,17 @@ class ClapModel(nnx.Module):
 
     def embed_mel(self, mel, is_longer, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:
         """mel [B, C, F, M] f32, is_longer [B] bool -> [B, D] f32 unit rows."""
-        pooled = self.audio_tower(mel, is_longer, train=train, key=key)
+        return self.embed_pooled(self.audio_tower(mel, is_longer, train=train, key=key))
+
+    def embed_pooled(self, pooled) -> jax.Array:
+        """The audio tower's output [B, P] f32 -> [B, D] f32 unit rows (the audio projection, normalised)."""
         return l2_normalize(self.audio_projection(pooled))
+
+    def pool_audio(self, waveform, lengths) -> jax.Array:
+        """waveform [B, S] f32, lengths [B] int32 -> the audio tower's output [B, P] f32 at inference (the
+        deterministic crop / chunks, no augmentation): `embed_audio` is `embed_pooled(pool_audio(...))`."""
+        mel, is_longer = audio.features(waveform, lengths, self.cfg.audio)
+        return self.audio_tower(mel, is_longer, train=False)
 
     def embed_audio(self, waveform, lengths, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:
         """waveform [B, S] f32 @ cfg.audio.sample_rate (zero-padded), lengths [B] int32 -> [B, D] f32.

@@ -308,6 +308,7 @@ RESUMABLE = (
     "optimizer.warmup_steps",
     "data.workers",
     "data.train",
+    "data.tower_cache",  # the same embeddings as running the locked tower (checked against its weights)
     "tokenizer",
     "tokenizer_sha256",  # pinned by the trainer; the workdir copy itself is checked on every start
     "init",

@@ -42,6 +42,8 @@ def defaults() -> ml_collections.ConfigDict:
         num_negatives=0,  # K hard-negative captions per audio (loss "compa") or Q (loss "modular")
         num_positives=0,  # P extra positive captions per audio (loss "modular")
         workers=8,  # grain worker processes per host (0 = in-process)
+        tower_cache="",  # dir of a locked audio tower's outputs per clip (clapcomp.train.locked_tower); needs
+        # freeze="audio_tower" and clips of at most model.audio.clip_seconds; empty: run the tower every step
     )
     c.loss = "plain"  # "plain" | "compa" (hard negatives) | "modular" (CompA stage 3)
     c.optimizer = dict(lr=1e-4, warmup_steps=1600, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)

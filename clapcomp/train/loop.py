@@ -3,6 +3,8 @@
     config <- clapcomp.train.init.prepare: architecture from config.init.path (kind detected), checked
     mesh  <- config.mesh (axes data x fsdp) over every device of every process
     state <- newest readable checkpoint in DIR, else config.init (random | HF | LAION | sentence | workdir | export)
+    (config.data.tower_cache: batches carry the locked audio tower's cached outputs, checked against
+    this state's tower: clapcomp.train.locked_tower)
     batch = next(data)                                       grain, global arrays on the mesh
     for step in range(state.step, config.total_steps):
         state, metrics = train_step(state, batch)             jitted, state donated, dispatched async
@@ -36,7 +38,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from clapcomp.train import checkpoint as ckpt_lib
-from clapcomp.train import distributed
+from clapcomp.train import distributed, locked_tower
 from clapcomp.train import init as init_lib
 from clapcomp.train import state as state_lib
 from clapcomp.train import step as step_lib
@@ -83,7 +85,8 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
     accepted = ckpt_lib.check_resume_config(workdir, config) if has_checkpoints else []
     abstract = state_lib.abstract_state(config, mesh)
     tokenizer = init_lib.run_tokenizer(config, workdir)
-    iterator = _data_iterator(config, mesh, tokenizer)
+    tower_cache = locked_tower.load(config)  # None, or the locked audio tower's outputs per clip
+    iterator = _data_iterator(config, mesh, tokenizer, tower_cache)
 
     state = checkpointer.restore(abstract, iterator.grain_iterator, mode=restore)
     # Only now, with a restore done or a fresh start decided, does the workdir change.
@@ -96,6 +99,8 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
         _log_resume(workdir, int(state.step), accepted, restore)
         if restore == "latest":
             iterator.restore_skips(checkpointer.restored_skips)
+    if tower_cache is not None:
+        locked_tower.check(tower_cache, config, state.params, state.model_state)
     start = int(state.step)
     log.info(
         "%s at step %d of %d on %d devices (%d processes), mesh %s",
@@ -107,7 +112,7 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
         dict(mesh.shape),
     )
 
-    keys = step_lib.batch_spec(config.loss)
+    keys = step_lib.batch_spec(config.loss, pooled=tower_cache is not None)
     reporter = Reporter(config, workdir, start)
     guard = PreemptionGuard(config.preempt_check_every)
     last: dict = {}
@@ -174,8 +179,9 @@ def _log_resume(workdir: Path, step: int, accepted: list[str], restore: str) -> 
 # ----------------------------------------------------------------------------- data
 
 
-def _data_iterator(config, mesh, tokenizer):
-    """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline)."""
+def _data_iterator(config, mesh, tokenizer, tower_cache=None):
+    """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline);
+    with a `tower_cache` its batches carry the locked audio tower's outputs instead of waveforms."""
     from clapcomp.data import pipeline
     from clapcomp.data.records import RecordSource
 
@@ -198,6 +204,7 @@ def _data_iterator(config, mesh, tokenizer):
         k_negatives=config.data.num_negatives,
         n_positives=config.data.num_positives,
         num_workers=config.data.workers,
+        tower_cache=tower_cache,
     )
 
 

@@ -10,7 +10,8 @@ No config is read inside the trace. Per step:
                                              resumed run is bit-identical to an unbroken one
   audio  = embed_audio(waveform, lengths)    log-mel on device, random crop / SpecAugment / dropout
                                              (a locked audio tower, `lock_audio_tower`: inference mode,
-                                             BatchNorm statistics unchanged, no gradient through it)
+                                             BatchNorm statistics unchanged, no gradient through it;
+                                             or its cached outputs `audio_pooled` [B, P] -> projection)
   texts  = embed_tokens(captions), and the hard negatives [B, K, L] or modular positives
            [B, P, L] / negatives [B, Q, L], flattened to rows of the same text tower
   loss   = clapcomp.losses (plain | compa | modular), sharded over the mesh's batch axes
@@ -38,7 +39,6 @@ from jax.sharding import PartitionSpec as P
 
 from clapcomp import audio as audio_lib
 from clapcomp import losses
-from clapcomp.models.clap import l2_normalize
 from clapcomp.train import state as state_lib
 from clapcomp.train.distributed import BATCH
 
@@ -46,9 +46,11 @@ LOSSES = ("plain", "compa", "modular")
 LossFn = Callable[..., jax.Array]  # (model, batch, key, mesh) -> [] float32
 
 
-def batch_spec(loss: str) -> dict[str, P]:
-    """The batch keys the loss needs (the pipeline's names), each sharded on dim 0 over all devices."""
-    keys = ["waveform", "lengths", "input_ids", "attention_mask"]
+def batch_spec(loss: str, *, pooled: bool = False) -> dict[str, P]:
+    """The batch keys the loss needs (the pipeline's names), each sharded on dim 0 over all devices;
+    `pooled`: the audio comes as a locked tower's cached outputs (`audio_pooled`), not waveforms."""
+    keys = ["audio_pooled"] if pooled else ["waveform", "lengths"]
+    keys += ["input_ids", "attention_mask"]
     if loss in ("compa", "modular"):
         keys += ["neg_input_ids", "neg_attention_mask", "neg_mask"]
     if loss == "modular":
@@ -66,12 +68,20 @@ def _embed_rows(model, ids, mask, key):
 
 def _embed_audio(model, batch, key, lock_audio_tower: bool):
     """[B, D] audio embeddings in train mode; a locked tower runs as at inference (LiT), under
-    stop_gradient, on the random crop: only the projection after it trains."""
+    stop_gradient, on the random crop: only the projection after it trains. A batch with
+    `audio_pooled` [B, P] (the locked tower's outputs, cached: clapcomp.train.locked_tower) skips the
+    tower: the same embeddings for clips that fit the clip window (their crop is the whole clip)."""
+    if "audio_pooled" in batch:
+        if not lock_audio_tower:
+            raise ValueError(
+                "the batch carries audio_pooled (a locked audio tower's cached outputs, config.data.tower_cache) "
+                "but this run trains its audio tower; set config.freeze='audio_tower' or drop config.data.tower_cache"
+            )
+        return model.embed_pooled(batch["audio_pooled"])
     if not lock_audio_tower:
         return model.embed_audio(batch["waveform"], batch["lengths"], train=True, key=key)
     mel, is_longer = audio_lib.features(batch["waveform"], batch["lengths"], model.cfg.audio, key=key)
-    pooled = jax.lax.stop_gradient(model.audio_tower(mel, is_longer, train=False))
-    return l2_normalize(model.audio_projection(pooled))
+    return model.embed_pooled(jax.lax.stop_gradient(model.audio_tower(mel, is_longer, train=False)))
 
 
 def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str, lock_audio_tower: bool = False):

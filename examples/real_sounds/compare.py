@@ -19,6 +19,12 @@ tower is the config's: configs/real_sounds.py starts from the pretrained aisfx C
 the audio tower locked, configs/demo.py trains a small model from scratch);
 `--set key=value` (repeatable) overrides any field, e.g. `--set optimizer.lr=1e-4`, for every
 run; `--set3 key=value` only for the stage-3 run (after `--set`).
+
+A locked audio tower (`freeze="audio_tower"`, as configs/real_sounds.py) runs once per distinct clip:
+its outputs on the training records are written once into WORKDIR/tower_cache/ and every run trains
+from them (`config.data.tower_cache`, `clapcomp.train.locked_tower`), and the evaluations share one
+in-memory cache of its outputs on the test files (`CachedClap`): the same numbers, without rerunning
+the tower per run, seed and evaluation.
 """
 
 from __future__ import annotations
@@ -69,11 +75,27 @@ def records_for(corpus: Path, workdir: Path, sample_rate: int) -> Path:
     return rec
 
 
-def train(config, records: Path, seed: int, steps: int, run_dir: Path, init: Path | None = None) -> None:
+def tower_cache_for(config, records: Path, workdir: Path) -> str:
+    """`config.data.tower_cache` for the runs of `config`: with a locked audio tower, its outputs on
+    `records` (written into WORKDIR/tower_cache/ once, then found there); else ''."""
+    from clapcomp.train import locked_tower
+    from clapcomp.train import state as state_lib
+
+    if not state_lib.audio_tower_locked(config.freeze):
+        return ""
+    t0 = time.perf_counter()
+    path = locked_tower.cache_for_config(config, records, workdir / "tower_cache")
+    print(f"   audio-tower cache {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return str(path)
+
+
+def train(config, records: Path, seed: int, steps: int, run_dir: Path, init: Path | None = None,
+          tower_cache: str = "") -> None:  # fmt: skip
     from clapcomp.train import loop
 
     config.seed = seed
     config.data.train = str(records)
+    config.data.tower_cache = tower_cache
     config.total_steps = steps
     config.ckpt_every = steps
     if init is not None:
@@ -82,14 +104,17 @@ def train(config, records: Path, seed: int, steps: int, run_dir: Path, init: Pat
     loop.train(config, run_dir)
 
 
-def evaluate(run_dir: Path, tokenizer_path: str, test: Path) -> dict:
+def evaluate(run_dir: Path, tokenizer_path: str, test: Path, caches: dict) -> dict:
+    """The held-apart scores of `run_dir`'s model; its audio tower's outputs come from (and go into)
+    `caches`, shared by every model evaluated (a tower runs once per distinct test file)."""
     from clapcomp.evaluate.run import EVALUATORS
-    from clapcomp.inference import Clap
     from clapcomp.tokenizer import Tokenizer
     from clapcomp.train import checkpoint
+    from clapcomp.train.locked_tower import CachedClap
 
     cfg, model = checkpoint.load_model(run_dir)
-    embedder = Clap.from_model(model, cfg, Tokenizer.from_file(tokenizer_path, max_length=cfg.text.max_length))
+    tokenizer = Tokenizer.from_file(tokenizer_path, max_length=cfg.text.max_length)
+    embedder = CachedClap(model, cfg, tokenizer, caches=caches)
     return {
         "order": EVALUATORS["compa"](embedder, data=str(test / "order.csv")),
         "attribute": EVALUATORS["compa"](embedder, data=str(test / "attribute.csv")),
@@ -97,16 +122,19 @@ def evaluate(run_dir: Path, tokenizer_path: str, test: Path) -> dict:
     }
 
 
-def run_seed(a, seed: int) -> dict:
+def run_seed(a, seed: int, caches: dict) -> dict:
     workdir = a.workdir / f"seed{seed}"
     cfg = lambda loss: load_config(a.config, loss, a.set)
     records = records_for(a.corpus, a.workdir, cfg("plain").model.audio.sample_rate)
     s3 = a.stage3_steps if a.stage3_steps is not None else a.steps // 2
     if not 0 < s3 < a.steps:
         raise ValueError(f"--stage3-steps must be in (0, --steps={a.steps}), got {s3}")
-    train(cfg("plain"), records, seed, a.steps, workdir / "plain")
-    train(cfg("compa"), records, seed, a.steps, workdir / "compa")
-    train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3")
+    seeded = cfg("plain")
+    seeded.seed = seed
+    cache = tower_cache_for(seeded, records, a.workdir)  # stage 3 starts from stage 2: the same locked tower
+    train(cfg("plain"), records, seed, a.steps, workdir / "plain", tower_cache=cache)
+    train(cfg("compa"), records, seed, a.steps, workdir / "compa", tower_cache=cache)
+    train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3", tower_cache=cache)
     train(
         load_config(a.config, "modular", a.set + a.set3),
         records,
@@ -114,11 +142,13 @@ def run_seed(a, seed: int) -> dict:
         s3,
         workdir / "compa_s3",
         init=workdir / "compa_s2_for_s3",
+        tower_cache=cache,
     )
     tok = cfg("plain").tokenizer
     test = a.corpus / "test"
     return {
-        name: evaluate(workdir / d, tok, test) for name, d in zip(MODELS, ("plain", "compa", "compa_s3"), strict=True)
+        name: evaluate(workdir / d, tok, test, caches)
+        for name, d in zip(MODELS, ("plain", "compa", "compa_s3"), strict=True)
     }
 
 
@@ -143,7 +173,8 @@ def main(argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     seeds = [int(s) for s in a.seeds.split(",")]
-    per_seed = [run_seed(a, s) for s in seeds]
+    caches: dict = {}  # the audio towers' outputs on the test files, shared by every evaluation
+    per_seed = [run_seed(a, s, caches) for s in seeds]
     out = a.workdir / "report"
     write_report(per_seed[-1], out)
     summary = {"seeds": seeds, "steps": a.steps, "stage3_steps": a.stage3_steps, "config": str(a.config), "set": a.set,

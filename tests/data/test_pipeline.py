@@ -8,6 +8,7 @@ from clapcomp.data import pipeline
 from clapcomp.data.negatives import NegativeGenerator
 from clapcomp.data.pipeline import READ_REASONS, DeviceIterator, make_dataset
 from clapcomp.data.records import RecordSource, decode_flac, encode_record, write_records
+from clapcomp.data.tower_cache import TowerCache, TowerCacheMiss, waveform_digest
 from clapcomp.tokenizer import Tokenizer
 
 N, CLIP, L, K, P = 12, 4000, 8, 3, 2
@@ -242,6 +243,29 @@ def test_fused_mode_keeps_the_whole_clip_up_to_max_samples(source, tok):
             assert n == min(len(full), 6000)
             if len(full) <= 6000:
                 np.testing.assert_array_equal(batch["waveform"][b, :n], full)
+
+
+def test_tower_cache_rows_replace_the_waveforms(source, tok, tmp_path):
+    """With a tower cache an example carries its decoded clip's row (`audio_pooled`) instead of the
+    waveform, and the batches are otherwise those without it; a clip the cache lacks (here: records
+    longer than the window, cropped at random) stops the pipeline instead of being replaced."""
+    cache = TowerCache({"audio_tower": "test"})
+    for i in range(N):
+        cache.add(waveform_digest(decode_flac(source.example(i)["audio"])), np.full(3, i, np.float32))
+    write_records(str(tmp_path), (_record(i) for i in range(4)))  # 2000..3500 samples <= CLIP
+    short = RecordSource(str(tmp_path))
+    plain, cached = (
+        list(_ds(short, tok, global_batch_size=2)),
+        list(_ds(short, tok, global_batch_size=2, tower_cache=cache)),
+    )
+    assert len(plain) == len(cached) == 2
+    for a, b in zip(plain, cached, strict=True):
+        assert set(a) - set(b) == {"waveform"} and set(b) - set(a) == {"audio_pooled"}
+        for k in set(a) & set(b):
+            np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(b["audio_pooled"], [[float(r)] * 3 for r in _record_ids(b)])
+    with pytest.raises(TowerCacheMiss, match=r"record 'k\d+' \(4000 samples\) has no row"):
+        list(_ds(source, tok, tower_cache=cache))
 
 
 def test_generated_negatives_when_the_record_has_none(tmp_path, tok):
