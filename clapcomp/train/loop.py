@@ -129,7 +129,7 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
             done = step + 1
             if pending is not None:  # step done - 1, already finished or next in the queue
                 last = reporter.report(*pending)
-            preempted = guard.requested(done)
+            preempted = guard.requested(done, after=metrics)
             saving = done % config.ckpt_every == 0 or done == config.total_steps or preempted
             evaluating = (
                 config.evaluators
@@ -365,12 +365,17 @@ class PreemptionGuard:
         )
         self.flag = True
 
-    def requested(self, step: int) -> bool:
-        """Whether to save and stop after `step` (a collective at multiples of `every` on multi-process)."""
+    def requested(self, step: int, after=None) -> bool:
+        """Whether to save and stop after `step` (a collective at multiples of `every` on multi-process).
+
+        `after`: arrays of the step just dispatched; the collective waits for them, so that its
+        all-gather cannot interleave with that step's collectives (on CPU, gloo pairs the processes'
+        messages by order: two programs' collectives in flight at once can deadlock)."""
         if jax.process_count() == 1:
             return self.flag
         if step % self.every:
             return False
+        jax.block_until_ready(after)
         return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
 
     def restore(self) -> None:
