@@ -92,10 +92,11 @@ class ClapModel(nnx.Module):
         """The audio tower's output [B, P] f32 -> [B, D] f32 unit rows (the audio projection, normalised)."""
         return l2_normalize(self.audio_projection(pooled))
 
-    def pool_audio(self, waveform, lengths) -> jax.Array:
-        """waveform [B, S] f32, lengths [B] int32 -> the audio tower's output [B, P] f32 at inference (the
-        deterministic crop / chunks, no augmentation): `embed_audio` is `embed_pooled(pool_audio(...))`."""
-        mel, is_longer = audio.features(waveform, lengths, self.cfg.audio)
+    def pool_audio(self, waveform, lengths, *, key: jax.Array | None = None) -> jax.Array:
+        """waveform [B, S] f32, lengths [B] int32 -> the audio tower's output [B, P] f32 in inference mode
+        (no augmentation; `key=None`: the deterministic crop / chunks, else the random crop it draws):
+        `embed_audio` at inference is `embed_pooled(pool_audio(...))`."""
+        mel, is_longer = audio.features(waveform, lengths, self.cfg.audio, key=key)
         return self.audio_tower(mel, is_longer, train=False)
 
     def embed_audio(self, waveform, lengths, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:

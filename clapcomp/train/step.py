@@ -37,7 +37,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from clapcomp import audio as audio_lib
 from clapcomp import losses
 from clapcomp.train import state as state_lib
 from clapcomp.train.distributed import BATCH
@@ -80,8 +79,8 @@ def _embed_audio(model, batch, key, lock_audio_tower: bool):
         return model.embed_pooled(batch["audio_pooled"])
     if not lock_audio_tower:
         return model.embed_audio(batch["waveform"], batch["lengths"], train=True, key=key)
-    mel, is_longer = audio_lib.features(batch["waveform"], batch["lengths"], model.cfg.audio, key=key)
-    return model.embed_pooled(jax.lax.stop_gradient(model.audio_tower(mel, is_longer, train=False)))
+    pooled = model.pool_audio(batch["waveform"], batch["lengths"], key=key)
+    return model.embed_pooled(jax.lax.stop_gradient(pooled))
 
 
 def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str, lock_audio_tower: bool = False):
