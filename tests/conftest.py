@@ -1,6 +1,28 @@
-"""Test-wide set-up: 8 simulated CPU devices, before anything imports jax."""
+"""Test-wide set-up, before anything imports jax: 8 simulated CPU devices, and one persistent XLA
+compilation cache for the whole run, shared by both xdist workers and every `clapcomp` subprocess, so
+a program one test compiled is loaded, not compiled again, by the next (most of a tiny model's test
+time is compilation). The cache lives in a temporary folder the run's first process makes and removes;
+a JAX_COMPILATION_CACHE_DIR of your own is used instead, and kept.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+_OWNED_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # xdist workers inherit the first process's
+    _OWNED_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="clapcomp-test-xla-")
+os.environ.update(
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    # a maximum size turns on jax's file lock around cache entries, which two writers need
+    JAX_COMPILATION_CACHE_MAX_SIZE=str(8 * 2**30),
+)
+
+
+def pytest_unconfigure(config):
+    if _OWNED_CACHE is not None:
+        shutil.rmtree(_OWNED_CACHE, ignore_errors=True)

@@ -53,24 +53,10 @@ def test_reading_applies_the_demo_bar(compa, verdict):
     assert f"from 17.0 to {compa[0]:.1f} on order" in text
 
 
-@pytest.fixture
-def compile_cache(tmp_path):
-    """A persistent XLA compilation cache for this test only: the second run reuses the first's programs."""
-    import jax
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
-    old = {n: getattr(jax.config, n) for n in names}
-    for n, v in zip(names, (str(tmp_path / "xla_cache"), 0.0, -1), strict=True):
-        jax.config.update(n, v)
-    yield
-    for n, v in old.items():
-        jax.config.update(n, v)
-
-
 @pytest.mark.slow
-def test_tiny_demo_end_to_end_is_deterministic(tmp_path, capsys, compile_cache):
-    """Two runs of the whole pipeline (synth, records, two trainings, evaluation, report) on a tiny budget."""
+def test_tiny_demo_end_to_end_is_deterministic(tmp_path, capsys):
+    """Two runs of the whole pipeline (synth, records, two trainings, evaluation, report) on a tiny budget
+    (the second loads the first's programs from the run's compilation cache: tests/conftest.py)."""
     tables = []
     for run in ("a", "b"):
         assert demo.main(["--workdir", str(tmp_path / run), "--n-train", "48", "--n-eval", "6", "--steps", "3"]) == 0

@@ -3,8 +3,8 @@
 The records are 1-s tones at 8 kHz whose caption names their pitch and loudness ordering, with
 two caption negatives and two extra positives each, so all three losses have something to learn.
 Every process of a test run (both xdist workers and the `clapcomp train` subprocesses) shares one
-persistent XLA compilation cache, so each program compiles once per run, and the reference run is
-trained once per run, not once per worker.
+persistent XLA compilation cache (tests/conftest.py), so each program compiles once per run, and the
+reference run is trained once per run, not once per worker.
 """
 
 import os
@@ -73,26 +73,19 @@ def tone_records(tmp_path_factory) -> Path:
     return once_per_run(tmp_path_factory, "tones", write_tone_records)
 
 
-# jax guards its cache files with a file lock only when eviction is on (a maximum size is set)
-CACHE_MAX_BYTES = 8 * 2**30
-
-
 @pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory) -> Path:
-    path = run_root(tmp_path_factory) / "xla_cache"
-    path.mkdir(exist_ok=True)
-    return path
+def compile_cache() -> Path:
+    """The test run's persistent XLA compilation cache (tests/conftest.py)."""
+    return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def train_env(cache: Path, devices: int = 8) -> dict:
+    """This process's environment (with its compilation-cache settings) on `devices` CPU devices."""
     env = dict(os.environ)
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-        JAX_COMPILATION_CACHE_MAX_SIZE=str(CACHE_MAX_BYTES),
         PYTHONPATH=str(REPO),
     )
     return env
@@ -193,15 +186,10 @@ def helpers():
 
 
 @pytest.fixture
-def tiny(helpers, tone_records, compile_cache):
-    """configs/tiny.py as `tiny(loss)`, training on the tone records, with the shared compile cache."""
+def tiny(helpers, tone_records):
+    """configs/tiny.py as `tiny(loss)`, training on the tone records."""
     import importlib.util
 
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(compile_cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
