@@ -10,7 +10,8 @@ Numerics follow HF `ClapFeatureExtractor` (transformers), the reference clapcomp
   area normalisation (librosa defaults). `features` picks the bank from `cfg.fusion`, as HF does.
 - dB: 10 * log10(max(mel, 1e-10)) (floor -100 dB, no top_db clipping).
 - Short clips (<= clip_samples) are repeat-padded: tiled a whole number of times, then
-  zero-padded to clip_samples.
+  zero-padded to clip_samples (HF `padding="repeatpad"`); with `padding="pad"` only zero-padded
+  (HF "pad"), which keeps each event where it sits in time (a repeated "A then B" reads "A B A B").
 - Long clips, unfused: one crop of clip_samples (random start with a key; the front without).
 - Long clips, fused: channel 0 is the mel of the whole clip resized to n_frames x n_mels (PyTorch
   bilinear, align_corners=False), channels 1..3 are n_frames-long chunks of that mel whose start
@@ -57,6 +58,7 @@ class AudioConfig:
     f_max: float = 14_000.0
     clip_seconds: float = 10.0  # 480,000 samples -> 1001 frames
     fusion: bool = False  # True: global + 3 local chunks (`aff_2d`); False: one repeat-padded mel
+    padding: str = "repeatpad"  # clips shorter than the window: "repeatpad" (HF, LAION) | "pad" (zeros after)
     # Front-end variants; the defaults are HF / LAION-CLAP (HTSAT and PANN alike). aisfx: AISFX_AUDIO below.
     mel_scale: str = "auto"  # "auto": htk if fusion else slaney (HF) | "slaney" | "htk"
     mel_norm: str = "auto"  # "auto": slaney area with the slaney scale, none with htk | "slaney" | "none" | "unit_sum"
@@ -242,6 +244,12 @@ def _pad_mode(cfg: AudioConfig) -> str:
     return cfg.pad_mode
 
 
+def _repeats(cfg: AudioConfig) -> bool:
+    if cfg.padding not in ("repeatpad", "pad"):
+        raise ValueError(f"AudioConfig.padding must be 'repeatpad' or 'pad', got {cfg.padding!r}")
+    return cfg.padding == "repeatpad"
+
+
 # --------------------------------------------------------------------------------------------
 # Per-clip waveform layout: repeat-pad / crop, then reflect padding at the clip's own end
 # --------------------------------------------------------------------------------------------
@@ -258,7 +266,8 @@ def _padded_views(
     """The centre-padded signal of each clip's "view", by one gather: [B, out_len + n_fft].
 
     The view of clip b has view_len[b] samples: v[j] = x[(offsets[b] + j) % L] where clips
-    shorter than a clip repeat whole times and are then zero (HF "repeatpad"), and it is
+    shorter than a clip repeat whole times and are then zero (HF "repeatpad"; cfg.padding "pad":
+    zero after the clip's own end), and it is
     reflect-padded (zero-padded with cfg.pad_mode "constant") by n_fft // 2 at both of its own ends
     (not at the batch's padded end).
     """
@@ -270,7 +279,8 @@ def _padded_views(
     j = jnp.where(j >= vl, 2 * (vl - 1) - j, j)  # reflect at the end
     j = jnp.clip(j, 0, vl - 1)  # positions past the reflection are never used by valid frames
     length = lengths[:, None]
-    repeat_end = jnp.where(length >= clip, jnp.iinfo(jnp.int32).max, (clip // length) * length)
+    short_end = (clip // length) * length if _repeats(cfg) else length
+    repeat_end = jnp.where(length >= clip, jnp.iinfo(jnp.int32).max, short_end)
     src = (offsets[:, None] + j) % length
     values = jnp.take_along_axis(waveform, src, axis=1)
     inside = j < repeat_end

@@ -327,3 +327,19 @@ def test_mel_filter_bank_unit_sum_and_unknown_norm():
         audio.mel_filter_bank(1025, 96, 0.0, 22_050.0, 44_100, "htk", "l2")
     with pytest.raises(ValueError, match="unknown mel weighting 'bark'"):
         audio.mel_filter_bank(1025, 96, 0.0, 22_050.0, 44_100, "htk", "unit_sum", "bark")
+
+
+@pytest.mark.parametrize("padding", ["repeatpad", "pad"])
+def test_short_clip_padding_matches_hf(padding):
+    """HF's `padding="repeatpad"` (whole repeats, then zeros) and `"pad"` (zeros after the clip)."""
+    import dataclasses
+
+    fe, cfg = _extractor(False), dataclasses.replace(AudioConfig(), padding=padding)
+    clip = _noise(3, 8)
+    mel, _, _ = _ours([clip], cfg)
+    ref = fe([clip], sampling_rate=SR, padding=padding, return_tensors="np")["input_features"]
+    np.testing.assert_allclose(mel, ref, rtol=0, atol=ATOL_DB)
+    late = mel[0, 0, 400:]  # 4 s on: repeated audio or the silence floor
+    assert (late.max() < -90) == (padding == "pad")
+    with pytest.raises(ValueError, match="padding must be 'repeatpad' or 'pad', got 'wrap'"):
+        _ours([clip], dataclasses.replace(cfg, padding="wrap"))

@@ -332,6 +332,7 @@ def audio_config_from_hf(preprocessor: dict | None, *, fusion: bool) -> AudioCon
         f_max=float(p.get("frequency_max", base.f_max)),
         clip_seconds=float(p.get("max_length_s", base.clip_seconds)),
         fusion=fusion,
+        padding=str(p.get("padding", base.padding)),
     )
 
 
@@ -344,7 +345,7 @@ def preprocessor_config_from_clap(cfg: ClapConfig) -> dict:
         # HF pads to an int number of seconds
         "max_length_s": int(a.clip_seconds) if float(a.clip_seconds).is_integer() else a.clip_seconds,
         "fft_window_size": a.n_fft, "frequency_min": a.f_min, "frequency_max": a.f_max,
-        "padding_value": 0.0, "return_attention_mask": False, "padding": "repeatpad",
+        "padding_value": 0.0, "return_attention_mask": False, "padding": a.padding,
         "truncation": "fusion" if a.fusion else "rand_trunc",
     }  # fmt: skip
 

@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from clapcomp.train import state as state_lib
+from clapcomp.train.config import defaults
 
 log = logging.getLogger("clapcomp.train")
 
@@ -328,11 +329,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def config_changes(saved: dict, config) -> tuple[list[str], list[str]]:
-    """(accepted, refused) differences `field: saved -> new` between config.json and `config`."""
+    """(accepted, refused) differences `field: saved -> new` between config.json and `config`. A field
+    config.json lacks (written before the field existed) stands for its default, which keeps the old
+    behaviour: resuming with the default is no change."""
     old, new = _flat(saved), _flat(json.loads(json.dumps(config.to_dict())))
+    default = _flat(json.loads(json.dumps(defaults().to_dict())))
     accepted, refused = [], []
     for k in sorted(old.keys() | new.keys()):
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        a, b = old.get(k, default.get(k, "<absent>")), new.get(k, "<absent>")
         if a != b:
             ok = any(k == f or k.startswith(f + ".") for f in RESUMABLE)
             (accepted if ok else refused).append(f"{k}: {a!r} -> {b!r}")

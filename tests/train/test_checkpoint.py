@@ -15,6 +15,7 @@ import pytest
 
 from clapcomp.train import checkpoint as ckpt_lib
 from clapcomp.train import distributed
+from clapcomp.train.config import defaults
 
 
 def _state(step: int, mesh):
@@ -226,11 +227,21 @@ def test_config_changes_split_into_accepted_and_refused():
     accepted, refused = ckpt_lib.config_changes(saved, new)
     assert accepted == [
         "data.workers: 0 -> 2",
-        "log_every: '<absent>' -> 5",
+        f"log_every: {defaults().log_every} -> 5",  # absent from config.json: its default
         "optimizer.warmup_steps: 3 -> 5",
         "total_steps: 8 -> 16",
     ]
     assert refused == ["loss: 'compa' -> 'plain'"]  # the tuple/list spelling of depths is no change
+
+
+def test_a_field_newer_than_config_json_is_its_default():
+    """A run saved before model.audio.padding existed used repeat-padding, the field's default."""
+    saved = json.loads(json.dumps(defaults().to_dict()))  # as config.json holds it
+    del saved["model"]["audio"]["padding"]
+    assert ckpt_lib.config_changes(saved, defaults()) == ([], [])
+    zeros = defaults()
+    zeros.model.audio.padding = "pad"
+    assert ckpt_lib.config_changes(saved, zeros) == ([], ["model.audio.padding: 'repeatpad' -> 'pad'"])
 
 
 def test_nothing_readable_refuses_to_start_over(tmp_path):
