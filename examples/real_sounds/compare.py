@@ -8,7 +8,8 @@ records (the corpus's composed train split) and the same number of optimizer ste
 - "plain":          get_config("plain"),  `steps` steps of the standard contrastive loss;
 - "CompA s2":       get_config("compa"),  `steps` steps with K hard negatives per audio;
 - "CompA s2+s3":    get_config("compa") for `steps - stage3_steps` steps, then get_config("modular")
-                    initialised from that checkpoint (init.kind = "checkpoint") for `stage3_steps`.
+                    initialised from that checkpoint (init.kind = "checkpoint") for `stage3_steps`
+                    (`--stage3-steps 0`: this model is left out).
 Each model is evaluated on the held-apart test files the corpus built from test-split clips
 only: test/order.csv, test/attribute.csv (loudness + counting) and test/retrieval.jsonl. Prints
 the table of `clapcomp.demo.format_table` (mean ± std over seeds) and writes
@@ -38,8 +39,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-
-MODELS = ("plain", "CompA s2", "CompA s2+s3")
 
 
 def load_config(path: Path, arg: str, overrides: list[str]):
@@ -127,13 +126,18 @@ def run_seed(a, seed: int, caches: dict) -> dict:
     cfg = lambda loss: load_config(a.config, loss, a.set)
     records = records_for(a.corpus, a.workdir, cfg("plain").model.audio.sample_rate)
     s3 = a.stage3_steps if a.stage3_steps is not None else a.steps // 2
-    if not 0 < s3 < a.steps:
-        raise ValueError(f"--stage3-steps must be in (0, --steps={a.steps}), got {s3}")
+    if not 0 <= s3 < a.steps:
+        raise ValueError(f"--stage3-steps must be in [0, --steps={a.steps}), got {s3}")
     seeded = cfg("plain")
     seeded.seed = seed
     cache = tower_cache_for(seeded, records, a.workdir)  # stage 3 starts from stage 2: the same locked tower
     train(cfg("plain"), records, seed, a.steps, workdir / "plain", tower_cache=cache)
     train(cfg("compa"), records, seed, a.steps, workdir / "compa", tower_cache=cache)
+    runs = {"plain": "plain", "CompA s2": "compa"}
+    tok = cfg("plain").tokenizer
+    test = a.corpus / "test"
+    if not s3:
+        return {name: evaluate(workdir / d, tok, test, caches) for name, d in runs.items()}
     train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3", tower_cache=cache)
     train(
         load_config(a.config, "modular", a.set + a.set3),
@@ -144,12 +148,8 @@ def run_seed(a, seed: int, caches: dict) -> dict:
         init=workdir / "compa_s2_for_s3",
         tower_cache=cache,
     )
-    tok = cfg("plain").tokenizer
-    test = a.corpus / "test"
-    return {
-        name: evaluate(workdir / d, tok, test, caches)
-        for name, d in zip(MODELS, ("plain", "compa", "compa_s3"), strict=True)
-    }
+    runs["CompA s2+s3"] = "compa_s3"
+    return {name: evaluate(workdir / d, tok, test, caches) for name, d in runs.items()}
 
 
 def main(argv: list[str]) -> int:
@@ -163,7 +163,8 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
     ap.add_argument("--steps", type=int, required=True, help="optimizer steps of every model")
-    ap.add_argument("--stage3-steps", type=int, default=None, help="of --steps, spent in stage 3 (default half)")
+    ap.add_argument("--stage3-steps", type=int, default=None,
+                    help="of --steps, spent in stage 3 (default half; 0: no s2+s3 model)")  # fmt: skip
     a = ap.parse_args(argv)
     if not (a.corpus / "corpus.json").is_file():
         ap.error(f"{a.corpus} has no corpus.json; build it with examples/real_sounds/build_corpus.py")
@@ -174,7 +175,11 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     seeds = [int(s) for s in a.seeds.split(",")]
     caches: dict = {}  # the audio towers' outputs on the test files, shared by every evaluation
-    per_seed = [run_seed(a, s, caches) for s in seeds]
+    per_seed = []
+    for seed in seeds:
+        per_seed.append(run_seed(a, seed, caches))
+        print(f"\n== seed {seed}, held-apart test split ({(time.perf_counter() - t0) / 60:.1f} min so far)")
+        print(format_table(per_seed[-1:], list(per_seed[-1])), flush=True)
     out = a.workdir / "report"
     write_report(per_seed[-1], out)
     summary = {"seeds": seeds, "steps": a.steps, "stage3_steps": a.stage3_steps, "config": str(a.config), "set": a.set,
@@ -182,7 +187,7 @@ def main(argv: list[str]) -> int:
                "per_seed": [_numbers(r) for r in per_seed], "seconds": time.perf_counter() - t0}  # fmt: skip
     (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n== held-apart real-sound test split (percent; pairs scored Winoground-style)")
-    print(format_table(per_seed, MODELS))
+    print(format_table(per_seed, list(per_seed[-1])))
     print(f"\n{out}/compare.json; total {summary['seconds'] / 60:.1f} min")
     return 0
 
