@@ -134,21 +134,12 @@ def run_seed(a, seed: int, caches: dict) -> dict:
     train(cfg("plain"), records, seed, a.steps, workdir / "plain", tower_cache=cache)
     train(cfg("compa"), records, seed, a.steps, workdir / "compa", tower_cache=cache)
     runs = {"plain": "plain", "CompA s2": "compa"}
-    tok = cfg("plain").tokenizer
-    test = a.corpus / "test"
-    if not s3:
-        return {name: evaluate(workdir / d, tok, test, caches) for name, d in runs.items()}
-    train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3", tower_cache=cache)
-    train(
-        load_config(a.config, "modular", a.set + a.set3),
-        records,
-        seed,
-        s3,
-        workdir / "compa_s3",
-        init=workdir / "compa_s2_for_s3",
-        tower_cache=cache,
-    )
-    runs["CompA s2+s3"] = "compa_s3"
+    if s3:
+        train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3", tower_cache=cache)
+        train(load_config(a.config, "modular", a.set + a.set3), records, seed, s3, workdir / "compa_s3",
+              init=workdir / "compa_s2_for_s3", tower_cache=cache)  # fmt: skip
+        runs["CompA s2+s3"] = "compa_s3"
+    tok, test = cfg("plain").tokenizer, a.corpus / "test"
     return {name: evaluate(workdir / d, tok, test, caches) for name, d in runs.items()}
 
 
