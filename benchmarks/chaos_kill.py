@@ -96,9 +96,11 @@ def train_cmd(args, workdir: Path, records: Path) -> list[str]:
 
 
 def train_env(args, cache: Path) -> dict:
+    """The environment of each training run: `args.devices` CPU devices, the caller's other XLA flags."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
     return {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}",
+        "XLA_FLAGS": " ".join([f"--xla_force_host_platform_device_count={args.devices}", *flags]),
         "JAX_PLATFORMS": "cpu",
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

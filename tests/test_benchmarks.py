@@ -39,7 +39,8 @@ def _block(tmp_path, names) -> dict:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "",
+        # one CPU device; the run's other XLA flags (tests/conftest.py)
+        "XLA_FLAGS": " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f),
     }
 
 

@@ -80,10 +80,11 @@ def compile_cache() -> Path:
 
 
 def train_env(cache: Path, devices: int = 8) -> dict:
-    """This process's environment (with its compilation-cache settings) on `devices` CPU devices."""
+    """This process's environment (its XLA flags and compilation-cache settings) on `devices` CPU devices."""
     env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}", *flags]),
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(cache),
         PYTHONPATH=str(REPO),
