@@ -50,17 +50,13 @@ def _stage(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def run_seed(workdir: Path, seed: int, *, n_train: int, n_eval: int = 200, steps: int | None = None) -> dict:
-    """One seed: data, two trainings, evaluation. Returns {model_name: {benchmark: result}}."""
+def make_data(workdir: Path, seed: int, *, n_train: int, n_eval: int = 200) -> tuple[Path, Path]:
+    """The seed's synthetic dataset and its ArrayRecords under `workdir` (kept if already there)
+    -> (data dir, records dir)."""
     from clapcomp.data import build, synth
-    from clapcomp.evaluate.run import EVALUATORS
-    from clapcomp.inference import Clap
-    from clapcomp.tokenizer import Tokenizer
-    from clapcomp.train import checkpoint, loop
 
-    data = workdir / "data"
-    base = get_config("plain")
-    audio = base.model.audio
+    data, records = workdir / "data", workdir / "records"
+    audio = get_config("plain").model.audio
     if not (data / "synth.json").is_file():
         _stage(f"seed {seed}: synthesising {n_train} training clips + held-apart benchmarks in {data}")
         s = synth.synthesize(
@@ -75,12 +71,22 @@ def run_seed(workdir: Path, seed: int, *, n_train: int, n_eval: int = 200, steps
             n_negatives=3,
         )
         print(f"   {s['counts']} in {s['seconds']:.1f}s")
-    records = workdir / "records"
     if not (records / "stats.json").is_file():
         _stage("building ArrayRecords")
         stats = build.build([str(data / "train.jsonl")], records, format="manifest", sample_rate=audio.sample_rate)
         print(f"   written {stats['written']}, skipped {stats['skipped']}")
+    return data, records
 
+
+def run_seed(workdir: Path, seed: int, *, n_train: int, n_eval: int = 200, steps: int | None = None) -> dict:
+    """One seed: data, two trainings (a finished training is resumed, not repeated), evaluation.
+    Returns {model_name: {benchmark: result}}."""
+    from clapcomp.evaluate.run import EVALUATORS
+    from clapcomp.inference import Clap
+    from clapcomp.tokenizer import Tokenizer
+    from clapcomp.train import checkpoint, loop
+
+    data, records = make_data(workdir, seed, n_train=n_train, n_eval=n_eval)
     results = {}
     for name, loss in MODELS.items():
         config = get_config(loss)

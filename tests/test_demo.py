@@ -54,19 +54,31 @@ def test_reading_applies_the_demo_bar(compa, verdict):
 
 
 @pytest.mark.slow
-def test_tiny_demo_end_to_end_is_deterministic(tmp_path, capsys):
-    """Two runs of the whole pipeline (synth, records, two trainings, evaluation, report) on a tiny budget
-    (the second loads the first's programs from the run's compilation cache: tests/conftest.py)."""
+def test_tiny_demo_end_to_end_then_again_gives_the_same_table(tmp_path, capsys):
+    """The whole pipeline (synth, records, two trainings, evaluation, report) on a tiny budget; a second
+    `clapcomp demo` on the same workdir resumes the finished trainings and prints the same table, and the
+    seed's data and records made again elsewhere are byte-identical. (Two trainings of one config are
+    bit-identical: tests/train/test_resume.py compares resumed runs with an uninterrupted one.)"""
+    run = tmp_path / "run"
+    args = ["--workdir", str(run), "--n-train", "48", "--n-eval", "6", "--steps", "3"]
     tables = []
-    for run in ("a", "b"):
-        assert demo.main(["--workdir", str(tmp_path / run), "--n-train", "48", "--n-eval", "6", "--steps", "3"]) == 0
+    for _ in range(2):
+        assert demo.main(args) == 0
         out = capsys.readouterr().out
-        assert "training CompA (compa loss, 3 steps)" in out and "step 3/3" in out
-        assert f"outputs: {tmp_path / run}/report/demo.json" in out
+        assert "training CompA (compa loss, 3 steps)" in out and f"outputs: {run}/report/demo.json" in out
         tables.append(out[out.index("metric") : out.index("Over 1 seed")])
-        summary = json.loads((tmp_path / run / "report" / "demo.json").read_text())
+        assert ("step 3/3" in out) is (len(tables) == 1)  # the second run trains no step
+        summary = json.loads((run / "report" / "demo.json").read_text())
         assert summary["seeds"] == [0] and set(summary["per_seed"][0]) == {"plain CLAP", "CompA"}
-        assert sorted(p.name for p in (tmp_path / run / "report").glob("*.png"))
+        assert sorted(p.name for p in (run / "report").glob("*.png"))
     assert tables[0] == tables[1]
-    plain, compa = (json.loads((tmp_path / "a" / "seed0" / m / "config.json").read_text()) for m in ("plain", "compa"))
+    plain, compa = (json.loads((run / "seed0" / m / "config.json").read_text()) for m in ("plain", "compa"))
     assert plain["seed"] == compa["seed"] and plain["model"] == compa["model"] and plain["loss"] == "plain"
+
+    demo.make_data(tmp_path / "again", 0, n_train=48, n_eval=6)
+    files = {d: sorted(p for p in (run / "seed0" / d).rglob("*") if p.is_file()) for d in ("data", "records")}
+    assert len(files["data"]) > 48 and files["records"]
+    for p in files["data"] + files["records"]:
+        again = tmp_path / "again" / p.relative_to(run / "seed0")
+        if p.name != "stats.json":  # it also holds the input paths and the seconds the build took
+            assert again.read_bytes() == p.read_bytes(), p
