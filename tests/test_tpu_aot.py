@@ -111,3 +111,39 @@ def test_linear_fit_of_two_compiles():
     assert r["fits"] is True and aot.fit(report(32, 110, 200), report(64, 120, 400), 160)["fits"] is False
     with pytest.raises(ValueError, match="two different per-chip batches"):
         aot.fit(report(32, 1, 1), report(32, 1, 1), 128)
+
+
+@pytest.mark.parametrize("tower, trained", [("audio", "audio_"), ("text", "text_")])
+def test_tower_loss_reaches_only_its_tower(tower, trained):
+    """`--tower`'s stand-in loss: gradients reach its tower (and projection) and no parameter of the other."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from clapcomp.models.clap import ClapModel
+    from clapcomp.train import state as state_lib
+
+    args = aot.parse_args(["--config", str(ROOT / "configs" / "tiny.py"), "--loss", "compa", "--k", "2",
+                           "--dtype", "fp32"])  # fmt: skip
+    config = aot.load_config(args)
+    cfg = state_lib.model_config(config)
+    graphdef, params, model_state = state_lib.split_model(ClapModel(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(1, 100, (2, 3, cfg.text.max_length)), jnp.int32)
+    batch = dict(waveform=jnp.asarray(rng.standard_normal((2, cfg.audio.clip_samples)), jnp.float32),
+                 lengths=jnp.full((2,), cfg.audio.clip_samples, jnp.int32), input_ids=ids[:, 0],
+                 attention_mask=jnp.ones_like(ids[:, 0]), neg_input_ids=ids[:, 1:],
+                 neg_attention_mask=jnp.ones_like(ids[:, 1:]))  # fmt: skip
+    loss = aot.tower_loss(tower)
+    grads = jax.jit(jax.grad(lambda p: loss(nnx.merge(graphdef, p, model_state), batch, jax.random.key(0), None)))(
+        params
+    )
+    norms = {
+        state_lib.path_name(path): float(jnp.abs(g).max()) for path, g in jax.tree_util.tree_leaves_with_path(grads)
+    }
+    mine = [n for n in norms if n.startswith(trained)]
+    assert mine and any(norms[n] > 0 for n in mine)
+    assert all(v == 0 for n, v in norms.items() if n not in mine), {
+        n: v for n, v in norms.items() if n not in mine and v
+    }
