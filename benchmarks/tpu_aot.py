@@ -13,7 +13,8 @@ Reported per chip (XLA's `memory_analysis` / `cost_analysis` of the SPMD program
 their total against the chip's HBM, FLOPs per sample against the analytic count of
 benchmarks/train_throughput.py, compile seconds, and every collective (kind, shapes, bytes, mesh
 axes). It also checks that no all-gather carries the K (hard-negative) axis.
-`--set model.htsat.remat=nothing_saveable` (any dotted config field) changes the config.
+`--set model.htsat.remat=nothing_saveable` (any dotted config field) changes the config;
+`--tower audio|text` compiles the step with a stand-in loss through that tower only (compile time by tower).
 
 Per-chip memory is linear in the per-chip batch b (state + b x activations), so two compiles give
 the figure at any b: `python benchmarks/tpu_aot.py --fit b32.json b64.json --at 128` (a third
