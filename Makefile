@@ -46,7 +46,7 @@ TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 TPU_LIBRARY_PATH=
 test: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
-# Without the multi-process / end-to-end tests (marked `slow`): the edit-test loop.
+# Without the tests marked `slow` (multi-process, end-to-end, training runs, TPU compiles): the edit-test loop.
 test-fast: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 

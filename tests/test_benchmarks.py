@@ -51,6 +51,7 @@ def test_train_step_imports_without_grain_tfds_ml_collections(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_without_grain_tfds_soxr(tmp_path):
     env = _block(tmp_path, BLOCKED)
     out = tmp_path / "bench.json"

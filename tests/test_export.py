@@ -191,6 +191,7 @@ FRESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_stablehlo_runs_in_a_fresh_process_without_clapcomp(tmp_path, made):
     cfg, model, tok = made
     out = tmp_path / "shlo"

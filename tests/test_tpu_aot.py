@@ -39,6 +39,7 @@ def compiled():
     return aot.report(args, config, step, mesh, seconds), step.as_text(), config
 
 
+@pytest.mark.slow
 def test_memory_report_per_chip(compiled):
     import jax
 
@@ -65,6 +66,7 @@ def test_memory_report_per_chip(compiled):
     assert 0 < r["flops_per_sample"]["model"] <= r["flops_per_sample"]["compiled"]
 
 
+@pytest.mark.slow
 def test_no_gather_carries_the_hard_negative_axis(compiled):
     r, text, config = compiled
     d = config.model.projection_dim
@@ -77,6 +79,7 @@ def test_no_gather_carries_the_hard_negative_axis(compiled):
     assert all(c["kind"] != "reduce-scatter" for c in r["collectives"])  # nothing is sharded but the batch
 
 
+@pytest.mark.slow
 def test_collectives_match_the_mesh(compiled):
     import jax
 

@@ -51,6 +51,7 @@ def test_hf_defaults_are_not_a_mismatch_and_training_fields_stay_the_configs(hel
     assert out.tokenizer_sha256 == init_lib.sha256(hf_dir / "tokenizer.json")
 
 
+@pytest.mark.slow
 def test_explicit_other_shape_fails_before_training_naming_field_and_values(helpers, hf_dir, tone_records, tmp_path):
     c = _config(helpers, "compa_stage2")
     c.init.path, c.data.train = str(hf_dir), str(tone_records)
@@ -64,6 +65,7 @@ def test_explicit_other_shape_fails_before_training_naming_field_and_values(help
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_kind_is_detected_for_every_layout(tmp_path, hf_dir, reference_run):
     from clapcomp.convert.safetensors import save_safetensors
     from clapcomp.inference import load
@@ -116,6 +118,7 @@ def test_clip_length_that_does_not_fit_htsat_is_an_immediate_error_with_values_t
     check_geometry(dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, hop_length=hop, n_fft=n_fft)))
 
 
+@pytest.mark.slow
 def test_the_trainer_refuses_bad_geometry_before_writing_anything(helpers, tmp_path, tone_records, compile_cache):
     workdir = tmp_path / "run"
     r = helpers.run_train(workdir, tone_records, "--config.model.audio.n_mels=64", cache=compile_cache)

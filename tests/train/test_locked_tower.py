@@ -179,6 +179,7 @@ def test_cached_clap_embeds_as_clap_and_runs_the_tower_once_per_clip(setup):
     assert fresh.computed == 3 and len(caches) == 2  # another tower: its own cache
 
 
+@pytest.mark.slow
 def test_the_trainer_trains_from_the_cache_as_from_the_waveforms(setup, tmp_path):
     """Two 2-step runs of the trainer from the same initialisation: the logged losses agree. The cache
     comes from `cache_for_config` (the run's initial tower, as the trainer builds it), written once."""

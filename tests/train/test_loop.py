@@ -43,6 +43,7 @@ def _saved(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_each_save_holds_the_data_position_of_the_batches_its_state_consumed(tmp_path, tiny, monkeypatch):
     iterators, seen, args = [], {}, []
     make = loop._data_iterator
@@ -70,6 +71,7 @@ def test_each_save_holds_the_data_position_of_the_batches_its_state_consumed(tmp
     assert [r["step"] for r in rows] == list(range(1, 7))  # every step logged once, in order
 
 
+@pytest.mark.slow
 def test_stop_rule_one_step_late_saves_nothing_past_the_limit(tmp_path, tiny, helpers, monkeypatch):
     make = loop._data_iterator
     monkeypatch.setattr(loop, "_data_iterator", lambda *a: _Counting(make(*a), {5, 6, 7}))
@@ -85,6 +87,7 @@ def test_stop_rule_one_step_late_saves_nothing_past_the_limit(tmp_path, tiny, he
     assert int(state.nonfinite_run) == 0 and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
 
 
+@pytest.mark.slow
 def test_a_stop_on_a_save_step_is_caught_before_its_save(tmp_path, tiny, monkeypatch):
     make = loop._data_iterator
     monkeypatch.setattr(loop, "_data_iterator", lambda *a: _Counting(make(*a), {2, 3, 4}))

@@ -11,6 +11,8 @@ import pytest
 from clapcomp.train import checkpoint as ckpt_lib
 from clapcomp.train import loop
 
+pytestmark = pytest.mark.slow  # every test trains: `make test-fast` skips them
+
 
 def _losses(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
