@@ -65,3 +65,18 @@ def test_train_help_lists_flags_and_every_field_with_its_value(helpers, capsys, 
         "--config.data.num_negatives=3",
     ):
         assert line in out.splitlines() or f"  {line}" in out.splitlines(), line
+
+
+def test_pod_config_sets_one_remat_policy_for_both_towers(helpers):
+    """configs/clap_htsat_roberta.py:remat=... (the README's v5e-pod setting) reaches both towers' configs."""
+    import importlib.util
+
+    from clapcomp.train import state as state_lib
+
+    spec = importlib.util.spec_from_file_location("pod", helpers.REPO / "configs" / "clap_htsat_roberta.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = state_lib.model_config(module.get_config("dtype=bfloat16,remat=nothing_saveable"))
+    assert (cfg.htsat.remat, cfg.text.remat, cfg.dtype) == ("nothing_saveable", "nothing_saveable", "bfloat16")
+    default = state_lib.model_config(module.get_config())
+    assert (default.htsat.remat, default.text.remat) == ("none", "none")
