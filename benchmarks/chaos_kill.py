@@ -97,7 +97,9 @@ def train_cmd(args, workdir: Path, records: Path) -> list[str]:
 
 def train_env(args, cache: Path) -> dict:
     """The environment of each training run: `args.devices` CPU devices, the caller's other XLA flags."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    flags = [
+        f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     return {
         **os.environ,
         "XLA_FLAGS": " ".join([f"--xla_force_host_platform_device_count={args.devices}", *flags]),

@@ -134,6 +134,8 @@ def tower_loss(tower: str):
     split the compile of the whole step roughly into its two towers."""
     import jax.numpy as jnp
 
+    from clapcomp.train import step as step_lib
+
     def loss(model, batch, key, mesh):
         if tower == "audio":
             emb = model.embed_audio(batch["waveform"], batch["lengths"], train=True, key=key)
@@ -142,8 +144,7 @@ def tower_loss(tower: str):
             if "neg_input_ids" in batch:
                 ids = jnp.concatenate([ids, batch["neg_input_ids"]], axis=1)
                 mask = jnp.concatenate([mask, batch["neg_attention_mask"]], axis=1)
-            rows = ids.shape[0] * ids.shape[1]
-            emb = model.embed_tokens(ids.reshape(rows, -1), mask.reshape(rows, -1), train=True, key=key)
+            emb = step_lib._embed_rows(model, ids, mask, key)  # the step's own [B, rows, L] -> [B, rows, D]
         return jnp.mean(emb.astype(jnp.float32))
 
     return loss

@@ -40,7 +40,9 @@ def _block(tmp_path, names) -> dict:
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
         "JAX_PLATFORMS": "cpu",
         # one CPU device; the run's other XLA flags (tests/conftest.py)
-        "XLA_FLAGS": " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f),
+        "XLA_FLAGS": " ".join(
+            f for f in os.environ["XLA_FLAGS"].split() if not f.startswith("--xla_force_host_platform_device_count")
+        ),
     }
 
 
