@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from child_env import child_env  # tests/child_env.py (pytest pythonpath = tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
@@ -35,15 +36,7 @@ def test_help():
 def _block(tmp_path, names) -> dict:
     """An environment in which every process, children included, sees `names` blocked."""
     (tmp_path / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in names))
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        "JAX_PLATFORMS": "cpu",
-        # one CPU device; the run's other XLA flags (tests/conftest.py)
-        "XLA_FLAGS": " ".join(
-            f for f in os.environ["XLA_FLAGS"].split() if not f.startswith("--xla_force_host_platform_device_count")
-        ),
-    }
+    return {**child_env(devices=1), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
 
 
 def test_train_step_imports_without_grain_tfds_ml_collections(tmp_path):

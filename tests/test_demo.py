@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+from child_env import child_env  # tests/child_env.py (pytest pythonpath = tests)
 
 from clapcomp import demo
 
@@ -54,17 +57,20 @@ def test_reading_applies_the_demo_bar(compa, verdict):
 
 
 @pytest.mark.slow
-def test_tiny_demo_end_to_end_then_again_gives_the_same_table(tmp_path, capsys):
-    """The whole pipeline (synth, records, two trainings, evaluation, report) on a tiny budget; a second
-    `clapcomp demo` on the same workdir resumes the finished trainings and prints the same table, and the
-    seed's data and records made again elsewhere are byte-identical. (Two trainings of one config are
-    bit-identical: tests/train/test_resume.py compares resumed runs with an uninterrupted one.)"""
+def test_tiny_demo_end_to_end_then_again_gives_the_same_table(tmp_path):
+    """`clapcomp demo` as a user runs it (its own process, one CPU device) on a tiny budget: the whole
+    pipeline (synth, records, two trainings, evaluation, report); a second `clapcomp demo` on the same
+    workdir resumes the finished trainings and prints the same table, and the seed's data and records
+    made again elsewhere are byte-identical. (Two trainings of one config are bit-identical:
+    tests/train/test_resume.py compares resumed runs with an uninterrupted one.)"""
     run = tmp_path / "run"
-    args = ["--workdir", str(run), "--n-train", "48", "--n-eval", "6", "--steps", "3"]
+    cmd = [sys.executable, "-m", "clapcomp.cli", "demo", "--workdir", str(run), "--n-train", "48", "--n-eval", "6",
+           "--steps", "3"]  # fmt: skip
     tables = []
     for _ in range(2):
-        assert demo.main(args) == 0
-        out = capsys.readouterr().out
+        r = subprocess.run(cmd, env=child_env(devices=1), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        out = r.stdout
         assert "training CompA (compa loss, 3 steps)" in out and f"outputs: {run}/report/demo.json" in out
         tables.append(out[out.index("metric") : out.index("Over 1 seed")])
         assert ("step 3/3" in out) is (len(tables) == 1)  # the second run trains no step

@@ -16,6 +16,7 @@ from pathlib import Path
 import filelock
 import numpy as np
 import pytest
+from child_env import child_env  # tests/child_env.py (pytest pythonpath = tests)
 
 REPO = Path(__file__).resolve().parents[2]
 PITCHES = ["low", "middle", "high", "very high"]
@@ -81,15 +82,7 @@ def compile_cache() -> Path:
 
 def train_env(cache: Path, devices: int = 8) -> dict:
     """This process's environment (its XLA flags and compilation-cache settings) on `devices` CPU devices."""
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-    env.update(
-        XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}", *flags]),
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        PYTHONPATH=str(REPO),
-    )
-    return env
+    return {**child_env(devices), "JAX_COMPILATION_CACHE_DIR": str(cache)}
 
 
 def train_cmd(workdir: Path, records: Path, *overrides: str, config: str = "configs/tiny.py") -> list[str]:
