@@ -411,14 +411,19 @@ def load_hf_clap(path: str | Path):
     tensors = read_tensors(path)
     model = nnx.eval_shape(lambda: ClapModel(cfg, rngs=nnx.Rngs(0)))  # no random init: every value is loaded
     clap_from_hf_tensors(model, tensors)
+    require_all_set(model, path)
+    return cfg, model
+
+
+def require_all_set(module: nnx.Module, source) -> None:
+    """Raise unless every Variable of `module` (built by `nnx.eval_shape`, then filled) holds an array."""
     unset = [
         ".".join(map(str, p))
-        for p, v in nnx.to_flat_state(nnx.state(model))
+        for p, v in nnx.to_flat_state(nnx.state(module))
         if not isinstance(v.get_value(), jax.Array)
     ]
     if unset:
-        raise ValueError(f"{path}: the checkpoint left {len(unset)} model variables unset, e.g. {unset[:5]}")
-    return cfg, model
+        raise ValueError(f"{source}: the checkpoint left {len(unset)} model variables unset, e.g. {unset[:5]}")
 
 
 def clap_from_hf_tensors(model, tensors: dict[str, np.ndarray]) -> None:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clapcomp.convert.hf import TEXT_BUFFERS, import_rows, text_config_from_hf, text_rows
+from clapcomp.convert.hf import TEXT_BUFFERS, import_rows, require_all_set, text_config_from_hf, text_rows
 from clapcomp.convert.weights import read_tensors
 from clapcomp.models.configs import TextConfig
 from clapcomp.models.text import TextEncoder
@@ -48,8 +48,9 @@ class SentenceEncoder:
         return out
 
 
-def load_sentence_encoder(path: str | Path, *, max_length: int = 77, dtype=jnp.float32) -> SentenceEncoder:
-    """Load `path` (config.json + weights + tokenizer.json) as a text tower; see the module doc."""
+def read_sentence_config(path: str | Path, *, max_length: int = 77) -> TextConfig:
+    """The text-tower config of the sentence-encoder dir `path` (config.json and its pooling module),
+    without reading the weights."""
     path = Path(path)
     if not (path / "config.json").is_file():
         found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such directory"
@@ -58,14 +59,21 @@ def load_sentence_encoder(path: str | Path, *, max_length: int = 77, dtype=jnp.f
     family = _FAMILIES.get(hf.get("model_type"))
     if family is None:
         raise ValueError(f"{path}/config.json has model_type {hf.get('model_type')!r}; supported: {sorted(_FAMILIES)}")
-    pooling, normalize = _pipeline(path)
-    cfg = dataclasses.replace(
+    pooling, _ = _pipeline(path)
+    return dataclasses.replace(
         text_config_from_hf(hf, family=family, pooling=pooling),
         pad_token_id=int(hf.get("pad_token_id", 0 if family == "bert" else 1)),
         max_length=max_length,
     )
+
+
+def load_sentence_encoder(path: str | Path, *, max_length: int = 77, dtype=jnp.float32) -> SentenceEncoder:
+    """Load `path` (config.json + weights + tokenizer.json) as a text tower; see the module doc."""
+    path = Path(path)
+    cfg = read_sentence_config(path, max_length=max_length)
+    _, normalize = _pipeline(path)
     tokenizer = Tokenizer.from_dir(path, max_length=max_length)
-    tower = TextEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(0))
+    tower = nnx.eval_shape(lambda: TextEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)))  # every value is loaded
     tensors = read_tensors(path)
     prefix = next((p for p in _PREFIXES if f"{p}embeddings.word_embeddings.weight" in tensors), None)
     if prefix is None:
@@ -77,7 +85,8 @@ def load_sentence_encoder(path: str | Path, *, max_length: int = 77, dtype=jnp.f
     ignorable = {f"{prefix}{b}" for b in TEXT_BUFFERS}
     unused = sorted(k for k in tensors if k not in used and k not in ignorable and not k.startswith(f"{prefix}pooler."))
     if unused:
-        raise ValueError(f"{path}: {len(unused)} tensors have no place in a {family} encoder, e.g. {unused[:5]}")
+        raise ValueError(f"{path}: {len(unused)} tensors have no place in a {cfg.family} encoder, e.g. {unused[:5]}")
+    require_all_set(tower, path)
     return SentenceEncoder(tower=tower, config=cfg, tokenizer=tokenizer, normalize=normalize)
 
 

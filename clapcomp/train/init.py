@@ -90,18 +90,18 @@ def checkpoint_architecture(kind: str, path: str, config) -> ClapConfig:
 
         return laion_config(read_laion_checkpoint(path))
     if kind == "sentence":  # the text tower from the encoder, the rest from the config
-        from clapcomp.convert.sentence import load_sentence_encoder
+        from clapcomp.convert.sentence import read_sentence_config
 
-        text = load_sentence_encoder(path, max_length=config.model.text.max_length).config
+        text = read_sentence_config(path, max_length=config.model.text.max_length)
         return dataclasses.replace(state_lib.model_config(config), text=text)
     if kind == "aisfx_minilm":  # both towers from their checkpoints, the heads from the config
         from clapcomp.audio import AISFX_AUDIO
-        from clapcomp.convert.sentence import load_sentence_encoder
+        from clapcomp.convert.sentence import read_sentence_config
         from clapcomp.models.configs import CNN_PRESETS
 
         ours = state_lib.model_config(config)
         cnn = dataclasses.replace(CNN_PRESETS["aisfx"], **{f: getattr(ours.cnn, f) for f in _CNN_CONFIG_FIELDS})
-        text = load_sentence_encoder(text_dir(config), max_length=config.model.text.max_length).config
+        text = read_sentence_config(text_dir(config), max_length=config.model.text.max_length)
         return dataclasses.replace(ours, audio=AISFX_AUDIO, audio_tower="cnn", cnn=cnn, text=text)
     raise ValueError(
         f"config.init.kind must be auto | none | {' | '.join([*KINDS, 'sentence', 'aisfx_minilm'])}, got {kind!r}"
