@@ -46,10 +46,11 @@ def test_minilm_as_text_tower_of_a_clap_model():
 
     from clapcomp.inference import Clap
     from clapcomp.models.clap import ClapModel
-    from clapcomp.models.configs import ClapConfig, HTSATConfig
+    from clapcomp.models.configs import ClapConfig, HTSATConfig, TextConfig
 
     enc = load_sentence_encoder(MINILM)
-    cfg = ClapConfig(htsat=HTSATConfig(embed_dim=8, depths=(1,), num_heads=(1,)), projection_dim=16)
+    small = TextConfig(vocab_size=64, hidden_size=8, num_layers=1, num_heads=1, intermediate_size=8)  # replaced
+    cfg = ClapConfig(htsat=HTSATConfig(embed_dim=8, depths=(1,), num_heads=(1,)), text=small, projection_dim=16)
     model = ClapModel(cfg, rngs=nnx.Rngs(0))
     model.replace_text_tower(enc.tower, rngs=nnx.Rngs(1))
     assert model.cfg.text.hidden_size == 384 and model.text_projection.linear1.kernel.shape == (384, 16)
