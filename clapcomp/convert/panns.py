@@ -102,9 +102,10 @@ def cnn_from_tensors(tensors: dict[str, np.ndarray], cfg: CnnConfig, *, dtype=No
     import jax.numpy as jnp
     from flax import nnx
 
+    from clapcomp.convert.hf import require_all_set
     from clapcomp.models.cnn import Cnn
 
-    model = Cnn(cfg, dtype=dtype or jnp.float32, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Cnn(cfg, dtype=dtype or jnp.float32, rngs=nnx.Rngs(0)))  # every value is loaded
     targets = {}  # our (module, attribute) -> torch value
     unmapped = []
     for key, value in tensors.items():
@@ -143,7 +144,8 @@ def cnn_from_tensors(tensors: dict[str, np.ndarray], cfg: CnnConfig, *, dtype=No
             raise ValueError(
                 f"{name}: the checkpoint has shape {value.shape}, the config {cfg} needs {tuple(var.shape)}"
             )
-        var[...] = jnp.asarray(value, jnp.float32)
+        var.set_value(jnp.asarray(value, jnp.float32))
+    require_all_set(model, cfg)
     return model
 
 
