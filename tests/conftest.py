@@ -8,7 +8,7 @@ optimisation the demo model's programs compiled in 24 s instead of 43 s (2-core 
 ran at 30 instead of 47 samples/s; emitting fusions with XLA's older elemental emitters instead of its
 MLIR fusion emitters took the demo model's compile from ~24 s to ~19 s, and the whole suite from
 861 s to 714 s of pytest (`make test`, same machine and day). The semantics are XLA's either way (float
-rounding may differ in the last bits, inside every test's tolerance); `helpers.train_env` passes the
+rounding may differ in the last bits, inside every test's tolerance); tests/child_env.py passes the
 flags on to subprocesses.
 """
 

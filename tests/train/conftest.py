@@ -16,9 +16,8 @@ from pathlib import Path
 import filelock
 import numpy as np
 import pytest
-from child_env import child_env  # tests/child_env.py (pytest pythonpath = tests)
+from child_env import REPO, child_env  # tests/child_env.py (pytest pythonpath = tests)
 
-REPO = Path(__file__).resolve().parents[2]
 PITCHES = ["low", "middle", "high", "very high"]
 FREQS = [200.0, 450.0, 900.0, 1800.0]
 
