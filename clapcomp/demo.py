@@ -73,7 +73,11 @@ def make_data(workdir: Path, seed: int, *, n_train: int, n_eval: int = 200) -> t
         print(f"   {s['counts']} in {s['seconds']:.1f}s")
     if not (records / "stats.json").is_file():
         _stage("building ArrayRecords")
-        stats = build.build([str(data / "train.jsonl")], records, format="manifest", sample_rate=audio.sample_rate)
+        # raw 16-bit PCM, not FLAC: the same samples (both as libsndfile writes 16-bit audio), decoded
+        # without a codec; on 2 cores the trainer's data threads share them with the model's step
+        stats = build.build(
+            [str(data / "train.jsonl")], records, format="manifest", sample_rate=audio.sample_rate, audio_format="pcm16"
+        )
         print(f"   written {stats['written']}, skipped {stats['skipped']}")
     return data, records
 

@@ -161,13 +161,24 @@ def test_text_fields_must_be_lists():
     assert records.TEXT_FIELDS == ("captions", "negatives", "positives")
 
 
-def test_pcm16_records_round_trip_and_detect_truncation(tmp_path):
-    ex = _example(2)
+def test_pcm16_records_decode_as_libsndfile_16_bit_audio_and_detect_truncation(tmp_path):
+    """The reference is libsndfile: a pcm16 record holds the samples soundfile writes to a 16-bit FLAC file
+    (x * 2**15, rounded half to even, clipped), so pcm16 and flac records decode alike and audio that came
+    from a 16-bit file round-trips exactly."""
+    rng = np.random.default_rng(0)
+    from_16_bit = np.arange(-32768, 32768) / 32768.0
+    ties = (np.arange(-32768, 32767) + 0.5) / 32768.0
+    audio = np.concatenate([from_16_bit, ties, rng.uniform(-1.5, 1.5, 20_000), [1.0, -1.0, 2.0, -2.0]])
+    ex = {**_example(2), "audio": audio.astype(np.float32)}
     write_records(str(tmp_path), [ex], audio_format="pcm16")
     rec = RecordSource(str(tmp_path)).example(0)
-    assert rec["audio_format"] == "pcm16" and len(rec["audio"]) == 2 * 1600
-    reference = np.round(np.clip(ex["audio"], -1, 1) * 32767).astype(np.int16) / 32768.0
-    np.testing.assert_array_equal(records.decode_audio(rec), reference.astype(np.float32))
+    assert rec["audio_format"] == "pcm16" and len(rec["audio"]) == 2 * len(audio)
+    flac = io.BytesIO()
+    sf.write(flac, ex["audio"], 16000, format="FLAC", subtype="PCM_16")
+    reference = sf.read(io.BytesIO(flac.getvalue()), dtype="float32")[0]
+    decoded = records.decode_audio(rec)
+    np.testing.assert_array_equal(decoded, reference)
+    np.testing.assert_array_equal(decoded[: len(from_16_bit)], from_16_bit.astype(np.float32))
     with pytest.raises(RecordError) as e:
         records.decode_audio({**rec, "audio": rec["audio"][:-2]})
     assert e.value.reason == "truncated_audio"
