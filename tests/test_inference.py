@@ -68,6 +68,7 @@ def test_similarity_and_zero_shot(small):
     np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), atol=1e-5)
 
 
+@pytest.mark.slow  # full-size HTSAT-tiny
 def test_htsat_tiny_fused_17s_matches_hf(tmp_path):
     hf = R.hf_clap(R.TINY_AUDIO, fusion=True, seed=8)
     clap = load(R.save_hf_dir(hf, tmp_path, tokenizer=False))

@@ -54,7 +54,7 @@ def _laion_cnn(pann_model, name: str):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["Cnn6", "Cnn10", "Cnn14"])
+@pytest.mark.parametrize("name", ["Cnn6", "Cnn10", pytest.param("Cnn14", marks=pytest.mark.slow)])
 def test_laion_pann_checkpoint_matches_laion_module(tmp_path, pann_model, name):
     ref = _laion_cnn(pann_model, name)
     path = tmp_path / "laion.pt"
@@ -131,6 +131,7 @@ def test_aisfx_weights_match_aisfx_embedding_net(aisfx):
     np.testing.assert_allclose(np.asarray(tower(mel)), ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # a full-size CNN + MiniLM
 def test_aisfx_minilm_clap_holds_both_pretrained_towers(aisfx):
     from clapcomp.convert.panns import aisfx_minilm_clap
     from clapcomp.convert.sentence import load_sentence_encoder

@@ -90,6 +90,7 @@ def test_parity_small_config(fusion, batch):
     check_parity(hf_model(fusion, **SMALL), batch, fusion)
 
 
+@pytest.mark.slow  # full size: the small configs above run the same code in `make test-fast`
 def test_parity_htsat_tiny_fused():
     model = hf_model(True)  # HF defaults: HTSAT-tiny, depths [2, 2, 6, 2], embed 96, window 8
     assert tuple(model.config.depths) == (2, 2, 6, 2) and model.config.patch_embeds_hidden_size == 96

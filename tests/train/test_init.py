@@ -205,6 +205,7 @@ def test_resume_needs_neither_the_source_dir_nor_its_tokenizer(helpers, tmp_path
         init_lib.run_tokenizer(again, workdir)
 
 
+@pytest.mark.slow  # loads a full-size CNN and MiniLM
 def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_records):
     """configs/real_sounds.py under prepare: the towers' architecture from their checkpoints, the heads
     and time segments from the config; the weights are aisfx's and MiniLM's (read directly as reference)."""
