@@ -102,7 +102,7 @@ def encode_pcm16(waveform: np.ndarray) -> bytes:
     """`waveform [T]` float in [-1, 1] -> little-endian int16 bytes: x * 2**15 rounded half to even, clipped
     to the int16 range, as libsndfile writes 16-bit FLAC, so a pcm16 and a flac record of the same audio
     decode to the same samples (and audio read from 16-bit files round-trips exactly)."""
-    pcm = np.round(np.clip(np.asarray(waveform, np.float32), -1.0, 1.0) * np.float32(32768.0))
+    pcm = np.round(np.asarray(waveform, np.float32) * np.float32(32768.0))
     return np.clip(pcm, -32768, 32767).astype("<i2").tobytes()
 
 
