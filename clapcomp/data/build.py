@@ -12,8 +12,8 @@ Formats (``--format``):
 
 Every input item is decoded with soundfile, mixed to mono, resampled with soxr to
 ``sample_rate`` and stored as 16-bit FLAC (or raw int16 with ``audio_format="pcm16"``: bigger,
-much faster to decode). A bad item is skipped and counted by reason (the readers and
-`REASONS` live in `clapcomp.data.sources`; this module orchestrates them). A negative equal to
+much faster to decode). A bad item is skipped and counted by reason (the readers live in
+`clapcomp.data.sources`, the reasons in `clapcomp.data.reasons`; this module orchestrates them). A negative equal to
 one of the row's captions or positives (`clapcomp.data.negatives.normalize`) is dropped and
 counted. ``stats.json`` next to the shards holds the counts, examples of each skip reason,
 duration figures and what the data can train (``rows_with_negatives``, ``negatives_per_row``,
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import os
 import sys
@@ -34,10 +35,9 @@ from collections import Counter
 import numpy as np
 
 from clapcomp.data.negatives import clean_negatives
-from clapcomp.data.records import RecordError, ShardWriter, call_with_timeout
+from clapcomp.data.reasons import REASONS, BadData
+from clapcomp.data.records import AUDIO_FORMATS, ShardWriter, call_with_timeout
 from clapcomp.data.sources import (
-    REASONS,
-    Skip,
     clean_texts,
     expand_inputs,
     guarded,
@@ -45,6 +45,8 @@ from clapcomp.data.sources import (
     read_manifest,
     read_webdataset,
 )
+
+FORMATS = ("manifest", "compa", "webdataset", "tfds")
 
 
 class BuildError(RuntimeError):
@@ -139,7 +141,7 @@ def build(
             tfds_name, manual_dir, split=tfds_split, data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds")
         )
     else:
-        raise ValueError(f"unknown format {format!r}; use manifest, compa, webdataset or tfds")
+        raise ValueError(f"unknown format {format!r}; use one of {FORMATS}")
 
     audio_kw = dict(
         sample_rate=sample_rate,
@@ -153,11 +155,11 @@ def build(
         for item, cand in items:
             stats.seen += 1
             try:
-                if isinstance(cand, Skip):
+                if isinstance(cand, BadData):
                     raise cand
                 captions = clean_texts(cand["captions"], "caption", max_caption_chars)
                 if not captions:
-                    raise Skip("missing_caption", "no non-empty caption")
+                    raise BadData("missing_caption", "no non-empty caption")
                 negatives = clean_texts(cand.get("negatives"), "negatives", max_caption_chars)
                 positives = clean_texts(cand.get("positives"), "positives", max_caption_chars)
                 negatives, dropped = clean_negatives(negatives, captions + positives)
@@ -176,7 +178,7 @@ def build(
                 )
                 stats.written_row(len(negatives), len(positives), wave.shape[0] / sample_rate)
                 stats.negatives_dropped += dropped
-            except (Skip, RecordError) as s:
+            except BadData as s:
                 stats.skip(s.reason, item, s.detail)
             except Exception as e:  # never let one item kill the build
                 stats.skip("unexpected_error", item, f"{type(e).__name__}: {e}")
@@ -211,39 +213,43 @@ def build(
 
 
 def main(argv: list[str]) -> int:
-    reasons = "\n".join(f"  {k:<19} {v}" for k, v in REASONS.items())
+    reasons = "\n".join(f"  {r.name:<19} {r.meaning}" for r in REASONS if "build" in r.stages)
     p = argparse.ArgumentParser(
         prog="clapcomp data build",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"skip reasons counted in OUT/stats.json:\n{reasons}",
     )
+    defaults = {k: v.default for k, v in inspect.signature(build).parameters.items()}
+
+    def option(dest: str, help: str | None = None, **kw) -> None:  # --dest-name, typed and defaulted by `build`
+        default = defaults[dest]
+        if default is not None and "choices" not in kw:
+            kw["type"] = type(default)
+        help = f"{help} (default: %(default)s)" if help else "default: %(default)s"
+        p.add_argument("--" + dest.replace("_", "-"), default=default, help=help, **kw)
+
     p.add_argument("--input", nargs="*", default=[], help="manifest(s), tar(s), folder(s) or globs")
-    p.add_argument("--format", choices=["manifest", "compa", "webdataset", "tfds"], default="manifest")
+    option("format", choices=FORMATS)
     p.add_argument("--out", required=True, help="empty output folder for the shards + stats.json")
-    p.add_argument("--sample-rate", type=int, default=48000)
-    p.add_argument("--shard-size", type=int, default=1024)
-    p.add_argument(
-        "--audio-format",
-        choices=["flac", "pcm16"],
-        default="flac",
-        help="flac: smaller; pcm16: ~1.5x bigger, decodes ~10x faster",
-    )
-    p.add_argument("--max-error-rate", type=float, default=0.5)
-    p.add_argument("--min-items-for-rate", type=int, default=100)
-    p.add_argument("--max-seconds", type=float, default=600.0)
-    p.add_argument("--max-channels", type=int, default=16)
-    p.add_argument("--max-file-mb", type=float, default=2048.0)
-    p.add_argument("--silence-threshold", type=float, default=1e-4)
-    p.add_argument("--max-caption-chars", type=int, default=2000)
-    p.add_argument("--timeout-s", type=float, default=60.0, help="per-item decode time bound")
+    option("sample_rate")
+    option("shard_size")
+    option("audio_format", "flac: smaller; pcm16: ~1.5x bigger, decodes ~10x faster", choices=AUDIO_FORMATS)
+    option("max_error_rate")
+    option("min_items_for_rate")
+    option("max_seconds")
+    option("max_channels")
+    option("max_file_mb")
+    option("silence_threshold")
+    option("max_caption_chars")
+    option("timeout_s", "per-item decode time bound", type=float)
     p.add_argument(
         "--allow-outside-root", action="store_true", help="accept manifest audio paths outside the manifest's folder"
     )
-    p.add_argument("--tfds-name", help="audiocaps, clotho, esc50, compa_order, compa_attribute")
-    p.add_argument("--manual-dir", help="folder with the dataset's files (see tfds_builders)")
-    p.add_argument("--tfds-split", default="train")
-    p.add_argument("--tfds-data-dir", help="where tfds prepares its copy (default OUT/_tfds)")
+    option("tfds_name", "audiocaps, clotho, esc50, compa_order, compa_attribute")
+    option("manual_dir", "folder with the dataset's files (see tfds_builders)")
+    option("tfds_split")
+    option("tfds_data_dir", "where tfds prepares its copy; None: OUT/_tfds")
     a = p.parse_args(argv)
     try:  # every flag's dest is a `build` keyword
         stats = build(

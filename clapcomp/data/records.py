@@ -28,28 +28,16 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from clapcomp.data.reasons import BadData
+
 MAGIC = b"CLAPREC1"
 AUDIO_FORMATS = ("flac", "pcm16")
 SHARD_SUFFIX = ".array_record"
 TEXT_FIELDS = ("captions", "negatives", "positives")
 
 
-class RecordError(ValueError):
-    """A record that cannot be parsed or decoded; `reason` is a short counter name."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-class RecordTimeout(RecordError):
-    def __init__(self, seconds: float):
-        super().__init__("timeout", f"took longer than {seconds:g} s")
-
-
 def call_with_timeout(fn, timeout_s: float | None, *args):
-    """Run `fn(*args)`; raise RecordTimeout if it takes longer than `timeout_s` seconds.
+    """Run `fn(*args)`; raise `BadData("timeout")` if it takes longer than `timeout_s` seconds.
 
     The call runs on a daemon thread (the decoders release the GIL), so a pathological file
     stalls nothing: the caller moves on and the abandoned thread dies with the process.
@@ -69,7 +57,7 @@ def call_with_timeout(fn, timeout_s: float | None, *args):
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise RecordTimeout(timeout_s)
+        raise BadData("timeout", f"took longer than {timeout_s:g} s")
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -87,14 +75,14 @@ def encode_flac(waveform: np.ndarray, sample_rate: int) -> bytes:
 
 
 def decode_flac(data: bytes, expected_samples: int | None = None) -> np.ndarray:
-    """FLAC bytes -> `[T]` float32. Raises RecordError if undecodable or of the wrong length."""
+    """FLAC bytes -> `[T]` float32. Raises `BadData` if undecodable or of the wrong length."""
     try:
         wave, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise RecordError("corrupt_audio", str(e)) from None
+        raise BadData("corrupt", str(e)) from None
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if expected_samples is not None and wave.shape[0] != expected_samples:
-        raise RecordError("truncated_audio", f"decoded {wave.shape[0]} samples, header says {expected_samples}")
+        raise BadData("truncated", f"decoded {wave.shape[0]} samples, header says {expected_samples}")
     return wave
 
 
@@ -107,16 +95,14 @@ def encode_pcm16(waveform: np.ndarray) -> bytes:
 
 
 def decode_audio(record: dict) -> np.ndarray:
-    """A parsed record -> its audio `[num_samples]` float32; raises RecordError."""
+    """A parsed record -> its audio `[num_samples]` float32; raises `BadData`."""
     if record["audio_format"] == "flac":
         return decode_flac(record["audio"], record["num_samples"])
     if record["audio_format"] == "pcm16":
         if len(record["audio"]) != 2 * record["num_samples"]:
-            raise RecordError(
-                "truncated_audio", f"{len(record['audio'])} PCM bytes for {record['num_samples']} samples"
-            )
+            raise BadData("truncated", f"{len(record['audio'])} PCM bytes for {record['num_samples']} samples")
         return np.frombuffer(record["audio"], "<i2").astype(np.float32) / 32768.0
-    raise RecordError("bad_record", f"unknown audio_format {record['audio_format']!r}")
+    raise BadData("bad_record", f"unknown audio_format {record['audio_format']!r}")
 
 
 # ----------------------------------------------------------------------------- record codec
@@ -172,17 +158,17 @@ def parse_record(data: bytes) -> dict:
     """Record bytes -> dict with the header fields and ``audio`` (encoded bytes, not decoded)."""
     n = len(MAGIC)
     if len(data) < n + 4 or data[:n] != MAGIC:
-        raise RecordError("bad_record", "not a clapcomp record (missing CLAPREC1 magic)")
+        raise BadData("bad_record", "not a clapcomp record (missing CLAPREC1 magic)")
     (size,) = struct.unpack("<I", data[n : n + 4])
     if n + 4 + size > len(data):
-        raise RecordError("bad_record", "header longer than the record")
+        raise BadData("bad_record", "header longer than the record")
     try:
         header = json.loads(data[n + 4 : n + 4 + size].decode("utf-8"))
         problem = _header_problem(header)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         problem = str(e)
     if problem:
-        raise RecordError("bad_record", f"unreadable header: {problem}")
+        raise BadData("bad_record", f"unreadable header: {problem}")
     header["audio"] = bytes(data[n + 4 + size :])
     return header
 

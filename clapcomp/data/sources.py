@@ -1,11 +1,12 @@
-"""Readers of `clapcomp data build` inputs, and the skip vocabulary every reader reports in.
+"""Readers of `clapcomp data build` inputs.
 
-Each reader yields ``(item_name, candidate | Skip)``. A candidate is a dict with ``key``,
+Each reader yields ``(item_name, candidate | BadData)`` (`clapcomp.data.reasons`: the reasons a bad item
+is skipped and counted under). A candidate is a dict with ``key``,
 ``audio`` (a path or encoded bytes), ``name`` (for the extension), ``captions``, ``negatives``,
 ``positives`` (raw; `clean_texts` and `clean_negatives` check them). Readers: `read_manifest`
 (CSV / JSONL manifests, and CompA's ``pos;neg1;neg2`` captions), `read_webdataset` (tar shards);
 `clapcomp.data.tfds_builders.iter_candidates` adapts the tfds builders to the same items.
-`load_audio` decodes one candidate's audio (or raises `Skip`).
+`load_audio` decodes one candidate's audio (or raises `BadData`).
 
 Text rules: ``caption`` is a str or a list of str; ``negatives`` / ``positives`` must be lists of
 str (a JSON list inside a CSV cell), anything else is a ``bad_row``; a CSV row with more fields
@@ -25,40 +26,13 @@ from collections.abc import Iterator
 import numpy as np
 import soundfile as sf
 
+from clapcomp.data.reasons import BadData
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
-REASONS = {
-    "missing_file": "the row's audio file does not exist",
-    "path_escapes_root": "audio path leaves the manifest's folder (allow with --allow-outside-root)",
-    "unsafe_member": "tar member escapes the archive root or is not a regular file",
-    "unsupported_format": "file extension is not a soundfile audio format",
-    "empty_file": "0-byte audio file",
-    "too_large": "audio file bigger than --max-file-mb",
-    "corrupt": "soundfile cannot open it (not audio, or a broken header)",
-    "truncated": "fewer audio frames than the header declares",
-    "zero_length": "a valid file with no samples",
-    "bad_sample_rate": "sample rate outside [1 kHz, 384 kHz]",
-    "too_many_channels": "more channels than --max-channels",
-    "too_long": "longer than --max-seconds",
-    "non_finite": "NaN or inf samples",
-    "silent": "peak below --silence-threshold",
-    "missing_caption": "no non-empty caption",
-    "caption_too_long": "a text longer than --max-caption-chars",
-    "non_utf8_text": "text that is not valid UTF-8",
-    "bad_row": "malformed row (bad JSON, missing audio path, negatives/positives not a list of str, "
-    "more CSV fields than the header, ...)",
-    "timeout": "decoding took longer than --timeout-s",
-    "unexpected_error": "an unforeseen error while processing the item (see examples)",
-}
 
 
 class InputError(ValueError):
     """A whole input file is unusable (e.g. a manifest without the needed columns)."""
-
-
-class Skip(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 # ----------------------------------------------------------------------------- audio
@@ -87,17 +61,17 @@ def load_audio(
     max_file_mb: float = 2048.0,
     silence_threshold: float = 1e-4,
 ) -> np.ndarray:
-    """A file path or encoded bytes -> mono float32 `[T]` at `sample_rate`; raises `Skip`.
+    """A file path or encoded bytes -> mono float32 `[T]` at `sample_rate`; raises `BadData`.
 
     The header is checked (rate, channels, declared duration) before any sample is decoded, so
     a huge declared length costs nothing. Peaks above 1 are scaled down to 1 (16-bit storage).
     """
     ext = os.path.splitext(name)[1].lower()
     if ext and ext not in AUDIO_EXTENSIONS:
-        raise Skip("unsupported_format", f"extension {ext!r} (expected one of {AUDIO_EXTENSIONS})")
+        raise BadData("unsupported_format", f"extension {ext!r} (expected one of {AUDIO_EXTENSIONS})")
     if isinstance(source, str):
         if not os.path.isfile(source):
-            raise Skip("missing_file", source)
+            raise BadData("missing_file", source)
         size = os.path.getsize(source)
         with open(source, "rb") as f:
             head = f.read(1 << 16)
@@ -105,9 +79,9 @@ def load_audio(
     else:
         size, head, opened = len(source), source[: 1 << 16], None
     if size == 0:
-        raise Skip("empty_file", "0 bytes")
+        raise BadData("empty_file", "0 bytes")
     if size > max_file_mb * 2**20:
-        raise Skip("too_large", f"{size / 2**20:.0f} MB > {max_file_mb:g} MB")
+        raise BadData("too_large", f"{size / 2**20:.0f} MB > {max_file_mb:g} MB")
 
     def fileobj():
         return opened if opened is not None else io.BytesIO(source)
@@ -115,30 +89,30 @@ def load_audio(
     try:
         info = sf.info(fileobj())
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise Skip("corrupt", str(e).split(": ", 1)[-1]) from None
+        raise BadData("corrupt", str(e).split(": ", 1)[-1]) from None
     if not 1000 <= info.samplerate <= 384000:
-        raise Skip("bad_sample_rate", f"{info.samplerate} Hz")
+        raise BadData("bad_sample_rate", f"{info.samplerate} Hz")
     if not 1 <= info.channels <= max_channels:
-        raise Skip("too_many_channels", f"{info.channels} channels > {max_channels}")
+        raise BadData("too_many_channels", f"{info.channels} channels > {max_channels}")
     if info.frames <= 0:
-        raise Skip("zero_length", "no samples")
+        raise BadData("zero_length", "no samples")
     if info.frames / info.samplerate > max_seconds:
-        raise Skip("too_long", f"{info.frames / info.samplerate:.1f} s > {max_seconds:g} s")
+        raise BadData("too_long", f"{info.frames / info.samplerate:.1f} s > {max_seconds:g} s")
     if _wav_truncated(head, size):
-        raise Skip("truncated", "WAV data chunk is longer than the file")
+        raise BadData("truncated", "WAV data chunk is longer than the file")
     try:
         wave, _ = sf.read(fileobj(), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise Skip("truncated", f"decoding failed mid-file: {e}") from None
+        raise BadData("truncated", f"decoding failed mid-file: {e}") from None
     if wave.shape[0] < info.frames:
-        raise Skip("truncated", f"{wave.shape[0]} of {info.frames} declared frames")
+        raise BadData("truncated", f"{wave.shape[0]} of {info.frames} declared frames")
     wave = wave.mean(axis=1, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(wave))
     if bad.size:
-        raise Skip("non_finite", f"{bad.size} NaN/inf samples, first at sample {bad[0]}")
+        raise BadData("non_finite", f"{bad.size} NaN/inf samples, first at sample {bad[0]}")
     peak = float(np.abs(wave).max())
     if peak < silence_threshold:
-        raise Skip("silent", f"peak {peak:.2g} < {silence_threshold:g}")
+        raise BadData("silent", f"peak {peak:.2g} < {silence_threshold:g}")
     if info.samplerate != sample_rate:
         import soxr
 
@@ -151,25 +125,25 @@ def load_audio(
 
 
 def clean_texts(values, field: str, max_chars: int) -> list[str]:
-    """A list (or None) of texts -> stripped non-empty str; raises `Skip` on bad text."""
+    """A list (or None) of texts -> stripped non-empty str; raises `BadData` on bad text."""
     if values is None:
         return []
     if not isinstance(values, list):
-        raise Skip("bad_row", f"{field} must be a list of str, got {type(values).__name__}")
+        raise BadData("bad_row", f"{field} must be a list of str, got {type(values).__name__}")
     out = []
     for v in values:
         if isinstance(v, bytes):
             try:
                 v = v.decode("utf-8")
             except UnicodeDecodeError:
-                raise Skip("non_utf8_text", f"{field}: {v[:40]!r}") from None
+                raise BadData("non_utf8_text", f"{field}: {v[:40]!r}") from None
         if not isinstance(v, str):
-            raise Skip("bad_row", f"{field} holds a {type(v).__name__}, expected str")
+            raise BadData("bad_row", f"{field} holds a {type(v).__name__}, expected str")
         if any("\udc80" <= ch <= "\udcff" for ch in v):  # surrogateescape'd bytes
-            raise Skip("non_utf8_text", f"{field}: {v[:40]!r}")
+            raise BadData("non_utf8_text", f"{field}: {v[:40]!r}")
         v = " ".join(v.split())
         if len(v) > max_chars:
-            raise Skip("caption_too_long", f"{field}: {len(v)} chars > {max_chars}")
+            raise BadData("caption_too_long", f"{field}: {len(v)} chars > {max_chars}")
         if v:
             out.append(v)
     return out
@@ -184,21 +158,21 @@ def _json_list(value, field: str, *, text_ok: bool = False) -> list:
         try:
             parsed = json.loads(value)
         except (json.JSONDecodeError, RecursionError) as e:  # deeply nested JSON overflows the decoder
-            raise Skip("bad_row", f"{field} is not a valid JSON list: {e}") from None
+            raise BadData("bad_row", f"{field} is not a valid JSON list: {e}") from None
         if not isinstance(parsed, list):
-            raise Skip("bad_row", f"{field} must be a JSON list")
+            raise BadData("bad_row", f"{field} must be a JSON list")
         return parsed
     if text_ok and isinstance(value, str):
         return [value]
-    raise Skip("bad_row", f"{field} must be a JSON list of str, got {str(value)[:40]!r}")
+    raise BadData("bad_row", f"{field} must be a JSON list of str, got {str(value)[:40]!r}")
 
 
 # ----------------------------------------------------------------------------- inputs
-# Each reader yields (item_name, candidate dict | Skip). A candidate has key, audio (path or
+# Each reader yields (item_name, candidate dict | BadData). A candidate has key, audio (path or
 # bytes), name (for the extension), captions, negatives, positives (raw, cleaned later).
 
 
-def _manifest_rows(path: str) -> Iterator[tuple[int, dict | Skip]]:
+def _manifest_rows(path: str) -> Iterator[tuple[int, dict | BadData]]:
     if path.endswith((".jsonl", ".json")):
         with open(path, "rb") as f:
             for i, line in enumerate(f):
@@ -206,11 +180,11 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | Skip]]:
                     continue
                 try:
                     row = json.loads(line.decode("utf-8"))
-                    yield i + 1, row if isinstance(row, dict) else Skip("bad_row", "not an object")
+                    yield i + 1, row if isinstance(row, dict) else BadData("bad_row", "not an object")
                 except UnicodeDecodeError:
-                    yield i + 1, Skip("non_utf8_text", "line is not UTF-8")
+                    yield i + 1, BadData("non_utf8_text", "line is not UTF-8")
                 except (json.JSONDecodeError, RecursionError) as e:  # deeply nested JSON overflows the decoder
-                    yield i + 1, Skip("bad_row", f"invalid JSON: {e}")
+                    yield i + 1, BadData("bad_row", f"invalid JSON: {e}")
         return
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
@@ -226,12 +200,12 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | Skip]]:
             except StopIteration:
                 return
             except csv.Error as e:  # e.g. a field over the csv module's size limit: skip the row
-                yield reader.line_num, Skip("bad_row", f"unparsable CSV row: {e}")
+                yield reader.line_num, BadData("bad_row", f"unparsable CSV row: {e}")
                 continue
             if None in row:  # DictReader's key for fields beyond the header
                 yield (
                     reader.line_num,
-                    Skip(
+                    BadData(
                         "bad_row",
                         f"{len(row[None])} more field(s) than the header "
                         f"{reader.fieldnames} (an unquoted comma in a caption?)",
@@ -245,25 +219,25 @@ def read_manifest(path: str, *, compa: bool = False, allow_outside_root: bool = 
     root = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     for line, row in _manifest_rows(path):
         item = f"{os.path.basename(path)}:{line}"
-        if isinstance(row, Skip):
+        if isinstance(row, BadData):
             yield item, row
             continue
         rel = row.get("audio") or row.get("path")
         if not isinstance(rel, str) or not rel.strip():
-            yield item, Skip("bad_row", "empty audio path")
+            yield item, BadData("bad_row", "empty audio path")
             continue
         if "\x00" in rel:
-            yield item, Skip("bad_row", "NUL byte in the audio path")
+            yield item, BadData("bad_row", "NUL byte in the audio path")
             continue
         full = os.path.realpath(os.path.join(root, rel))
         if not allow_outside_root and os.path.commonpath([root, full]) != root:
-            yield item, Skip("path_escapes_root", f"{rel!r} resolves outside {root}")
+            yield item, BadData("path_escapes_root", f"{rel!r} resolves outside {root}")
             continue
         try:
             captions = _json_list(row.get("caption"), "caption", text_ok=True)
             negatives = _json_list(row.get("negatives"), "negatives")
             positives = _json_list(row.get("positives"), "positives")
-        except Skip as s:
+        except BadData as s:
             yield item, s
             continue
         if compa and len(captions) == 1 and isinstance(captions[0], str):
@@ -288,16 +262,16 @@ def read_webdataset(path: str, *, max_file_mb: float = 2048.0):
         if audio_ext is None:
             exts = sorted(group)
             reason = "unsupported_format" if any(e != "json" for e in exts) else "missing_file"
-            return item, Skip(reason, f"no audio member among {exts}")
+            return item, BadData(reason, f"no audio member among {exts}")
         text = group.get("json")
         if text is None:
-            return item, Skip("missing_caption", "no .json member")
+            return item, BadData("missing_caption", "no .json member")
         try:
             meta = json.loads(text.decode("utf-8"))
         except UnicodeDecodeError:
-            return item, Skip("non_utf8_text", ".json is not UTF-8")
+            return item, BadData("non_utf8_text", ".json is not UTF-8")
         except (json.JSONDecodeError, RecursionError) as e:  # deeply nested JSON overflows the decoder
-            return item, Skip("bad_row", f".json invalid: {e}")
+            return item, BadData("bad_row", f".json invalid: {e}")
         captions = meta.get("text") if isinstance(meta, dict) else None
         captions = [captions] if isinstance(captions, str) else captions
         return item, dict(
@@ -312,14 +286,14 @@ def read_webdataset(path: str, *, max_file_mb: float = 2048.0):
     try:
         tar = tarfile.open(path, "r|*")
     except (tarfile.TarError, OSError) as e:
-        yield tar_name, Skip("corrupt", f"cannot open tar: {e}")
+        yield tar_name, BadData("corrupt", f"cannot open tar: {e}")
         return
     key, group = None, {}
     try:
         for m in tar:
             if not _safe_member(m):
                 if not m.isdir():
-                    yield f"{tar_name}/{m.name}", Skip("unsafe_member", f"refused member {m.name!r}")
+                    yield f"{tar_name}/{m.name}", BadData("unsafe_member", f"refused member {m.name!r}")
                 continue
             folder, _, base = m.name.rpartition("/")
             stem, _, ext = base.partition(".")
@@ -329,11 +303,11 @@ def read_webdataset(path: str, *, max_file_mb: float = 2048.0):
                 group = {}
             key = mkey
             if m.size > max_file_mb * 2**20:
-                yield f"{tar_name}/{m.name}", Skip("too_large", f"member of {m.size} bytes")
+                yield f"{tar_name}/{m.name}", BadData("too_large", f"member of {m.size} bytes")
                 continue
             group[ext.lower()] = tar.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        yield f"{tar_name}/{key}", Skip("truncated", f"tar ends early or is corrupt: {e}")
+        yield f"{tar_name}/{key}", BadData("truncated", f"tar ends early or is corrupt: {e}")
     finally:
         tar.close()
     if group:
@@ -347,7 +321,7 @@ def guarded(name: str, reader: Iterator) -> Iterator:
     except InputError:
         raise
     except Exception as e:
-        yield name, Skip("unexpected_error", f"reading stopped: {type(e).__name__}: {e}")
+        yield name, BadData("unexpected_error", f"reading stopped: {type(e).__name__}: {e}")
 
 
 def expand_inputs(inputs: list[str], patterns: tuple[str, ...]) -> list[str]:

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from clapcomp.data.sources import Skip
+from clapcomp.data.reasons import BadData
 
 _AUDIO = tfds.features.Tensor(shape=(), dtype=np.object_)
 _EXTS = (".wav", ".flac", ".ogg")
@@ -79,7 +79,7 @@ class _Base(tfds.core.GeneratorBasedBuilder):
 
 def _candidate(key: str, audio: bytes, filename: str, captions, negatives=()):
     if not audio:
-        return key, Skip("missing_file", f"{filename} was not in manual_dir")
+        return key, BadData("missing_file", f"{filename} was not in manual_dir")
     return key, dict(
         key=key,
         audio=audio,
@@ -279,7 +279,7 @@ def prepare(name: str, manual_dir: str, data_dir: str) -> tfds.core.GeneratorBas
 
 
 def iter_candidates(name: str, manual_dir: str, *, split: str, data_dir: str) -> Iterator:
-    """(item, candidate | Skip) pairs over one split, for `clapcomp.data.build`."""
+    """(item, candidate | BadData) pairs over one split, for `clapcomp.data.build`."""
     builder = prepare(name, manual_dir, data_dir)
     if split not in builder.info.splits:
         raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")

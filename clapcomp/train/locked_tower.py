@@ -153,7 +153,8 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
     counts, the seconds taken and the clips per second.
     """
     from clapcomp.data.pipeline import decode_at
-    from clapcomp.data.records import RecordError, RecordSource, parse_record
+    from clapcomp.data.reasons import BadData
+    from clapcomp.data.records import RecordSource, parse_record
 
     cfg, source = model.cfg, RecordSource(records)
     rate, clip = cfg.audio.sample_rate, cfg.audio.clip_samples
@@ -169,7 +170,7 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
     for i in range(len(source)):  # headers only: refuse before the tower runs
         try:
             rec = parse_record(source[i])
-        except RecordError:
+        except BadData:
             continue
         if rec["sample_rate"] == rate and rec["num_samples"] > clip:  # other rates: checked once resampled
             raise too_long(rec["key"], rec["num_samples"])
@@ -192,7 +193,7 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
         try:
             rec = parse_record(source[i])
             wave = decode_at(rec, rate)
-        except RecordError as e:  # the pipeline replaces these: nothing to cache
+        except BadData as e:  # the pipeline replaces these: nothing to cache
             skipped[e.reason] += 1
             continue
         if len(wave) > clip:

@@ -183,28 +183,18 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
     """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline);
     with a `tower_cache` its batches carry the locked audio tower's outputs instead of waveforms."""
     from clapcomp.data import pipeline
+    from clapcomp.data.options import DataConfig
     from clapcomp.data.records import RecordSource
 
-    if config.data.workers > 0:
+    options = DataConfig.from_config(config, state_lib.model_config(config).audio)
+    if options.workers > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # the trainer is the application: grain's workers read absl flags
             flags.FLAGS.mark_as_parsed()
-    audio = state_lib.model_config(config).audio
+    source = RecordSource(config.data.train)
     return pipeline.make_iterator(
-        RecordSource(config.data.train),
-        mesh,
-        batch_axes=distributed.AXES,
-        tokenizer=tokenizer,
-        seed=config.seed,
-        global_batch_size=config.data.batch_size,
-        clip_samples=audio.clip_samples,
-        sample_rate=audio.sample_rate,
-        fused=audio.fusion,
-        k_negatives=config.data.num_negatives,
-        n_positives=config.data.num_positives,
-        num_workers=config.data.workers,
-        tower_cache=tower_cache,
+        source, mesh, options, tokenizer=tokenizer, tower_cache=tower_cache, batch_axes=distributed.AXES
     )
 
 

@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from clapcomp import losses
+from clapcomp.data.options import fields
 from clapcomp.train import state as state_lib
 from clapcomp.train.distributed import BATCH
 
@@ -46,15 +47,15 @@ LossFn = Callable[..., jax.Array]  # (model, batch, key, mesh) -> [] float32
 
 
 def batch_spec(loss: str, *, pooled: bool = False) -> dict[str, P]:
-    """The batch keys the loss needs (the pipeline's names), each sharded on dim 0 over all devices;
-    `pooled`: the audio comes as a locked tower's cached outputs (`audio_pooled`), not waveforms."""
-    keys = ["audio_pooled"] if pooled else ["waveform", "lengths"]
-    keys += ["input_ids", "attention_mask"]
+    """The batch fields the loss needs (parts of `clapcomp.data.options.FIELDS`), each sharded on dim 0 over all
+    devices; `pooled`: the audio comes as a locked tower's cached outputs (`audio_pooled`), not waveforms."""
+    parts = ["pooled"] if pooled else ["waveform", "length"]
+    parts.append("caption")
     if loss in ("compa", "modular"):
-        keys += ["neg_input_ids", "neg_attention_mask", "neg_mask"]
+        parts.append("negatives")
     if loss == "modular":
-        keys += ["pos_input_ids", "pos_attention_mask", "pos_mask"]
-    return dict.fromkeys(keys, BATCH)
+        parts.append("positives")
+    return {f.name: BATCH for f in fields(*parts)}
 
 
 def _embed_rows(model, ids, mask, key):

@@ -1,0 +1,107 @@
+"""The data options (`DataConfig`, one frozen object) and the batch's fields (`FIELDS`), declared once.
+
+`DataConfig` is built once (the trainer: `DataConfig.from_config(config, audio)`) and handed to
+`clapcomp.data.pipeline.make_iterator` / `make_dataset` / `RecordTransform`; its fields keep the
+training config's names (``config.data.batch_size``, ``num_negatives``, ``num_positives``,
+``workers``; ``model.audio.sample_rate``, ``clip_samples``, ``fusion``; ``config.seed``).
+
+`FIELDS` lists every per-example array the pipeline emits: its name, its shape in symbols and its
+dtype, and the part of the batch it belongs to. The pipeline allocates examples from it and
+`clapcomp.train.step.batch_spec` picks a loss's inputs from it by part. A new per-example field is
+one row here plus the line in `RecordTransform._load` that fills it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What the pipeline does with the records. Sizes: ``S`` = `out_samples`, ``K`` = `num_negatives`,
+    ``P`` = `num_positives`, ``L`` = the tokenizer's max length."""
+
+    batch_size: int  # global: split over processes (each host batches batch_size // process_count)
+    clip_samples: int  # the model's clip window; shorter clips are zero-padded, longer ones cropped at random
+    sample_rate: int = 48000  # the model's rate; records at another rate are resampled (soxr)
+    fusion: bool = False  # keep the whole clip up to max_samples (the fusion front end sees it all)
+    max_samples: int | None = None  # fusion only: default 3 x clip_samples (cropped at random beyond)
+    num_negatives: int = 0  # K hard-negative captions per example (the record's, else generated)
+    num_positives: int = 0  # P extra positive captions per example (0: no pos_* fields)
+    generate_negatives: bool = True  # NegativeGenerator(seed) when a record has no negatives
+    seed: int = 0  # shuffle order, crops, caption picks, generated negatives
+    num_epochs: int | None = None  # None: repeat forever
+    workers: int = 0  # grain worker processes per host (0: in-process); batches are the same for any count
+    read_threads: int = 2  # batches built at a time per process
+    prefetch_batches: int = 4  # batches buffered per process
+    decode_timeout_s: float | None = 10.0  # per-record FLAC decode bound (a `timeout` skip past it)
+    max_record_seconds: float = 600.0  # longer records are `too_long` skips, refused before decoding
+    max_retries: int = 16  # bad records in a row before the pipeline stops (the data looks broken)
+    max_unexpected: int = 3  # transform bugs (`unexpected_error`) tolerated before stopping
+
+    def __post_init__(self):
+        for name in ("batch_size", "clip_samples", "sample_rate"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data option {name}={getattr(self, name)} must be >= 1")
+        for name in ("num_negatives", "num_positives", "workers", "max_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data option {name}={getattr(self, name)} must be >= 0")
+
+    @property
+    def out_samples(self) -> int:
+        """S, the waveform length of an example: clip_samples, or with fusion max_samples (3 x clip_samples)."""
+        return (self.max_samples or 3 * self.clip_samples) if self.fusion else self.clip_samples
+
+    @classmethod
+    def from_config(cls, config, audio, **overrides) -> DataConfig:
+        """From a training config (`config.seed`, `config.data.*`; `data.train` and `data.tower_cache` name
+        inputs the caller opens) and the model's audio front end (`sample_rate`, `clip_samples`, `fusion`)."""
+        return cls(
+            batch_size=config.data.batch_size,
+            clip_samples=audio.clip_samples,
+            sample_rate=audio.sample_rate,
+            fusion=audio.fusion,
+            num_negatives=config.data.num_negatives,
+            num_positives=config.data.num_positives,
+            seed=config.seed,
+            workers=config.data.workers,
+            **overrides,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str
+    shape: tuple[str, ...]  # per example, in symbols: S samples, D pooled width, L tokens, K negatives, P positives
+    dtype: str
+    part: str  # "waveform" | "pooled" | "length" | "caption" | "negatives" | "positives"
+
+
+FIELDS = (
+    Field("waveform", ("S",), "float32", "waveform"),  # zero-padded past `lengths`
+    Field("audio_pooled", ("D",), "float32", "pooled"),  # a tower cache's row, instead of the waveform
+    Field("lengths", (), "int32", "length"),  # the clip's true sample count (<= S)
+    Field("input_ids", ("L",), "int32", "caption"),
+    Field("attention_mask", ("L",), "int32", "caption"),
+    Field("neg_input_ids", ("K", "L"), "int32", "negatives"),
+    Field("neg_attention_mask", ("K", "L"), "int32", "negatives"),
+    Field("neg_mask", ("K",), "bool", "negatives"),  # which of the K rows hold a negative
+    Field("pos_input_ids", ("P", "L"), "int32", "positives"),
+    Field("pos_attention_mask", ("P", "L"), "int32", "positives"),
+    Field("pos_mask", ("P",), "bool", "positives"),  # which of the P rows hold a positive
+)
+
+
+def fields(*parts: str) -> tuple[Field, ...]:
+    """The `FIELDS` of these parts, in table order."""
+    unknown = set(parts) - {f.part for f in FIELDS}
+    if unknown:
+        raise ValueError(f"unknown batch parts {sorted(unknown)}; known: {sorted({f.part for f in FIELDS})}")
+    return tuple(f for f in FIELDS if f.part in parts)
+
+
+def zeros(part: str, **sizes: int) -> dict[str, np.ndarray]:
+    """One example's arrays of `part`, zero-filled, with the symbols of their shapes given in `sizes`."""
+    return {f.name: np.zeros(tuple(sizes[d] for d in f.shape), f.dtype) for f in fields(part)}
