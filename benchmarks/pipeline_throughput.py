@@ -7,7 +7,7 @@ random crop, caption choice, tokenisation of caption + K negatives, rule-generat
     python benchmarks/pipeline_throughput.py [--clips 48] [--batches 20] [--workers 0 2]
         [--audio-format flac pcm16]
 
-Per-core figure = samples / CPU-seconds of the in-process run (num_workers=0, one process);
+Per-core figure = samples / CPU-seconds of the in-process run (workers=0, one process);
 with workers, the wall-clock rate is printed too. Prints one JSON line per setting.
 """
 
@@ -96,20 +96,13 @@ def main() -> None:
 
 
 def _measure(source, tok, a, workers: int) -> dict:
+    from clapcomp.data.options import DataConfig
     from clapcomp.data.pipeline import make_dataset
 
-    ds = make_dataset(
-        source,
-        tokenizer=tok,
-        seed=0,
-        global_batch_size=a.batch,
-        clip_samples=SR * SECONDS,
-        k_negatives=a.k,
-        sample_rate=SR,
-        process_index=0,
-        process_count=1,
-        num_workers=workers,
+    options = DataConfig(
+        seed=0, batch_size=a.batch, clip_samples=SR * SECONDS, num_negatives=a.k, sample_rate=SR, workers=workers
     )
+    ds = make_dataset(source, options, tokenizer=tok, process_index=0, process_count=1)
     it = iter(ds)
     next(it)  # warm-up (worker start-up, first reads)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -122,8 +115,8 @@ def _measure(source, tok, a, workers: int) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()}-core CPU",
         "clip": "10 s 48 kHz mono",
-        "k_negatives": a.k,
-        "num_workers": workers,
+        "num_negatives": a.k,
+        "workers": workers,
         "samples": samples,
         "samples_per_s_wall": round(samples / wall, 1),
         "samples_per_cpu_s": round(samples / cpu, 1) if workers == 0 else None,

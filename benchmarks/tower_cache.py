@@ -40,6 +40,7 @@ def main() -> None:
     from flax import nnx
     from jax.sharding import NamedSharding
 
+    from clapcomp.data.options import DataConfig
     from clapcomp.data.pipeline import make_dataset
     from clapcomp.data.records import RecordSource, parse_record, write_records
     from clapcomp.tokenizer import Tokenizer
@@ -79,10 +80,9 @@ def main() -> None:
         tok = Tokenizer.from_file(c.tokenizer, max_length=c.model.text.max_length)
         audio = state_lib.model_config(c).audio
         for pooled in (False, True) if not args.no_waveform_steps else (True,):
-            ds = make_dataset(RecordSource(str(records)), tokenizer=tok, seed=0, global_batch_size=c.data.batch_size,
-                              clip_samples=audio.clip_samples, sample_rate=audio.sample_rate,
-                              k_negatives=c.data.num_negatives, n_positives=c.data.num_positives,
-                              process_index=0, process_count=1, tower_cache=cache if pooled else None)  # fmt: skip
+            options = DataConfig.from_config(c, audio, seed=0, workers=0)
+            ds = make_dataset(RecordSource(str(records)), options, tokenizer=tok, process_index=0, process_count=1,
+                              tower_cache=cache if pooled else None)  # fmt: skip
             batch = {k: v for k, v in next(iter(ds)).items() if k in step_lib.batch_spec(loss, pooled=pooled)}
             batch = jax.device_put(batch, NamedSharding(mesh, BATCH))
             t0 = time.perf_counter()

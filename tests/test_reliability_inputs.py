@@ -44,8 +44,8 @@ EXPECTED = {
     "wds_symlink": {"unsafe_member"}, "wds_deep_json": {"bad_row"},
     "rec_valid_flac": {"accepted"}, "rec_valid_pcm16": {"accepted"}, "rec_bad_magic": {"bad_record"},
     "rec_header_len_huge": {"bad_record"}, "rec_rate_extreme": {"bad_record"},
-    "rec_random_flac": {"corrupt_audio"}, "rec_pcm_odd_bytes": {"truncated_audio"},
-    "rec_declared_hours": {"too_long"}, "rec_no_caption": {"no_caption"}, "rec_pickle": {"bad_record"},
+    "rec_random_flac": {"corrupt"}, "rec_pcm_odd_bytes": {"truncated"},
+    "rec_declared_hours": {"too_long"}, "rec_no_caption": {"missing_caption"}, "rec_pickle": {"bad_record"},
     "rec_deep_json": {"bad_record"},
 }  # fmt: skip
 
@@ -148,8 +148,10 @@ def test_pickled_record_is_a_counted_bad_record(tmp_path, monkeypatch):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models, pre_tokenizers
 
+    from clapcomp.data.options import DataConfig
     from clapcomp.data.pipeline import DeviceIterator, make_dataset
-    from clapcomp.data.records import RecordError, RecordSource, parse_record, write_records
+    from clapcomp.data.reasons import BadData
+    from clapcomp.data.records import RecordSource, parse_record, write_records
     from clapcomp.tokenizer import Tokenizer
 
     marker = tmp_path / "PWNED"
@@ -165,22 +167,13 @@ def test_pickled_record_is_a_counted_bad_record(tmp_path, monkeypatch):
     ]
     write_records(str(tmp_path), good)
     source = RecordSource(sorted(glob.glob(str(tmp_path / "*.array_record"))))
-    with pytest.raises(RecordError) as e:
+    with pytest.raises(BadData) as e:
         parse_record(source[0])
     assert e.value.reason == "bad_record"
     hf = HFTokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "a": 2, "dog": 3}, unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.Whitespace()
-    ds = make_dataset(
-        source,
-        tokenizer=Tokenizer(hf, max_length=4),
-        seed=0,
-        global_batch_size=5,
-        clip_samples=800,
-        sample_rate=16000,
-        num_epochs=1,
-        process_index=0,
-        process_count=1,
-    )
+    options = DataConfig(seed=0, batch_size=5, clip_samples=800, sample_rate=16000, num_epochs=1)
+    ds = make_dataset(source, options, tokenizer=Tokenizer(hf, max_length=4), process_index=0, process_count=1)
     it = DeviceIterator(ds, jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), max_error_rate=1.0)
     batches = list(it)
     assert len(batches) == 1 and it.metrics["examples"] == 5

@@ -366,7 +366,7 @@ def main(argv: list[str]) -> int:
         "rows": 0,
         "written": 0,
         "kept": 0,
-        "no_caption": 0,
+        "missing_caption": 0,
         "bad_row": 0,
         "llm_failed": 0,
         "negatives_dropped_equal_to_positive": 0,
@@ -392,7 +392,7 @@ def main(argv: list[str]) -> int:
                     row["negatives"], dropped = clean_negatives(row["negatives"], same)
                     counts["negatives_dropped_equal_to_positive"] += dropped
             elif not isinstance(cap, str) or not cap.strip():
-                counts["no_caption"] += 1
+                counts["missing_caption"] += 1
             else:
                 negs = []
                 if llm is not None:

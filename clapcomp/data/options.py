@@ -57,8 +57,9 @@ class DataConfig:
     @classmethod
     def from_config(cls, config, audio, **overrides) -> DataConfig:
         """From a training config (`config.seed`, `config.data.*`; `data.train` and `data.tower_cache` name
-        inputs the caller opens) and the model's audio front end (`sample_rate`, `clip_samples`, `fusion`)."""
-        return cls(
+        inputs the caller opens) and the model's audio front end (`sample_rate`, `clip_samples`, `fusion`);
+        `overrides` replace any field."""
+        fields = dict(
             batch_size=config.data.batch_size,
             clip_samples=audio.clip_samples,
             sample_rate=audio.sample_rate,
@@ -67,8 +68,8 @@ class DataConfig:
             num_positives=config.data.num_positives,
             seed=config.seed,
             workers=config.data.workers,
-            **overrides,
         )
+        return cls(**{**fields, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -265,6 +265,28 @@ def test_cli_main(tmp_path, capsys):
     assert "--tfds-name" in capsys.readouterr().err
 
 
+def test_cli_defaults_are_build_defaults_and_flags_reach_build(tmp_path, monkeypatch, capsys):
+    import collections
+    import functools
+    import inspect
+
+    calls = []
+
+    @functools.wraps(build)  # the same signature, so the same defaults
+    def record(inputs, out_dir, **kw):
+        calls.append((inputs, out_dir, kw))
+        return collections.defaultdict(int)  # the stats main prints
+
+    monkeypatch.setattr(build_mod, "build", record)
+    main(["--out", "o"])
+    main(["--input", "a.csv", "b.csv", "--out", "o", "--max-seconds", "30", "--timeout-s", "2", "--allow-outside-root"])
+    defaults = {k: p.default for k, p in inspect.signature(build).parameters.items() if k not in ("inputs", "out_dir")}
+    assert calls[0] == ([], "o", defaults)
+    assert calls[1] == (["a.csv", "b.csv"], "o", {**defaults, "max_seconds": 30.0, "timeout_s": 2.0,
+                                                  "allow_outside_root": True})  # fmt: skip
+    assert type(calls[1][2]["max_seconds"]) is float and type(calls[1][2]["timeout_s"]) is float
+
+
 def test_fuzzed_files_never_crash_and_every_item_is_accounted_for(tmp_path):
     rng = np.random.default_rng(0)
     seeds = [

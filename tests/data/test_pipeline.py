@@ -6,7 +6,9 @@ import pytest
 
 from clapcomp.data import pipeline
 from clapcomp.data.negatives import NegativeGenerator
-from clapcomp.data.pipeline import READ_REASONS, DeviceIterator, make_dataset
+from clapcomp.data.options import DataConfig
+from clapcomp.data.pipeline import DeviceIterator, make_dataset
+from clapcomp.data.reasons import READ_REASONS
 from clapcomp.data.records import RecordSource, decode_flac, encode_record, write_records
 from clapcomp.data.tower_cache import TowerCache, TowerCacheMiss, waveform_digest
 from clapcomp.tokenizer import Tokenizer
@@ -64,20 +66,24 @@ def source(tmp_path_factory):
     return RecordSource(str(out))
 
 
-def _ds(source, tok, **kw):
-    args = dict(
-        tokenizer=tok,
+def _ds(source, tok, *, tower_cache=None, process_index=0, process_count=1, **options):
+    defaults = dict(
         seed=7,
-        global_batch_size=4,
+        batch_size=4,
         clip_samples=CLIP,
-        k_negatives=K,
+        num_negatives=K,
         sample_rate=16000,
         num_epochs=1,
-        process_index=0,
-        process_count=1,
         generate_negatives=False,
     )
-    return make_dataset(source, **{**args, **kw})
+    return make_dataset(
+        source,
+        DataConfig(**{**defaults, **options}),
+        tokenizer=tok,
+        tower_cache=tower_cache,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
 def _record_ids(batch):
@@ -97,7 +103,7 @@ def _decode_texts(ids):
 
 
 def test_batches_match_direct_decoding_and_tokenising(source, tok):
-    batches = list(_ds(source, tok, n_positives=P))
+    batches = list(_ds(source, tok, num_positives=P))
     assert len(batches) == N // 4
     for batch in batches:
         assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
@@ -146,7 +152,7 @@ def test_epoch_sees_every_record_once_and_processes_split_it(source, tok):
     assert not set(per_host[0]) & set(per_host[1])
     assert sorted(per_host[0] + per_host[1], key=int) == [str(i) for i in range(N)]
     with pytest.raises(ValueError, match="not divisible"):
-        _ds(source, tok, global_batch_size=5, process_count=2)
+        _ds(source, tok, batch_size=5, process_count=2)
 
 
 def _assert_same(batches_a, batches_b):
@@ -183,12 +189,12 @@ def test_workers_need_parsed_absl_flags_and_leave_them_alone(source, tok):
     if flags.FLAGS.is_parsed():
         flags.FLAGS.unparse_flags()
     with pytest.raises(RuntimeError, match="absl flags"):
-        _ds(source, tok, num_workers=2)
+        _ds(source, tok, workers=2)
     assert not flags.FLAGS.is_parsed()
 
 
 def test_worker_count_does_not_change_batches(source, tok, absl_flags_parsed):
-    _assert_same(list(_ds(source, tok, num_epochs=2)), list(_ds(source, tok, num_epochs=2, num_workers=2)))
+    _assert_same(list(_ds(source, tok, num_epochs=2)), list(_ds(source, tok, num_epochs=2, workers=2)))
 
 
 def test_restore_mid_epoch_gives_the_same_remaining_batches(source, tok):
@@ -235,7 +241,7 @@ def test_pcm16_records_give_the_same_batches_as_flac(source, tok, tmp_path):
 
 
 def test_fused_mode_keeps_the_whole_clip_up_to_max_samples(source, tok):
-    for batch in _ds(source, tok, fused=True, max_samples=6000):
+    for batch in _ds(source, tok, fusion=True, max_samples=6000):
         assert batch["waveform"].shape == (4, 6000)
         for b, rid in enumerate(_record_ids(batch)):
             full = decode_flac(source.example(int(rid))["audio"])
@@ -255,8 +261,8 @@ def test_tower_cache_rows_replace_the_waveforms(source, tok, tmp_path):
     write_records(str(tmp_path), (_record(i) for i in range(4)))  # 2000..3500 samples <= CLIP
     short = RecordSource(str(tmp_path))
     plain, cached = (
-        list(_ds(short, tok, global_batch_size=2)),
-        list(_ds(short, tok, global_batch_size=2, tower_cache=cache)),
+        list(_ds(short, tok, batch_size=2)),
+        list(_ds(short, tok, batch_size=2, tower_cache=cache)),
     )
     assert len(plain) == len(cached) == 2
     for a, b in zip(plain, cached, strict=True):
@@ -274,13 +280,13 @@ def test_generated_negatives_when_the_record_has_none(tmp_path, tok):
         str(tmp_path),
         [{"key": "x", "audio": np.full(3000, 0.1, np.float32), "sample_rate": 16000, "captions": [caption]}],
     )
-    (batch,) = list(_ds(RecordSource(str(tmp_path)), tok, global_batch_size=1, generate_negatives=True))
+    (batch,) = list(_ds(RecordSource(str(tmp_path)), tok, batch_size=1, generate_negatives=True))
     expected = NegativeGenerator(7).generate(caption, K)
     assert expected and caption not in expected
     ref_ids, _ = _texts(tok, expected, K)
     np.testing.assert_array_equal(batch["neg_input_ids"][0], ref_ids)
     assert batch["neg_mask"][0].tolist() == [j < len(expected) for j in range(K)]
-    (plain,) = list(_ds(RecordSource(str(tmp_path)), tok, global_batch_size=1))
+    (plain,) = list(_ds(RecordSource(str(tmp_path)), tok, batch_size=1))
     assert not plain["neg_mask"].any() and not plain["neg_input_ids"].any()
 
 
@@ -305,13 +311,13 @@ def test_bad_records_are_replaced_and_counted(source, tok, tmp_path):
     _bad_shard(tmp_path / "bad.array_record")
     mixed = RecordSource(source.paths + [str(tmp_path / "bad.array_record")])
     assert len(mixed) == N + 4
-    batches = list(_ds(mixed, tok, global_batch_size=2, num_epochs=3))
+    batches = list(_ds(mixed, tok, batch_size=2, num_epochs=3))
     assert len(batches) == 3 * (N + 4) // 2
     # Every output comes from a good record; each bad draw is counted by its reason.
     assert all(int(r) < N for b in batches for r in _record_ids(b))
     skips = dict(zip(READ_REASONS, sum(b["_skips"].sum(0) for b in batches).tolist(), strict=True))
-    assert {r for r, n in skips.items() if n} == {"bad_record", "corrupt_audio", "no_caption", "too_long"}
-    assert all(skips[r] >= 3 for r in ("bad_record", "corrupt_audio", "no_caption", "too_long"))
+    assert {r for r, n in skips.items() if n} == {"bad_record", "corrupt", "missing_caption", "too_long"}
+    assert all(skips[r] >= 3 for r in ("bad_record", "corrupt", "missing_caption", "too_long"))
 
 
 def test_stuck_decoding_times_out_then_stops_with_a_clear_error(source, tok, monkeypatch):
@@ -326,10 +332,10 @@ def test_device_iterator_places_global_arrays_on_the_mesh(source, tok):
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    ref = next(iter(_ds(source, tok, global_batch_size=8, n_positives=P)))
+    ref = next(iter(_ds(source, tok, batch_size=8, num_positives=P)))
     for shape, axes in (((8,), ("data",)), ((4, 2), ("data", "fsdp"))):
         mesh = Mesh(np.array(jax.devices()).reshape(shape), axes)
-        it = DeviceIterator(_ds(source, tok, global_batch_size=8, n_positives=P), mesh, batch_axes=axes)
+        it = DeviceIterator(_ds(source, tok, batch_size=8, num_positives=P), mesh, batch_axes=axes)
         batch = next(it)
         assert set(batch) == set(ref) - {"_skips"}
         for k, v in batch.items():
@@ -348,9 +354,7 @@ def test_device_iterator_stops_past_the_error_rate(tok, tmp_path):
     _bad_shard(tmp_path / "bad.array_record")
     src = RecordSource([str(tmp_path / "good" / "data-00000.array_record"), str(tmp_path / "bad.array_record")])
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    it = DeviceIterator(
-        _ds(src, tok, global_batch_size=1, num_epochs=None), mesh, max_error_rate=0.5, min_examples_for_rate=4
-    )
+    it = DeviceIterator(_ds(src, tok, batch_size=1, num_epochs=None), mesh, max_error_rate=0.5, min_examples_for_rate=4)
     with pytest.raises(RuntimeError, match="max_error_rate=0.5"):
         for _ in range(20):
             next(it)
@@ -358,7 +362,8 @@ def test_device_iterator_stops_past_the_error_rate(tok, tmp_path):
 
 def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
     good = [source[i] for i in range(N)]
-    transform = pipeline.RecordTransform(good, tokenizer=tok, sample_rate=16000, clip_samples=CLIP, k_negatives=K)
+    options = DataConfig(batch_size=1, clip_samples=CLIP, sample_rate=16000, num_negatives=K)
+    transform = pipeline.RecordTransform(good, options, tokenizer=tok)
     rng = np.random.default_rng(0)
     skipped = 0
     for i in range(100):
@@ -382,15 +387,8 @@ def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source
             raise KeyError("bug in a custom negative generator")
 
     records = [encode_record({**_record(i), "negatives": []}) for i in range(N)]
-    transform = pipeline.RecordTransform(
-        records,
-        tokenizer=tok,
-        sample_rate=16000,
-        clip_samples=CLIP,
-        k_negatives=K,
-        negative_generator=Broken(),
-        max_unexpected=3,
-    )
+    options = DataConfig(batch_size=1, clip_samples=CLIP, sample_rate=16000, num_negatives=K, max_unexpected=3)
+    transform = pipeline.RecordTransform(records, options, tokenizer=tok, negative_generator=Broken())
     rng = np.random.default_rng(0)
     with pytest.raises(RuntimeError, match="3 unexpected errors.*KeyError.*a bug"):
         transform(records[0], rng)

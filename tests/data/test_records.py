@@ -13,11 +13,10 @@ import pytest
 import soundfile as sf
 
 from clapcomp.data import records
+from clapcomp.data.reasons import BadData
 from clapcomp.data.records import (
     MAGIC,
-    RecordError,
     RecordSource,
-    RecordTimeout,
     ShardWriter,
     call_with_timeout,
     decode_flac,
@@ -75,20 +74,20 @@ def test_flac_round_trip_is_16_bit_exact():
 
 
 def test_bad_bytes_raise_record_error_with_reason():
-    with pytest.raises(RecordError) as e:
+    with pytest.raises(BadData) as e:
         parse_record(b"junk")
     assert e.value.reason == "bad_record"
     bad_header = MAGIC + struct.pack("<I", 5) + b"{nope"
-    with pytest.raises(RecordError, match="bad_record"):
+    with pytest.raises(BadData, match="bad_record"):
         parse_record(bad_header)
     rec = parse_record(encode_record({**_example(0), "audio": b"not flac", "num_samples": 10}))
-    with pytest.raises(RecordError) as e:
+    with pytest.raises(BadData) as e:
         decode_flac(rec["audio"], 10)
-    assert e.value.reason == "corrupt_audio"
+    assert e.value.reason == "corrupt"
     good = parse_record(encode_record(_example(0)))
-    with pytest.raises(RecordError) as e:
+    with pytest.raises(BadData) as e:
         decode_flac(good["audio"], 9999)
-    assert e.value.reason == "truncated_audio"
+    assert e.value.reason == "truncated"
 
 
 def test_write_records_shards_and_source(tmp_path):
@@ -148,7 +147,7 @@ def test_source_errors_name_the_problem(tmp_path):
 def test_call_with_timeout():
     assert call_with_timeout(lambda a: a + 1, 5.0, 1) == 2
     assert call_with_timeout(lambda a: a + 1, None, 1) == 2
-    with pytest.raises(RecordTimeout) as e:
+    with pytest.raises(BadData) as e:
         call_with_timeout(time.sleep, 0.05, 2.0)
     assert e.value.reason == "timeout"
     with pytest.raises(ZeroDivisionError):
@@ -179,9 +178,9 @@ def test_pcm16_records_decode_as_libsndfile_16_bit_audio_and_detect_truncation(t
     decoded = records.decode_audio(rec)
     np.testing.assert_array_equal(decoded, reference)
     np.testing.assert_array_equal(decoded[: len(from_16_bit)], from_16_bit.astype(np.float32))
-    with pytest.raises(RecordError) as e:
+    with pytest.raises(BadData) as e:
         records.decode_audio({**rec, "audio": rec["audio"][:-2]})
-    assert e.value.reason == "truncated_audio"
+    assert e.value.reason == "truncated"
     with pytest.raises(ValueError, match="audio_format"):
         write_records(str(tmp_path / "x"), [ex], audio_format="mp3")
 
@@ -206,9 +205,9 @@ def test_malformed_headers_are_bad_records(change):
     (size,) = struct.unpack("<I", good[8:12])
     header = {**json.loads(good[12 : 12 + size]), **change}
     head = json.dumps(header).encode()
-    with pytest.raises(RecordError) as e:
+    with pytest.raises(BadData) as e:
         parse_record(MAGIC + struct.pack("<I", len(head)) + head + good[12 + size :])
     assert e.value.reason == "bad_record"
     for junk in (MAGIC + struct.pack("<I", 2) + b"[]", MAGIC + struct.pack("<I", 4) + b"\xff\xfe{}"):
-        with pytest.raises(RecordError):
+        with pytest.raises(BadData):
             parse_record(junk)

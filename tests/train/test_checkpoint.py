@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clapcomp.data.pipeline import DeviceIterator
+from clapcomp.data.reasons import READ_REASONS
 from clapcomp.train import checkpoint as ckpt_lib
 from clapcomp.train import distributed
 from clapcomp.train.config import defaults
@@ -202,6 +204,10 @@ def test_skip_counters_are_saved_with_the_step(tmp_path):
     ck.restore(_abstract(mesh), _iterator())
     ck.close()
     assert ck.restored_skips == {"corrupt_audio": 3, "timeout": 1}
+    # `corrupt_audio` is how older versions spelled `corrupt`: the pipeline counts on under the new name
+    it = DeviceIterator(grain.MapDataset.range(4).to_iter_dataset(), mesh)
+    it.restore_skips(ck.restored_skips)
+    assert it.skip_totals() == {**dict.fromkeys(READ_REASONS, 0), "corrupt": 3, "timeout": 1}
 
 
 def test_config_changes_split_into_accepted_and_refused():

@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from clapcomp import audio as audio_lib
+from clapcomp.data.options import DataConfig
 from clapcomp.data.pipeline import make_dataset
 from clapcomp.data.records import RecordSource, write_records
 from clapcomp.inference import Clap
@@ -66,9 +67,10 @@ def _batch(config, records, cache=None):
     """The pipeline's first batch of `records` (each of the four twice: 8 rows, one per device), with or
     without the tower cache."""
     audio = state_lib.model_config(config).audio
-    ds = make_dataset(RecordSource(str(records)), tokenizer=Tokenizer.from_file(config.tokenizer, max_length=16),
-                      seed=3, global_batch_size=8, clip_samples=audio.clip_samples, sample_rate=audio.sample_rate,
-                      k_negatives=2, num_epochs=2, process_index=0, process_count=1, tower_cache=cache)  # fmt: skip
+    options = DataConfig(seed=3, batch_size=8, clip_samples=audio.clip_samples, sample_rate=audio.sample_rate,
+                         num_negatives=2, num_epochs=2)  # fmt: skip
+    ds = make_dataset(RecordSource(str(records)), options, tokenizer=Tokenizer.from_file(config.tokenizer, max_length=16),
+                      process_index=0, process_count=1, tower_cache=cache)  # fmt: skip
     batch = next(iter(ds))
     return {k: v for k, v in batch.items() if k in step_lib.batch_spec("compa", pooled=cache is not None)}
 

@@ -115,3 +115,20 @@ def test_unknown_loss_and_schedule_free_optimizer_are_refused(setup):
         step_lib.loss_fn("plian")
     with pytest.raises(ValueError, match="one schedule"):
         step_lib.applied_updates(optax.adam(1e-3).init({"w": np.zeros(3)}))
+
+
+@pytest.mark.parametrize(
+    "loss, pooled, keys",
+    [
+        ("plain", False, ["waveform", "lengths", "input_ids", "attention_mask"]),
+        ("compa", False, ["waveform", "lengths", "input_ids", "attention_mask",
+                          "neg_input_ids", "neg_attention_mask", "neg_mask"]),
+        ("modular", False, ["waveform", "lengths", "input_ids", "attention_mask", "neg_input_ids",
+                            "neg_attention_mask", "neg_mask", "pos_input_ids", "pos_attention_mask", "pos_mask"]),
+        ("compa", True, ["audio_pooled", "input_ids", "attention_mask",
+                         "neg_input_ids", "neg_attention_mask", "neg_mask"]),
+    ],
+)  # fmt: skip
+def test_batch_spec_names_the_pipeline_fields_each_loss_needs(loss, pooled, keys):
+    spec = step_lib.batch_spec(loss, pooled=pooled)
+    assert list(spec) == keys and set(spec.values()) == {distributed.BATCH}

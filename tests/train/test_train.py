@@ -96,7 +96,7 @@ def test_data_skip_counters_reach_metrics_and_survive_a_resume(tmp_path, tiny, t
     saved = json.loads(next((workdir / "checkpoints" / "4" / "skips").iterdir()).read_text())
     assert counts[3] > 0 and saved["bad_record"] == counts[3]  # checkpointed with the iterator
     assert counts == sorted(counts)  # cumulative across the resume, never reset
-    assert all(rows[s]["data/skipped/corrupt_audio"] == 0 for s in range(1, 7))
+    assert all(rows[s]["data/skipped/corrupt"] == 0 for s in range(1, 7))
     events = [json.loads(line) for line in (workdir / "restore_log.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "resumed" and events[-1]["changed"] == ["total_steps: 4 -> 6"]
 

@@ -1,0 +1,61 @@
+"""The data options object: built from the training config under its names, frozen, checked; the batch
+field table gives the arrays the pipeline allocates."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from clapcomp.data.options import FIELDS, DataConfig, fields, zeros
+from clapcomp.train.config import defaults
+
+
+def test_from_config_keeps_the_config_names():
+    c = defaults()
+    c.seed = 5
+    c.data.update(batch_size=16, num_negatives=3, num_positives=2, workers=4)
+    audio = SimpleNamespace(sample_rate=16000, clip_samples=4000, fusion=True)
+    options = DataConfig.from_config(c, audio)
+    assert options == DataConfig(batch_size=16, clip_samples=4000, sample_rate=16000, fusion=True, num_negatives=3,
+                                 num_positives=2, seed=5, workers=4)  # fmt: skip
+    assert options.out_samples == 12000 and dataclasses.replace(options, fusion=False).out_samples == 4000
+    assert DataConfig.from_config(c, audio, workers=0, max_samples=5000).out_samples == 5000
+    # every option of config.data (but the two inputs the caller opens) is a DataConfig field of the same name
+    assert set(c.data) - {"train", "tower_cache"} <= {f.name for f in dataclasses.fields(DataConfig)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.num_negatives = 1
+
+
+@pytest.mark.parametrize(
+    "field, value", [("batch_size", 0), ("clip_samples", 0), ("num_negatives", -1), ("workers", -2)]
+)
+def test_impossible_options_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value}"):
+        DataConfig(**{"batch_size": 4, "clip_samples": 100, field: value})
+
+
+def test_zeros_follow_the_field_table():
+    got = {k: (v.shape, v.dtype.name, v.any()) for k, v in zeros("negatives", K=3, L=5, S=7).items()}
+    assert got == {
+        "neg_input_ids": ((3, 5), "int32", False),
+        "neg_attention_mask": ((3, 5), "int32", False),
+        "neg_mask": ((3,), "bool", False),
+    }
+    assert zeros("length")["lengths"].shape == () and zeros("waveform", S=7)["waveform"].dtype == np.float32
+    assert [f.name for f in fields("pooled", "caption")] == ["audio_pooled", "input_ids", "attention_mask"]
+    assert len({f.name for f in FIELDS}) == len(FIELDS)
+    with pytest.raises(ValueError, match="unknown batch parts"):
+        fields("audio")
+
+
+def test_docs_name_every_option_and_field():
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "docs", "data.md")) as f:
+        text = f.read()
+    missing = [
+        n for n in [f.name for f in dataclasses.fields(DataConfig)] + [f.name for f in FIELDS] if f"`{n}`" not in text
+    ]
+    assert not missing, f"docs/data.md does not describe {missing}"
