@@ -1,9 +1,9 @@
 """Readers of `clapcomp data build` inputs.
 
-Each reader yields ``(item_name, candidate | BadData)`` (`clapcomp.data.reasons`: the reasons a bad item
-is skipped and counted under). A candidate is a dict with ``key``,
-``audio`` (a path or encoded bytes), ``name`` (for the extension), ``captions``, ``negatives``,
-``positives`` (raw; `clean_texts` and `clean_negatives` check them). Readers: `read_manifest`
+Each reader yields ``(item_name, candidate | BadData)``; a bad item's reason is one of
+`clapcomp.data.reasons.REASONS`. A candidate is a dict with ``key``, ``audio`` (a path or encoded
+bytes), ``name`` (for the extension), ``captions``, ``negatives``, ``positives`` (raw; `clean_texts`
+and `clean_negatives` check them). Readers: `read_manifest`
 (CSV / JSONL manifests, and CompA's ``pos;neg1;neg2`` captions), `read_webdataset` (tar shards);
 `clapcomp.data.tfds_builders.iter_candidates` adapts the tfds builders to the same items.
 `load_audio` decodes one candidate's audio (or raises `BadData`).
