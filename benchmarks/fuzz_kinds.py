@@ -32,6 +32,7 @@ AUDIO_OUTCOMES = {
     "non_finite",
     "silent",
     "timeout",
+    "decode_budget",
 }
 ANY_READ = {OK, "bad_record", "corrupt", "truncated", "too_long", "missing_caption"}
 
@@ -97,6 +98,17 @@ def huge_flac(rng):
     return bytes(data)
 
 
+def budget_flac(rng):
+    """8-channel 384 kHz FLAC (0.05 s held) whose STREAMINFO declares 600 s: within --max-seconds and
+    --max-channels, 1.8e9 decoded samples (6.9 GiB as float32) by its header."""
+    buf = io.BytesIO()
+    sf.write(buf, np.full((19_200, 8), 0.25, np.float32), 384_000, format="FLAC", subtype="PCM_16")
+    data = bytearray(buf.getvalue())
+    packed = int.from_bytes(data[18:26], "big")  # 20 bits rate | 3 channels | 5 bps | 36 total samples
+    data[18:26] = ((packed & ~((1 << 36) - 1)) | 600 * 384_000).to_bytes(8, "big")
+    return bytes(data)
+
+
 def deep_json(depth=100_000) -> str:
     """Nested JSON lists: valid JSON that exceeds the decoder's recursion limit."""
     return "[" * depth + "]" * depth
@@ -143,6 +155,7 @@ MANIFEST = {
         lambda r, i: _m(wav(pcm(r, 800, 2), 48000, 2, declared=0xFFFFFF00), f"hw{i}.wav"),
     ),
     "huge_declared_flac": ({"too_long"}, lambda r, i: _m(huge_flac(r), f"hf{i}.flac")),
+    "budget_flac": ({"decode_budget"}, lambda r, i: _m(budget_flac(r), f"bf{i}.flac")),
     "nan_float_wav": (
         {"non_finite"},
         lambda r, i: _m(

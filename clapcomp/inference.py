@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from clapcomp.audio import prepare_waveforms
+from clapcomp.decode import DecodeError, Limits, check_header, probe, read_audio
 from clapcomp.models.configs import ClapConfig
 from clapcomp.tokenizer import Tokenizer
 
@@ -202,11 +203,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--text", nargs="*", default=[], help="texts to embed")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model)")
     parser.add_argument("--out", help="write audio/text embeddings and similarities to this .npz")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio files (header check)")
     args = parser.parse_args(argv)
     if not args.audio and not args.text:
         parser.error("give at least one --audio file or --text")
     clap = load(args.model, tokenizer=args.tokenizer)
-    audio_emb = _embed_files(clap, args.audio)
+    audio_emb = np.zeros((0, clap.config.projection_dim), np.float32)
+    if args.audio:
+        try:
+            audio_emb = embed_audio_files(
+                clap, args.audio, batch_size=clap.max_batch, limits=Limits(max_seconds=args.max_seconds)
+            )
+        except (ValueError, FileNotFoundError) as e:  # a file refused by its header, or unreadable
+            print(f"clapcomp embed: {e}", file=sys.stderr)
+            return 1
     text_emb = clap.embed_text(args.text) if args.text else np.zeros((0, clap.config.projection_dim), np.float32)
     sims = audio_emb @ text_emb.T
     if args.audio and args.text:
@@ -223,21 +233,65 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _embed_files(clap: Clap, files: list[str]) -> np.ndarray:
-    import soundfile as sf
+_HINTS = {
+    "too_long": "eval / embed read at most --max-seconds of audio: cut the file into clips{clip} or raise --max-seconds",
+    "decode_budget": "cut the file into clips{clip} or mix it down",
+}
 
-    out = np.zeros((len(files), clap.config.projection_dim), np.float32)
-    clips = []
-    for f in files:
+
+def read_audio_file(path: str | Path, limits: Limits | None = None, *, target_rate: int | None = None):
+    """An audio file -> (mono float32 [T] (channel mean), its sample rate), decoded within `limits`
+    (`clapcomp.decode`: the header is checked before decoding). FileNotFoundError / ValueError
+    name the file, what was wrong and what to do."""
+    try:
+        return read_audio(path, limits, target_rate=target_rate)
+    except DecodeError as e:
+        raise _user_error(path, e, None) from None
+
+
+def _user_error(path, e: DecodeError, clip_s: float | None) -> Exception:
+    if e.reason == "missing_file":
+        return FileNotFoundError(f"audio file {str(path)!r} does not exist; fix the path")
+    clip = f" (the model embeds {clip_s:g}-s clips)" if clip_s else ""
+    hint = _HINTS.get(e.reason, "fix the file or drop it").format(clip=clip)
+    return ValueError(f"cannot read audio file {str(path)!r}: {e.reason} ({e.detail}); {hint}")
+
+
+def embed_audio_files(embedder, paths: Sequence, *, batch_size: int = 16, limits: Limits | None = None) -> np.ndarray:
+    """Embed audio files [N] -> [N, D] float32 through `embedder.embed_audio` (a `Clap` or alike).
+
+    Every file's header is checked against `limits` before any file is decoded (a long file is refused
+    with a message, not read). Files are batched by sample rate and length in whole model clips
+    (`embedder.config.audio`; 10 s for an embedder without one), so a batch is padded to its own
+    longest file: a long file never pads short ones. Files are decoded one batch at a time.
+    """
+    limits = limits or Limits()
+    audio_cfg = getattr(getattr(embedder, "config", None), "audio", None)
+    target = audio_cfg.sample_rate if audio_cfg is not None else None
+    clip_s = audio_cfg.clip_samples / audio_cfg.sample_rate if audio_cfg is not None else 10.0
+    paths = [Path(p) for p in paths]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, p in enumerate(paths):
         try:
-            data, rate = sf.read(f, dtype="float32", always_2d=True)
-        except Exception as e:  # soundfile raises LibsndfileError / RuntimeError variants
-            raise ValueError(f"cannot read audio file {f}: {e}") from e
-        clips.append((data.mean(axis=1), rate))
-    for rate in sorted({r for _, r in clips}):
-        idx = [i for i, (_, r) in enumerate(clips) if r == rate]
-        out[idx] = clap.embed_audio([clips[i][0] for i in idx], rate)
-    return out
+            h = probe(p)
+            check_header(h, limits, target)
+        except DecodeError as e:
+            raise _user_error(p, e, clip_s) from None
+        clips = -(-h.frames // max(1, round(clip_s * h.sample_rate)))
+        groups.setdefault((h.sample_rate, clips), []).append(i)
+    out: list = [None] * len(paths)
+    for (rate, _), idx in sorted(groups.items()):
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            waves = []
+            for i in chunk:
+                try:
+                    waves.append(read_audio(paths[i], limits, target_rate=target)[0])
+                except DecodeError as e:
+                    raise _user_error(paths[i], e, clip_s) from None
+            for i, row in zip(chunk, np.asarray(embedder.embed_audio(waves, rate), np.float32), strict=True):
+                out[i] = row
+    return np.stack(out)
 
 
 if __name__ == "__main__":

@@ -140,3 +140,83 @@ def test_embed_command(small, tmp_path, capsys):
     saved = np.load(out)
     np.testing.assert_allclose(saved["audio_embeddings"], clap.embed_audio(waves, 16_000), atol=1e-6)
     np.testing.assert_allclose(saved["similarity"], clap.similarity(waves, ["a dog", "rain"], 16_000), atol=1e-6)
+
+
+def test_read_audio_file_mixes_to_mono_and_names_problems(tmp_path):
+    import soundfile as sf
+
+    from clapcomp.decode import Limits
+    from clapcomp.inference import read_audio_file
+
+    stereo = np.stack([np.full(50, 0.5, np.float32), np.full(50, -0.1, np.float32)], 1)
+    sf.write(tmp_path / "s.wav", stereo, 22050, subtype="FLOAT")
+    wave, rate = read_audio_file(tmp_path / "s.wav")
+    assert rate == 22050 and wave.shape == (50,) and np.allclose(wave, 0.2)
+    with pytest.raises(FileNotFoundError, match=r"nope\.wav.*fix the path"):
+        read_audio_file(tmp_path / "nope.wav")
+    with pytest.raises(ValueError, match=r"s\.wav.*too_long.*cut the file into clips"):
+        read_audio_file(tmp_path / "s.wav", Limits(max_seconds=0.001))
+
+
+class Recording:
+    """A Clap that records the padded batch shapes it is asked to embed."""
+
+    def __init__(self, clap):
+        self.clap, self.config, self.batches = clap, clap.config, []
+
+    def embed_audio(self, waves, rate):
+        from clapcomp.audio import prepare_waveforms
+
+        self.batches.append((rate, prepare_waveforms(waves, rate, self.config.audio)[0].shape))
+        return self.clap.embed_audio(waves, rate)
+
+
+def test_embed_audio_files_batches_by_length_and_equals_one_by_one(small, tmp_path):
+    import soundfile as sf
+
+    from clapcomp.inference import embed_audio_files
+
+    _, _, clap = small
+    seconds, files = [2.0, 25.0, 3.0, 4.0], []
+    for i, w in enumerate(R.clips(seconds, seed=21)):
+        files.append(tmp_path / f"c{i}.wav")
+        sf.write(files[-1], np.stack([w, 0.5 * w], 1), 48_000, subtype="FLOAT")
+    files.append(tmp_path / "low.wav")
+    sf.write(files[-1], R.clips([2.0], seed=22, rate=16_000)[0], 16_000, subtype="FLOAT")
+    rec = Recording(clap)
+    got = embed_audio_files(rec, files, batch_size=8)
+    # reference: each file read whole by soundfile (channel mean) and embedded alone
+    alone = np.concatenate(
+        [
+            clap.embed_audio([sf.read(f, dtype="float32", always_2d=True)[0].mean(1)], sf.info(f).samplerate)
+            for f in files
+        ]
+    )
+    np.testing.assert_allclose(got, alone, atol=1e-5, rtol=0)
+    clip = clap.config.audio.clip_samples
+    # the 25-s file is batched alone (3 clips); the three short 48 kHz files share a one-clip batch
+    assert sorted(rec.batches) == [(16_000, (1, clip)), (48_000, (1, 3 * clip)), (48_000, (3, clip))]
+
+
+def test_long_files_are_refused_by_their_header_before_any_decoding(small, tmp_path, monkeypatch, capsys):
+    import soundfile as sf
+
+    import clapcomp.inference as inference
+
+    _, _, clap = small
+    sf.write(tmp_path / "short.wav", R.clips([1.0], seed=23)[0], 48_000)
+    with sf.SoundFile(tmp_path / "long.flac", "w", 8_000, 1, format="FLAC") as f:
+        for _ in range(7):  # 7 x 100 s = 700 s > the 600-s default
+            f.write(np.full(800_000, 0.1, np.float32))
+    monkeypatch.setattr(inference, "read_audio", lambda *a, **k: pytest.fail("decoded before the headers were checked"))
+    with pytest.raises(ValueError, match=r"long\.flac.*too_long \(700\.0 s > 600 s\).*--max-seconds"):
+        inference.embed_audio_files(clap, [tmp_path / "short.wav", tmp_path / "long.flac"])
+    monkeypatch.undo()
+    model_dir = tmp_path / "model"
+    from clapcomp.convert.hf import save_hf_clap
+
+    save_hf_clap(clap.model, clap.config, model_dir)
+    argv = ["--model", str(model_dir), "--audio", str(tmp_path / "short.wav"), str(tmp_path / "long.flac")]
+    assert main(argv) == 1
+    assert "clapcomp embed: cannot read audio file" in capsys.readouterr().err
+    assert main([*argv, "--max-seconds", "800"]) == 0

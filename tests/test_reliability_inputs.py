@@ -34,6 +34,7 @@ EXPECTED = {
     "valid_wav": {"accepted"}, "valid_flac": {"accepted"}, "wds_valid": {"accepted"},
     "symlink_inside": {"accepted"}, "absolute_inside": {"accepted"}, "one_sample": {"accepted"},
     "random_bytes": {"corrupt"}, "truncated_data": {"truncated"}, "huge_declared_flac": {"too_long"},
+    "budget_flac": {"decode_budget"},
     "nan_float_wav": {"non_finite"}, "rate_1hz": {"bad_sample_rate"}, "rate_10mhz": {"bad_sample_rate"},
     "silent": {"silent"}, "empty_file": {"empty_file"}, "too_large": {"too_large"},
     "missing_file": {"missing_file"}, "missing_path": {"bad_row"}, "nul_in_path": {"bad_row"},
@@ -246,11 +247,12 @@ def test_llm_api_key_never_leaks_on_failure_paths(tmp_path, monkeypatch, caplog,
                         "1",
                         "--llm-backoff",
                         "0.01",
+                        "--allow-http",
                     ]
                 )
                 == 0
             )
-            llm = N.LLMNegatives(url, "m", api_key_env="FUZZ_KEY", retries=0)
+            llm = N.LLMNegatives(url, "m", api_key_env="FUZZ_KEY", retries=0, allow_http=True)
             with pytest.raises(RuntimeError) as denied:
                 llm.generate("access denied", 2)
     finally:

@@ -45,6 +45,7 @@ from clapcomp.data.sources import (
     read_manifest,
     read_webdataset,
 )
+from clapcomp.decode import Limits
 
 FORMATS = ("manifest", "compa", "webdataset", "tfds")
 
@@ -111,6 +112,7 @@ def build(
     max_seconds: float = 600.0,
     max_channels: int = 16,
     max_file_mb: float = 2048.0,
+    max_decoded_samples: int = Limits.max_samples,
     silence_threshold: float = 1e-4,
     max_caption_chars: int = 2000,
     timeout_s: float | None = 60.0,
@@ -148,6 +150,8 @@ def build(
         max_seconds=max_seconds,
         max_channels=max_channels,
         max_file_mb=max_file_mb,
+        max_decoded_samples=max_decoded_samples,
+        timeout_s=timeout_s,
         silence_threshold=silence_threshold,
     )
     stats, start, stopped = BuildStats(), time.time(), None
@@ -163,6 +167,7 @@ def build(
                 negatives = clean_texts(cand.get("negatives"), "negatives", max_caption_chars)
                 positives = clean_texts(cand.get("positives"), "positives", max_caption_chars)
                 negatives, dropped = clean_negatives(negatives, captions + positives)
+                # the decoder stops itself at timeout_s (freeing its memory); the thread guards a stuck call
                 wave = call_with_timeout(
                     functools.partial(load_audio, cand["audio"], cand["name"], **audio_kw), timeout_s
                 )
@@ -240,6 +245,9 @@ def main(argv: list[str]) -> int:
     option("max_seconds")
     option("max_channels")
     option("max_file_mb")
+    option(
+        "max_decoded_samples", "decode budget checked from the header: frames x channels, and frames at --sample-rate"
+    )
     option("silence_threshold")
     option("max_caption_chars")
     option("timeout_s", "per-item decode time bound", type=float)

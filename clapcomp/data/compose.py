@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp.decode import DecodeError, Limits, read_audio
+
 CONCAT_CONNECTIVES = ("followed by", "before", "and then", "after which")
 OVERLAY_CONNECTIVES = ("with", "overlayed by", "accompanied by", "amidst")
 PEAK = 0.5
@@ -424,8 +426,7 @@ def counting_example(phrases: Sequence[str], counts: Sequence[int]) -> dict:
 SHAPES = ("A + B", "A * B", "A + B + C", "(A + B) * C", "A * B + C", "A + B * C")
 
 
-def _load_events(path: Path, sample_rate: int) -> tuple[list[np.ndarray], list[str]]:
-    import soundfile as sf
+def _load_events(path: Path, sample_rate: int, limits: Limits) -> tuple[list[np.ndarray], list[str]]:
     import soxr
 
     with path.open(newline="") as f:
@@ -437,8 +438,13 @@ def _load_events(path: Path, sample_rate: int) -> tuple[list[np.ndarray], list[s
         audio_path = Path(row["audio"]) if Path(row["audio"]).is_absolute() else path.parent / row["audio"]
         if not audio_path.is_file() or not row["label"]:
             raise ValueError(f"{path} row {i + 2}: missing file {str(audio_path)!r} or empty label; fix the row")
-        x, sr = sf.read(str(audio_path), dtype="float64", always_2d=True)
-        x = x.mean(axis=1)
+        try:  # the header is held to `limits` (--max-seconds, the decode budget) before decoding
+            x, sr = read_audio(audio_path, limits, target_rate=sample_rate)
+        except DecodeError as e:
+            raise ValueError(
+                f"{path} row {i + 2}: {audio_path}: {e}; cut the clip, drop the row or raise --max-seconds"
+            ) from None
+        x = x.astype(np.float64)
         if x.size == 0 or not np.all(np.isfinite(x)):
             raise ValueError(f"{audio_path}: empty or non-finite audio; drop it from {path}")
         if sr != sample_rate:
@@ -514,13 +520,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--kinds", default="tree", help=f"comma-separated, drawn uniformly per example: {', '.join(KINDS)}")
     ap.add_argument("--gap-seconds", type=float, default=0.25, help="silence between repeats (counting)")
     ap.add_argument("--count-seconds", type=float, default=1.0, help="each repeated clip cut to this (counting)")
+    ap.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer event clips (header check)")
     args = ap.parse_args(argv)
     import soundfile as sf
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or set(kinds) - set(KINDS):
         ap.error(f"--kinds must name some of {', '.join(KINDS)}, got {args.kinds!r}")
-    clips, labels = _load_events(args.events, args.sample_rate)
+    clips, labels = _load_events(args.events, args.sample_rate, Limits(max_seconds=args.max_seconds))
     if len(clips) < 2:
         raise SystemExit(f"{args.events} needs at least 2 event clips to compose")
     rng = np.random.default_rng(args.seed)

@@ -103,7 +103,7 @@ class RecordTransform:
             raise BadData("too_long", f"record {rec['key']!r}: {rec['num_samples']} samples")
         # FLAC decoding runs under the time bound; PCM is a bounded copy and runs inline.
         timeout = o.decode_timeout_s if rec["audio_format"] != "pcm16" else None
-        wave = call_with_timeout(decode_at, timeout, rec, o.sample_rate)  # from int16: always finite
+        wave = call_with_timeout(decode_at, timeout, rec, o.sample_rate, timeout)  # from int16: always finite
         if wave.shape[0] > o.out_samples:
             start = int(rng.integers(wave.shape[0] - o.out_samples + 1))
             wave = wave[start : start + o.out_samples]
@@ -133,9 +133,9 @@ class RecordTransform:
         return [texts[i] for i in sorted(rng.choice(len(texts), size=k, replace=False))]
 
 
-def decode_at(rec: dict, sample_rate: int) -> np.ndarray:
+def decode_at(rec: dict, sample_rate: int, timeout_s: float | None = None) -> np.ndarray:
     """A parsed record's audio `[T]` float32 at `sample_rate` (soxr when the record has another rate)."""
-    wave = decode_audio(rec)
+    wave = decode_audio(rec, timeout_s)
     if rec["sample_rate"] != sample_rate:
         import soxr
 

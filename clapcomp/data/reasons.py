@@ -38,6 +38,12 @@ REASONS = (
     Reason("bad_sample_rate", ("build",), "sample rate outside [1 kHz, 384 kHz]"),
     Reason("too_many_channels", ("build",), "more channels than --max-channels"),
     Reason("too_long", ("build", "read"), "longer than --max-seconds (build) or max_record_seconds (read)"),
+    Reason(
+        "decode_budget",
+        ("build",),
+        "the header declares more than --max-decoded-samples samples (frames x channels, or frames at "
+        "--sample-rate): refused before decoding",
+    ),
     Reason("non_finite", ("build",), "NaN or inf samples"),
     Reason("silent", ("build",), "peak below --silence-threshold"),
     Reason("missing_caption", ("build", "read"), "no non-empty caption"),

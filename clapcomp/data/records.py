@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import math
 import os
 import struct
 import threading
@@ -29,6 +30,7 @@ import numpy as np
 import soundfile as sf
 
 from clapcomp.data.reasons import BadData
+from clapcomp.decode import DecodeError, Limits, read_audio
 
 MAGIC = b"CLAPREC1"
 AUDIO_FORMATS = ("flac", "pcm16")
@@ -36,11 +38,21 @@ SHARD_SUFFIX = ".array_record"
 TEXT_FIELDS = ("captions", "negatives", "positives")
 
 
+# clapcomp.decode's refusals in the record vocabulary (the FLAC inside a record disagrees with its header)
+_DECODE_TO_RECORD = {
+    "timeout": "timeout",
+    "decode_budget": "truncated",
+    "truncated": "truncated",
+    "zero_length": "truncated",
+}
+
+
 def call_with_timeout(fn, timeout_s: float | None, *args):
     """Run `fn(*args)`; raise `BadData("timeout")` if it takes longer than `timeout_s` seconds.
 
     The call runs on a daemon thread (the decoders release the GIL), so a pathological file
-    stalls nothing: the caller moves on and the abandoned thread dies with the process.
+    stalls nothing: the caller moves on. Give `fn` the same bound (`clapcomp.decode.Limits.timeout_s`)
+    so the abandoned thread stops itself within one chunk and frees its memory.
     `timeout_s=None` runs `fn` inline.
     """
     if timeout_s is None:
@@ -74,13 +86,24 @@ def encode_flac(waveform: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_flac(data: bytes, expected_samples: int | None = None) -> np.ndarray:
-    """FLAC bytes -> `[T]` float32. Raises `BadData` if undecodable or of the wrong length."""
+def decode_flac(data: bytes, expected_samples: int | None = None, timeout_s: float | None = None) -> np.ndarray:
+    """FLAC bytes -> `[T]` float32 (channel mean). Raises `BadData` if undecodable or of the wrong length.
+
+    Decoded by `clapcomp.decode.read_audio` with `expected_samples` as the budget, so bytes whose own
+    header declares more audio than the record's are refused before decoding; the decode stops
+    itself after `timeout_s` seconds.
+    """
+    budget = Limits(
+        max_seconds=math.inf,
+        max_file_mb=math.inf,
+        max_samples=Limits.max_samples if expected_samples is None else expected_samples,
+        timeout_s=timeout_s,
+    )
     try:
-        wave, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise BadData("corrupt", str(e)) from None
-    wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+        wave, _ = read_audio(data, budget, name="record.flac")
+    except DecodeError as e:
+        reason = _DECODE_TO_RECORD.get(e.reason, "corrupt")
+        raise BadData(reason, e.detail if reason == e.reason else f"{e.reason}: {e.detail}") from None
     if expected_samples is not None and wave.shape[0] != expected_samples:
         raise BadData("truncated", f"decoded {wave.shape[0]} samples, header says {expected_samples}")
     return wave
@@ -94,10 +117,10 @@ def encode_pcm16(waveform: np.ndarray) -> bytes:
     return np.clip(pcm, -32768, 32767).astype("<i2").tobytes()
 
 
-def decode_audio(record: dict) -> np.ndarray:
-    """A parsed record -> its audio `[num_samples]` float32; raises `BadData`."""
+def decode_audio(record: dict, timeout_s: float | None = None) -> np.ndarray:
+    """A parsed record -> its audio `[num_samples]` float32; raises `BadData` (a FLAC decode stops at `timeout_s`)."""
     if record["audio_format"] == "flac":
-        return decode_flac(record["audio"], record["num_samples"])
+        return decode_flac(record["audio"], record["num_samples"], timeout_s)
     if record["audio_format"] == "pcm16":
         if len(record["audio"]) != 2 * record["num_samples"]:
             raise BadData("truncated", f"{len(record['audio'])} PCM bytes for {record['num_samples']} samples")

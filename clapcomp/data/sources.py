@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
 import tarfile
 from collections.abc import Iterator
 
 import numpy as np
-import soundfile as sf
 
 from clapcomp.data.reasons import BadData
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
+from clapcomp.decode import AUDIO_EXTENSIONS, DecodeError, Limits, read_audio
 
 
 class InputError(ValueError):
@@ -36,19 +33,6 @@ class InputError(ValueError):
 
 
 # ----------------------------------------------------------------------------- audio
-
-
-def _wav_truncated(head: bytes, size: int) -> bool:
-    """RIFF/WAVE whose `data` chunk declares more bytes than the file holds."""
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return False
-    pos = 12
-    while pos + 8 <= len(head):
-        chunk, length = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
-        if chunk == b"data":
-            return pos + 8 + length > size
-        pos += 8 + length + (length & 1)
-    return False
 
 
 def load_audio(
@@ -59,64 +43,31 @@ def load_audio(
     max_seconds: float = 600.0,
     max_channels: int = 16,
     max_file_mb: float = 2048.0,
+    max_decoded_samples: int = Limits.max_samples,
+    timeout_s: float | None = None,
     silence_threshold: float = 1e-4,
 ) -> np.ndarray:
     """A file path or encoded bytes -> mono float32 `[T]` at `sample_rate`; raises `BadData`.
 
-    The header is checked (rate, channels, declared duration) before any sample is decoded, so
-    a huge declared length costs nothing. Peaks above 1 are scaled down to 1 (16-bit storage).
+    Decoded by `clapcomp.decode.read_audio`: the header is held to the limits and the decode budget
+    before any sample is decoded, and decoding stops itself at `timeout_s`. Peaks above 1 are scaled
+    down to 1 (16-bit storage).
     """
-    ext = os.path.splitext(name)[1].lower()
-    if ext and ext not in AUDIO_EXTENSIONS:
-        raise BadData("unsupported_format", f"extension {ext!r} (expected one of {AUDIO_EXTENSIONS})")
-    if isinstance(source, str):
-        if not os.path.isfile(source):
-            raise BadData("missing_file", source)
-        size = os.path.getsize(source)
-        with open(source, "rb") as f:
-            head = f.read(1 << 16)
-        opened = source
-    else:
-        size, head, opened = len(source), source[: 1 << 16], None
-    if size == 0:
-        raise BadData("empty_file", "0 bytes")
-    if size > max_file_mb * 2**20:
-        raise BadData("too_large", f"{size / 2**20:.0f} MB > {max_file_mb:g} MB")
-
-    def fileobj():
-        return opened if opened is not None else io.BytesIO(source)
-
+    limits = Limits(max_seconds, max_channels, max_file_mb, max_decoded_samples, timeout_s)
     try:
-        info = sf.info(fileobj())
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise BadData("corrupt", str(e).split(": ", 1)[-1]) from None
-    if not 1000 <= info.samplerate <= 384000:
-        raise BadData("bad_sample_rate", f"{info.samplerate} Hz")
-    if not 1 <= info.channels <= max_channels:
-        raise BadData("too_many_channels", f"{info.channels} channels > {max_channels}")
-    if info.frames <= 0:
-        raise BadData("zero_length", "no samples")
-    if info.frames / info.samplerate > max_seconds:
-        raise BadData("too_long", f"{info.frames / info.samplerate:.1f} s > {max_seconds:g} s")
-    if _wav_truncated(head, size):
-        raise BadData("truncated", "WAV data chunk is longer than the file")
-    try:
-        wave, _ = sf.read(fileobj(), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise BadData("truncated", f"decoding failed mid-file: {e}") from None
-    if wave.shape[0] < info.frames:
-        raise BadData("truncated", f"{wave.shape[0]} of {info.frames} declared frames")
-    wave = wave.mean(axis=1, dtype=np.float32)
+        wave, rate = read_audio(source, limits, target_rate=sample_rate, name=name)
+    except DecodeError as e:
+        raise BadData(e.reason, e.detail) from None
     bad = np.flatnonzero(~np.isfinite(wave))
     if bad.size:
         raise BadData("non_finite", f"{bad.size} NaN/inf samples, first at sample {bad[0]}")
     peak = float(np.abs(wave).max())
     if peak < silence_threshold:
         raise BadData("silent", f"peak {peak:.2g} < {silence_threshold:g}")
-    if info.samplerate != sample_rate:
+    if rate != sample_rate:
         import soxr
 
-        wave = soxr.resample(wave, info.samplerate, sample_rate).astype(np.float32)
+        wave = soxr.resample(wave, rate, sample_rate).astype(np.float32)
     peak = float(np.abs(wave).max())
     return wave / peak if peak > 1.0 else wave
 

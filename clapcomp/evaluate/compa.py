@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clapcomp.evaluate.retrieval import _check_sim, cosine, embed_audio_files, embed_texts, read_csv, resolve
+from clapcomp.decode import Limits
+from clapcomp.evaluate.retrieval import _check_sim, cosine, embed_texts, read_csv, resolve
+from clapcomp.inference import embed_audio_files
 
 CHANCE = {  # n -> percent; see module docstring
     2: {"text": 25.0, "audio": 25.0, "group": 100.0 / 6},
@@ -166,7 +168,7 @@ def compa_metrics(rows: list[dict], sims: list[np.ndarray]) -> dict:
     return out
 
 
-def evaluate_compa(embedder, data, *, batch_size: int = 16) -> dict:
+def evaluate_compa(embedder, data, *, batch_size: int = 16, max_seconds: float = 600.0) -> dict:
     """Embed a CompA CSV's audios and captions and score it (see module docstring).
 
     Returns {"benchmark": "compa", "data", "n_rows", "pairs", ["triplets"], "breakdown", "sample"};
@@ -175,7 +177,7 @@ def evaluate_compa(embedder, data, *, batch_size: int = 16) -> dict:
     rows = read_compa_csv(data)
     files = list(dict.fromkeys(f for r in rows for f in r["files"]))
     texts = list(dict.fromkeys(c for r in rows for c in r["captions"]))
-    audio_emb = embed_audio_files(embedder, files, batch_size)
+    audio_emb = embed_audio_files(embedder, files, batch_size=batch_size, limits=Limits(max_seconds=max_seconds))
     text_emb = embed_texts(embedder, texts, 4 * batch_size)
     f_idx = {f: i for i, f in enumerate(files)}
     t_idx = {t: i for i, t in enumerate(texts)}

@@ -15,8 +15,9 @@ All numbers are percentages (0-100), as in the papers' tables.
 Ties are resolved against the query (consistent with CompA's strict `>`): an irrelevant item
 scoring equal to a relevant one is ranked above it, so a constant model gets no credit.
 
-This module also holds the host-side helpers the three evaluators share: reading audio files
-(soundfile, mono mix) and embedding files / texts through an embedder in batches.
+This module also holds the host-side helpers the three evaluators share: embedding texts in
+batches, cosine, reading the benchmark files. Audio files are read and embedded by
+`clapcomp.inference.embed_audio_files` (decode budget, a `--max-seconds` cap, batches by length).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from clapcomp.decode import Limits
+from clapcomp.inference import embed_audio_files
 
 KS = (1, 5, 10)
 
@@ -117,43 +121,6 @@ def _direction(best_pos: np.ndarray, ap: np.ndarray) -> dict:
 # shared I/O: audio files and embedding in batches
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read an audio file as mono float32 [T] (channel mean) and its sample rate."""
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file {str(path)!r} does not exist; fix the path in the benchmark file")
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    if data.shape[0] == 0:
-        raise ValueError(f"audio file {str(path)!r} is empty; drop it from the benchmark file")
-    return data.mean(axis=1), int(rate)
-
-
-def embed_audio_files(embedder, paths: list, batch_size: int = 16) -> np.ndarray:
-    """Embed audio files [N] -> [N, D] float32, batching files of the same sample rate together."""
-    paths = [Path(p) for p in paths]
-    rates = {}
-    for i, p in enumerate(paths):
-        rates.setdefault(_sample_rate(p), []).append(i)
-    out = [None] * len(paths)
-    for rate, idx in sorted(rates.items()):
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            emb = np.asarray(embedder.embed_audio([read_audio(paths[i])[0] for i in chunk], rate))
-            for i, e in zip(chunk, emb, strict=True):
-                out[i] = e
-    return np.stack(out).astype(np.float32)
-
-
-def _sample_rate(path: Path) -> int:
-    import soundfile as sf
-
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file {str(path)!r} does not exist; fix the path in the benchmark file")
-    return int(sf.info(str(path)).samplerate)
-
-
 def embed_texts(embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Embed texts [N] -> [N, D] float32 in batches."""
     chunks = [
@@ -223,11 +190,14 @@ def resolve(base_file: Path, rel: str) -> Path:
     return p if p.is_absolute() else Path(base_file).parent / p
 
 
-def evaluate_retrieval(embedder, data, *, batch_size: int = 16) -> dict:
+def evaluate_retrieval(embedder, data, *, batch_size: int = 16, max_seconds: float = 600.0) -> dict:
     """Text<->audio retrieval on a caption file (see `read_captions`). Returns `retrieval_metrics`
     plus "benchmark", "data"."""
     audio_paths, caps = read_captions(data)
     texts = [c for cs in caps for c in cs]
     owner = np.repeat(np.arange(len(caps)), [len(cs) for cs in caps])
-    sim = cosine(embed_audio_files(embedder, audio_paths, batch_size), embed_texts(embedder, texts, 4 * batch_size))
+    sim = cosine(
+        embed_audio_files(embedder, audio_paths, batch_size=batch_size, limits=Limits(max_seconds=max_seconds)),
+        embed_texts(embedder, texts, 4 * batch_size),
+    )
     return {"benchmark": "retrieval", "data": str(data), **retrieval_metrics(sim, owner)}

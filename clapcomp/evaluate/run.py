@@ -17,6 +17,7 @@ direction; zero-shot: top-1 and mAP); with `--out` writes results.json and PNG p
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from clapcomp.evaluate.compa import evaluate_compa
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write results.json and PNG plots here")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt, must contain {label}")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--max-seconds", type=float, default=600.0, help="refuse longer audio files (checked from the header)"
+    )
     parser.add_argument("--step", type=int, help="for a training workdir: this checkpoint step (default: the newest)")
     args = parser.parse_args(argv)
 
@@ -115,16 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     models = [_parse_model(m) for m in args.model]
     if len({n for n, _ in models}) != len(models):
         parser.error("two --model entries have the same name; name them NAME=PATH")
-    kwargs = {"batch_size": args.batch_size}
+    kwargs = {"batch_size": args.batch_size, "max_seconds": args.max_seconds}
     if args.benchmark == "zeroshot":
         kwargs["template"] = args.template
     evaluate = EVALUATORS[args.benchmark]
     results: dict[str, dict[str, dict]] = {}
     for name, path in models:
         embedder = clapcomp.load(path, step=args.step)
-        results[name] = {
-            b: evaluate(embedder, data=d, **kwargs) for b, d in zip(_bench_names(args.data), args.data, strict=True)
-        }
+        try:
+            results[name] = {
+                b: evaluate(embedder, data=d, **kwargs) for b, d in zip(_bench_names(args.data), args.data, strict=True)
+            }
+        except (ValueError, FileNotFoundError) as e:  # a bad benchmark file or an audio file refused by its header
+            print(f"clapcomp eval: {e}", file=sys.stderr)
+            return 1
 
     print(format_table(results))
     if args.out:

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp.decode import Limits
 from clapcomp.evaluate.retrieval import (
     _check_sim,
     average_precision,
     cosine,
-    embed_audio_files,
     embed_texts,
     read_csv,
     relevant_positions,
     resolve,
 )
+from clapcomp.inference import embed_audio_files
 
 DEFAULT_TEMPLATE = "This is a sound of {label}."
 
@@ -76,7 +77,13 @@ def read_labels(path: str | Path) -> tuple[list[Path], list[str]]:
 
 
 def evaluate_zeroshot(
-    embedder, data, *, template: str = DEFAULT_TEMPLATE, class_names: list[str] | None = None, batch_size: int = 16
+    embedder,
+    data,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    class_names: list[str] | None = None,
+    batch_size: int = 16,
+    max_seconds: float = 600.0,
 ) -> dict:
     """Zero-shot classification on a CSV `audio,label`. Classes are `class_names` if given (every
     CSV label must be among them), else the sorted distinct CSV labels."""
@@ -86,7 +93,8 @@ def evaluate_zeroshot(
     if unknown:
         raise ValueError(f"labels {unknown} in {data} are not in class_names; add them or fix the CSV")
     ids = np.array([classes.index(label) for label in labels])
-    sim = cosine(embed_audio_files(embedder, files, batch_size), embed_texts(embedder, prompts(classes, template)))
+    audio = embed_audio_files(embedder, files, batch_size=batch_size, limits=Limits(max_seconds=max_seconds))
+    sim = cosine(audio, embed_texts(embedder, prompts(classes, template)))
     out = zero_shot_metrics(sim, ids)
     out["per_class_top1"] = dict(zip(classes, out["per_class_top1"], strict=True))
     return {"benchmark": "zeroshot", "data": str(data), "template": template, "classes": classes, **out}

@@ -380,3 +380,18 @@ def test_jsonl_negatives_must_be_a_list_of_str(tmp_path):
     stats = build([str(root / "m.jsonl")], str(tmp_path / "out"), sample_rate=SR)
     assert stats["skipped_by_reason"] == {"bad_row": 4} and stats["written"] == 1
     assert [r["negatives"] for r in examples(tmp_path / "out").values()] == [["a click"]]
+
+
+def test_a_header_bomb_is_skipped_by_the_decode_budget(tmp_path):
+    """The issue's FLAC: 8-channel 384 kHz audio whose header declares 600 s (6.9 GiB as float32)."""
+    from test_decode import header_bomb  # tests/test_decode.py (pytest pythonpath = tests)
+
+    (tmp_path / "bomb.flac").write_bytes(header_bomb())
+    write_audio(str(tmp_path / "good.wav"), sine())
+    write_csv(tmp_path / "m.csv", [{"audio": "bomb.flac", "caption": "b"}, {"audio": "good.wav", "caption": "g"}],
+              fields=("audio", "caption"))  # fmt: skip
+    stats = build(str(tmp_path / "m.csv"), str(tmp_path / "out"), sample_rate=SR)
+    assert (stats["written"], stats["skipped_by_reason"]) == (1, {"decode_budget": 1})
+    assert "6.9 GiB" in stats["skipped_examples"]["decode_budget"][0]["detail"]
+    lifted = build(str(tmp_path / "m.csv"), str(tmp_path / "out2"), sample_rate=SR, max_decoded_samples=2**31)
+    assert lifted["skipped_by_reason"] == {"truncated": 1}  # what main did: decode, then find it short

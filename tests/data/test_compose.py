@@ -165,6 +165,10 @@ def test_cli_writes_audio_and_manifest(tmp_path):
     (tmp_path / "bad.csv").write_text("audio,label\nmissing.wav,x\n")
     with pytest.raises(ValueError, match="missing file"):
         compose.main(["--events", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o3")])
+    # event clips are held to --max-seconds from their header (0.5-s clips, a 0.4-s cap)
+    with pytest.raises(ValueError, match=r"row 2: .*0\.wav: too_long: 0\.5 s > 0\.4 s.*--max-seconds"):
+        compose.main(["--events", str(tmp_path / "events.csv"), "--out", str(tmp_path / "o4"), "--max-seconds", "0.4"])
+    assert not (tmp_path / "o4").exists()
 
 
 def test_with_attribute_fixes_articles():

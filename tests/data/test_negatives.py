@@ -1,8 +1,11 @@
 """Rule negatives (structure, words kept, determinism) and the LLM backend against a local server."""
 
+import datetime
+import email.utils
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
@@ -175,7 +178,7 @@ def test_llm_retry_cache_and_key_never_leaks(server, tmp_path, monkeypatch, capl
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out, cache = tmp_path / "out.jsonl", tmp_path / "cache.json"
     argv = ["--manifest", str(manifest), "--out", str(out), "--k", "3", "--llm-url", url, "--llm-model", "m",
-            "--llm-key-env", "MY_KEY", "--llm-cache", str(cache), "--llm-backoff", "0.01"]  # fmt: skip
+            "--llm-key-env", "MY_KEY", "--llm-cache", str(cache), "--llm-backoff", "0.01", "--allow-http"]  # fmt: skip
     with caplog.at_level(logging.DEBUG):
         assert N.main(argv) == 0
     # 1 failed (HTTP 500) + 1 retry for the first caption, 1 for the second; the third kept its negatives
@@ -205,7 +208,7 @@ def test_llm_client_errors(server, tmp_path, monkeypatch):
     monkeypatch.delenv("CLAPCOMP_LLM_API_KEY", raising=False)
     handler.fail_first, handler.status = 100, 503
     delays = []
-    llm = N.LLMNegatives(url, "m", retries=2, backoff=0.5, sleep=delays.append)
+    llm = N.LLMNegatives(url, "m", retries=2, backoff=0.5, sleep=delays.append, allow_http=True)
     with pytest.raises(RuntimeError, match="failed 3 times"):
         llm.generate("a dog barks", 2)
     assert delays == [0.5, 1.0] and len(handler.requests) == 3
@@ -216,7 +219,8 @@ def test_llm_client_errors(server, tmp_path, monkeypatch):
     assert len(handler.requests) == 4  # client errors are not retried
     manifest, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     manifest.write_text(json.dumps({"audio": "a", "caption": "a loud dog and a quiet man"}) + "\n")
-    assert N.main(["--manifest", str(manifest), "--out", str(out), "--llm-url", url, "--llm-model", "m"]) == 0
+    argv = ["--manifest", str(manifest), "--out", str(out), "--llm-url", url, "--llm-model", "m", "--allow-http"]
+    assert N.main(argv) == 0
     assert json.loads(out.read_text())["negatives"][0] == "a quiet dog and a loud man"  # fell back to rules
 
 
@@ -254,3 +258,133 @@ def test_cli_drops_negatives_equal_to_any_positive_caption(tmp_path, capsys):
     assert got[0]["negatives"] and all(N.normalize(n) not in (first, second) for n in got[0]["negatives"])
     assert got[1]["negatives"] == ["a cat"]
     assert json.loads(capsys.readouterr().out)["negatives_dropped_equal_to_positive"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP client: https, redirects, Retry-After, timeouts, malformed replies, auth failures
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers request i with script[i] = (status, headers, body bytes) (the last entry repeats); records
+    each request's method, path and Authorization header. Body None: a valid chat-completions reply."""
+
+    script: ClassVar[list] = []
+    seen: ClassVar[list] = []
+    delay: float = 0.0
+
+    def _answer(self):
+        cls = type(self)
+        if self.headers.get("Content-Length"):
+            self.rfile.read(int(self.headers["Content-Length"]))
+        cls.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        assert len(cls.seen) <= 20, "too many requests"
+        status, headers, body = cls.script[min(len(cls.seen), len(cls.script)) - 1]
+        if body is None:
+            content = json.dumps(["a cat barks", "a dog meows"])
+            body = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        time.sleep(cls.delay)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    """serve(script, delay=0) -> (handler class, http://127.0.0.1:PORT); every server is shut down after the test."""
+    running = []
+
+    def start(script, delay=0.0):
+        handler = type("S", (_Scripted,), {"script": script, "seen": [], "delay": delay})
+        httpd = HTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        running.append((httpd, thread))
+        return handler, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield start
+    for httpd, thread in running:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _run(tmp_path, url, captions, *extra):
+    manifest, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": "a.wav", "caption": c}) + "\n" for c in captions))
+    argv = ["--manifest", str(manifest), "--out", str(out), "--llm-url", url, "--llm-model", "m",
+            "--llm-key-env", "MY_KEY", "--llm-backoff", "0", *extra]  # fmt: skip
+    return N.main(argv), out
+
+
+def test_http_is_refused_unless_allowed(monkeypatch, tmp_path, capsys):
+    with pytest.raises(ValueError, match="not https.*--allow-http"):
+        N.LLMNegatives("http://127.0.0.1:9/v1/chat/completions", "m")
+    with pytest.raises(SystemExit) as e:
+        _run(tmp_path, "http://127.0.0.1:9/v1/chat/completions", ["a dog barks"])
+    assert e.value.code == 2 and "not https" in capsys.readouterr().err
+    N.LLMNegatives("https://example.invalid/v1/chat/completions", "m")  # https needs no flag
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_to_another_origin_does_not_carry_the_key(serve, monkeypatch, status):
+    monkeypatch.setenv("MY_KEY", SECRET)
+    other, other_url = serve([(200, {"Content-Type": "application/json"}, None)])
+    first, url = serve([(status, {"Location": other_url + "/elsewhere"}, b"")])
+    llm = N.LLMNegatives(url + "/v1/chat/completions", "m", api_key_env="MY_KEY", allow_http=True, retries=0)
+    assert llm.generate("a dog barks", 2) == ["a cat barks", "a dog meows"]
+    assert first.seen == [("POST", "/v1/chat/completions", f"Bearer {SECRET}")]
+    method = "GET" if status == 302 else "POST"  # 302 turns a POST into a GET (as browsers do); 307 keeps it
+    assert other.seen == [(method, "/elsewhere", None)]  # another port is another origin: no key
+
+
+def test_retry_after_is_honoured_in_seconds_and_as_a_date(serve):
+    later = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30))
+    handler, url = serve([(429, {"Retry-After": "7"}, b""), (503, {"Retry-After": later}, b""), (200, {}, None)])
+    delays = []
+    llm = N.LLMNegatives(url, "m", allow_http=True, retries=3, backoff=0.5, sleep=delays.append)
+    assert llm.generate("a dog barks", 2) == ["a cat barks", "a dog meows"]
+    assert len(handler.seen) == 3 and delays[0] == 7.0 and 27.0 <= delays[1] <= 30.0
+    assert N._retry_after("not a date") is None and N._retry_after("-5") == 0.0
+    huge, huge_url = serve([(429, {"Retry-After": "86400"}, b""), (200, {}, None)])
+    N.LLMNegatives(huge_url, "m", allow_http=True, sleep=delays.append).generate("a dog barks", 2)
+    assert delays[2:] == [N.MAX_RETRY_AFTER_S] and len(huge.seen) == 2  # a day's wait is capped
+
+
+def test_malformed_replies_and_timeouts_are_counted_per_row(serve, tmp_path, capsys):
+    html = (200, {"Content-Type": "text/html"}, b"<html>login page</html>")
+    no_choices = (200, {"Content-Type": "application/json"}, b'{"error": "quota"}')
+    null_content = (200, {"Content-Type": "application/json"}, b'{"choices": [{"message": {"content": null}}]}')
+    _, url = serve([html, no_choices, null_content, (200, {}, None)])
+    code, out = _run(tmp_path, url, ["a dog barks", "a loud dog and a quiet man", "rain", "a car passes"],
+                     "--allow-http", "--llm-retries", "0")  # fmt: skip
+    counts = json.loads(capsys.readouterr().out)
+    assert code == 0 and counts["llm_failed"] == 3 and counts["written"] == 4
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[1]["negatives"][0] == "a quiet dog and a loud man"  # that row fell back to the rules
+    assert rows[3]["negatives"][:2] == ["a cat barks", "a dog meows"]  # the good reply is used
+    slow, slow_url = serve([(200, {}, None)], delay=1.0)
+    llm = N.LLMNegatives(slow_url, "m", allow_http=True, retries=0, timeout=0.1)
+    with pytest.raises(RuntimeError, match=r"no reply within --llm-timeout 0.1 s"):
+        llm.generate("a dog barks", 2)
+
+
+def test_three_auth_failures_in_a_row_stop_with_exit_2(serve, tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("MY_KEY", SECRET)
+    denied = (401, {}, b"")
+    # 401, 401, ok (resets the count), 401, 403, 401 -> stops at the sixth row, not the third
+    handler, url = serve([denied, denied, (200, {}, None), denied, (403, {}, b""), denied, (200, {}, None)])
+    captions = [f"a dog barks {i} times" for i in range(8)]
+    with caplog.at_level(logging.DEBUG):
+        code, _ = _run(tmp_path, url, captions, "--allow-http")
+    err = capsys.readouterr().err
+    assert code == 2 and len(handler.seen) == 6  # client errors are not retried; rows 7-8 never asked
+    assert "refused 3 requests in a row (HTTP 401)" in err and "$MY_KEY" in err
+    assert SECRET not in err + caplog.text

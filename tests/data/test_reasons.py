@@ -13,13 +13,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _raised_in_code() -> set[str]:
-    """Reason names passed to `BadData(...)` anywhere in clapcomp/ (found by reading the source)."""
+    """Reason names passed to `BadData(...)` anywhere in clapcomp/ (found by reading the source), and to
+    `clapcomp.decode.DecodeError(...)`, which the data code re-raises as `BadData` under the same name."""
     found = set()
     for folder, _, files in os.walk(os.path.join(ROOT, "clapcomp")):
         for name in files:
             if name.endswith(".py"):
                 with open(os.path.join(folder, name)) as f:
-                    found |= set(re.findall(r'BadData\(\s*"(\w+)"', f.read()))
+                    found |= set(re.findall(r'(?:BadData|DecodeError)\(\s*"(\w+)"', f.read()))
     return found
 
 

@@ -88,6 +88,11 @@ def test_bad_bytes_raise_record_error_with_reason():
     with pytest.raises(BadData) as e:
         decode_flac(good["audio"], 9999)
     assert e.value.reason == "truncated"
+    # FLAC bytes declaring more audio than the record's num_samples: refused from the FLAC header,
+    # before a sample is decoded (the record header alone would let a bomb through)
+    with pytest.raises(BadData, match=r"decode_budget: 1600 frames x 1 channels") as e:
+        decode_flac(good["audio"], 10)
+    assert e.value.reason == "truncated"
 
 
 def test_write_records_shards_and_source(tmp_path):
