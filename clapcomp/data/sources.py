@@ -58,18 +58,25 @@ def load_audio(
         wave, rate = read_audio(source, limits, target_rate=sample_rate, name=name)
     except DecodeError as e:
         raise BadData(e.reason, e.detail) from None
-    bad = np.flatnonzero(~np.isfinite(wave))
-    if bad.size:
+    peak = _peak(wave)  # NaN / inf propagate through min and max
+    if not np.isfinite(peak):
+        bad = np.flatnonzero(~np.isfinite(wave))
         raise BadData("non_finite", f"{bad.size} NaN/inf samples, first at sample {bad[0]}")
-    peak = float(np.abs(wave).max())
     if peak < silence_threshold:
         raise BadData("silent", f"peak {peak:.2g} < {silence_threshold:g}")
     if rate != sample_rate:
         import soxr
 
-        wave = soxr.resample(wave, rate, sample_rate).astype(np.float32)
-    peak = float(np.abs(wave).max())
-    return wave / peak if peak > 1.0 else wave
+        wave = soxr.resample(wave, rate, sample_rate).astype(np.float32, copy=False)
+        peak = _peak(wave)
+    if peak > 1.0:
+        wave /= np.float32(peak)
+    return wave
+
+
+def _peak(wave: np.ndarray) -> float:
+    """max |wave| without an |wave|-sized temporary (NaN if any sample is NaN)."""
+    return max(float(wave.max()), -float(wave.min()))
 
 
 # ----------------------------------------------------------------------------- text
