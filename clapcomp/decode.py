@@ -122,11 +122,13 @@ def read_audio(
     *,
     target_rate: int | None = None,
     name: str | None = None,
+    first_frames: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """A file path or encoded bytes -> (mono float32 `[T]` (channel mean), sample rate); raises `DecodeError`.
 
     `name` gives the extension for bytes (default: the path). The header is checked against `limits`
     (`check_header`) before any sample is decoded; a stream shorter than its header is ``truncated``.
+    `first_frames`: decode only the file's first frames (T = min(first_frames, the header's frames)).
     """
     import soundfile as sf
 
@@ -158,11 +160,12 @@ def read_audio(
         check_header(header, limits, target_rate)
         if _wav_truncated(head, size):
             raise DecodeError("truncated", "WAV data chunk is longer than the file")
-        out = np.empty(header.frames, np.float32)  # pages are touched only as frames arrive
+        frames = header.frames if first_frames is None else min(header.frames, first_frames)
+        out = np.empty(frames, np.float32)  # pages are touched only as frames arrive
         done = 0
-        while done < header.frames:
+        while done < frames:
             try:
-                block = f.read(min(CHUNK_FRAMES, header.frames - done), dtype="float32", always_2d=True)
+                block = f.read(min(CHUNK_FRAMES, frames - done), dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError, ValueError) as e:
                 raise DecodeError("truncated", f"decoding failed mid-file: {e}") from None
             if block.shape[0] == 0:
@@ -170,7 +173,7 @@ def read_audio(
             out[done : done + block.shape[0]] = block.mean(axis=1, dtype=np.float32)
             done += block.shape[0]
             if deadline is not None and time.monotonic() > deadline:
-                raise DecodeError("timeout", f"decoded {done} of {header.frames} frames in {limits.timeout_s:g} s")
-    if done < header.frames:
-        raise DecodeError("truncated", f"{done} of {header.frames} declared frames")
+                raise DecodeError("timeout", f"decoded {done} of {frames} frames in {limits.timeout_s:g} s")
+    if done < frames:
+        raise DecodeError("truncated", f"{done} of {frames} declared frames")
     return out, header.sample_rate

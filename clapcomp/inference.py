@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -233,6 +234,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+RESAMPLE_MARGIN_S = 0.1  # audio decoded past an unfused model's clip, so resampling its end needs no padding
 _HINTS = {
     "too_long": "eval / embed read at most --max-seconds of audio: cut the file into clips{clip} or raise --max-seconds",
     "decode_budget": "cut the file into clips{clip} or mix it down",
@@ -261,7 +263,9 @@ def embed_audio_files(embedder, paths: Sequence, *, batch_size: int = 16, limits
     """Embed audio files [N] -> [N, D] float32 through `embedder.embed_audio` (a `Clap` or alike).
 
     Every file's header is checked against `limits` before any file is decoded (a long file is refused
-    with a message, not read). Files are batched by sample rate and length in whole model clips
+    with a message, not read). An unfused model (without `peak_normalize`) embeds a long file's front
+    clip, so only that window is decoded (plus `RESAMPLE_MARGIN_S` when resampling); a fused model
+    reads the whole file. Files are batched by sample rate and decoded length in whole model clips
     (`embedder.config.audio`; 10 s for an embedder without one), so a batch is padded to its own
     longest file: a long file never pads short ones. Files are decoded one batch at a time.
     """
@@ -269,16 +273,20 @@ def embed_audio_files(embedder, paths: Sequence, *, batch_size: int = 16, limits
     audio_cfg = getattr(getattr(embedder, "config", None), "audio", None)
     target = audio_cfg.sample_rate if audio_cfg is not None else None
     clip_s = audio_cfg.clip_samples / audio_cfg.sample_rate if audio_cfg is not None else 10.0
+    front_only = audio_cfg is not None and not audio_cfg.fusion and not audio_cfg.peak_normalize
     paths = [Path(p) for p in paths]
     groups: dict[tuple[int, int], list[int]] = {}
+    window: list[int | None] = []
     for i, p in enumerate(paths):
         try:
             h = probe(p)
             check_header(h, limits, target)
         except DecodeError as e:
             raise _user_error(p, e, clip_s) from None
-        clips = -(-h.frames // max(1, round(clip_s * h.sample_rate)))
-        groups.setdefault((h.sample_rate, clips), []).append(i)
+        margin = RESAMPLE_MARGIN_S if h.sample_rate != target else 0.0
+        window.append(math.ceil((clip_s + margin) * h.sample_rate) if front_only else None)
+        frames = min(h.frames, window[-1] or h.frames)
+        groups.setdefault((h.sample_rate, -(-frames // max(1, round(clip_s * h.sample_rate)))), []).append(i)
     out: list = [None] * len(paths)
     for (rate, _), idx in sorted(groups.items()):
         for start in range(0, len(idx), batch_size):
@@ -286,7 +294,7 @@ def embed_audio_files(embedder, paths: Sequence, *, batch_size: int = 16, limits
             waves = []
             for i in chunk:
                 try:
-                    waves.append(read_audio(paths[i], limits, target_rate=target)[0])
+                    waves.append(read_audio(paths[i], limits, target_rate=target, first_frames=window[i])[0])
                 except DecodeError as e:
                     raise _user_error(paths[i], e, clip_s) from None
             for i, row in zip(chunk, np.asarray(embedder.embed_audio(waves, rate), np.float32), strict=True):

@@ -179,13 +179,14 @@ def test_embed_audio_files_batches_by_length_and_equals_one_by_one(small, tmp_pa
 
     from clapcomp.inference import embed_audio_files
 
-    _, _, clap = small
-    seconds, files = [2.0, 12.0, 3.0, 4.0], []
-    for i, w in enumerate(R.clips(seconds, seed=21)):
+    fusion, _, clap = small
+    files = []
+    for i, w in enumerate(R.clips([2.0, 12.0, 3.0, 4.0], seed=21)):
         files.append(tmp_path / f"c{i}.wav")
         sf.write(files[-1], np.stack([w, 0.5 * w], 1), 48_000, subtype="FLOAT")
-    files.append(tmp_path / "low.wav")
-    sf.write(files[-1], R.clips([2.0], seed=22, rate=16_000)[0], 16_000, subtype="FLOAT")
+    for i, w in enumerate(R.clips([2.0, 12.0], seed=22, rate=16_000)):
+        files.append(tmp_path / f"low{i}.wav")
+        sf.write(files[-1], w, 16_000, subtype="FLOAT")
     rec = Recording(clap)
     got = embed_audio_files(rec, files, batch_size=8)
     # reference: each file read whole by soundfile (channel mean) and embedded alone
@@ -197,8 +198,11 @@ def test_embed_audio_files_batches_by_length_and_equals_one_by_one(small, tmp_pa
     )
     np.testing.assert_allclose(got, alone, atol=1e-5, rtol=0)
     clip = clap.config.audio.clip_samples
-    # the 12-s file is batched alone (2 clips); the three short 48 kHz files share a one-clip batch
-    assert sorted(rec.batches) == [(16_000, (1, clip)), (48_000, (1, 2 * clip)), (48_000, (3, clip))]
+    if fusion:  # the whole 12-s files are read: each batched alone (2 clips); the short 48 kHz files share one
+        expected = [(16_000, (1, clip)), (16_000, (1, 2 * clip)), (48_000, (1, 2 * clip)), (48_000, (3, clip))]
+    else:  # only the front clip is decoded (at 16 kHz + 0.1 s to resample it): one 48 kHz batch of 4
+        expected = [(16_000, (1, clip)), (16_000, (1, 2 * clip)), (48_000, (4, clip))]
+    assert sorted(rec.batches) == expected
 
 
 def test_long_files_are_refused_by_their_header_before_any_decoding(tmp_path, monkeypatch):
