@@ -37,6 +37,9 @@ def test_chunked_read_equals_a_whole_read(tmp_path, monkeypatch):
         wave, got_rate = read_audio(source, name="a.flac")
         assert got_rate == rate == 16_000 and wave.dtype == np.float32
         np.testing.assert_array_equal(wave, reference)
+    front, _ = read_audio(tmp_path / "a.flac", first_frames=2_500)  # decodes only the front window
+    np.testing.assert_array_equal(front, reference[:2_500])
+    assert read_audio(tmp_path / "a.flac", first_frames=10**9)[0].shape == (10_500,)
 
 
 def test_the_header_bomb_is_refused_before_anything_is_allocated():
