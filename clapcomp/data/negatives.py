@@ -414,6 +414,14 @@ class LLMNegatives:
 
 
 def main(argv: list[str]) -> int:
+    try:  # raised out of the output's `with`, so an interrupted output is not kept as if complete
+        return _negatives(argv)
+    except LLMAuthError as e:
+        print(f"clapcomp data negatives: {e}; stopped", file=sys.stderr)
+        return 2
+
+
+def _negatives(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="clapcomp data negatives", description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", required=True, type=Path, help="JSONL rows with a `caption` (str or list)")
     ap.add_argument("--out", required=True, type=Path, help="JSONL written with a `negatives` list per row")
@@ -485,9 +493,6 @@ def main(argv: list[str]) -> int:
                 if llm is not None:
                     try:
                         negs = llm.generate(cap, args.k)
-                    except LLMAuthError as e:
-                        print(f"clapcomp data negatives: {e}; stopped", file=sys.stderr)
-                        return 2
                     except RuntimeError as e:
                         counts["llm_failed"] += 1
                         log.warning("%s; using rules for %r", e, cap)
