@@ -1,7 +1,8 @@
 """`clapcomp <command> ...`: a thin dispatcher; each command lives in the module of its stage.
 
-Every handler is `main(argv: list[str]) -> int` and parses its own flags, so importing the CLI
-costs nothing and `clapcomp data synth --help` only loads the data code.
+Every handler is `main(argv: list[str]) -> int` (or the function a "module:function" entry names) and
+parses its own flags, so importing the CLI costs nothing and `clapcomp data synth --help` only loads the
+data code.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ COMMANDS = {
     "eval": ("clapcomp.evaluate.run", "evaluate a model on CompA / retrieval / zero-shot data"),
     "export": ("clapcomp.export", "export a model as an HF ClapModel dir, safetensors or StableHLO"),
     "embed": ("clapcomp.inference", "embed audio files and texts, print similarities"),
+    "classify": ("clapcomp.use.classify", "label audio files: zero-shot prompt ensembles or a linear probe"),
+    "search index": ("clapcomp.use.search:index_main", "build or update a FAISS search index over audio files"),
+    "search query": ("clapcomp.use.search:query_main", "rank indexed files by a text or an audio query"),
+    "search serve": ("clapcomp.use.serve", "a local search page over an index (127.0.0.1)"),
+    "probe": ("clapcomp.use.probe", "fit a linear probe on frozen embeddings (for classify --probe)"),
     "demo": ("clapcomp.demo", "train plain CLAP vs CompA on synthetic data and compare"),
     "tower-cache": ("clapcomp.train.locked_tower", "a locked audio tower's outputs per clip, for training"),
     "data build": ("clapcomp.data.build", "manifests / CompA CSV / webdataset -> ArrayRecord"),
@@ -33,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     for words in (2, 1):
         name = " ".join(argv[:words])
         if len(argv) >= words and name in COMMANDS:
-            module = importlib.import_module(COMMANDS[name][0])
-            return int(module.main(argv[words:]) or 0)
+            module, _, function = COMMANDS[name][0].partition(":")
+            return int(getattr(importlib.import_module(module), function or "main")(argv[words:]) or 0)
     sys.stderr.write(_usage())
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2
 

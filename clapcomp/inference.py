@@ -35,6 +35,8 @@ from clapcomp.decode import DecodeError, Limits, check_header, probe, read_audio
 from clapcomp.models.configs import ClapConfig
 from clapcomp.tokenizer import Tokenizer
 
+DEFAULT_TEMPLATE = "This is a sound of {}."
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -186,14 +188,34 @@ class Clap:
         """Cosine similarities [B_audio, B_text]."""
         return self.embed_audio(audio, sample_rate) @ self.embed_text(texts).T
 
-    def zero_shot(self, audio, labels: list[str], sample_rate: int, template: str = "This is a sound of {label}."):
-        """Class probabilities [B, n_labels]: softmax over labels of exp(logit_scale) * cosine."""
-        logits = float(np.exp(self.model.logit_scale.get_value())) * self.similarity(
-            audio, [template.format(label=label) for label in labels], sample_rate
-        )
-        logits = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
+    def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
+        """Prompt ensemble: labels [n_labels] -> [n_labels, D] unit rows, each the normalised mean of the
+        normalised embeddings of its templates (open_clip / big_vision). A template holds `{}` or `{label}`
+        where the label goes."""
+        labels, templates = list(labels), list(templates)
+        if not labels or not templates:
+            raise ValueError(f"need at least one label and one template, got {len(labels)} and {len(templates)}")
+        if len(set(labels)) != len(labels):
+            dupes = sorted({x for x in labels if labels.count(x) > 1})
+            raise ValueError(f"labels must be distinct; {dupes} appear more than once: remove the duplicates")
+        bad = [t for t in templates if "{}" not in t and "{label}" not in t]
+        if bad:
+            raise ValueError(f"templates {bad} hold no '{{}}' (or '{{label}}') where the label goes; add one")
+        texts = [t.replace("{label}", "{}").replace("{}", label) for label in labels for t in templates]
+        emb = self.embed_text(texts).astype(np.float64).reshape(len(labels), len(templates), -1).mean(axis=1)
+        return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+    def label_probabilities(self, audio_embeddings: np.ndarray, label_embeddings: np.ndarray) -> np.ndarray:
+        """audio [B, D], labels [n_labels, D] unit rows -> [B, n_labels]: softmax over labels of
+        exp(logit_scale) * cosine."""
+        logits = float(np.exp(self.model.logit_scale.get_value())) * (audio_embeddings @ label_embeddings.T)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         return probs / probs.sum(axis=1, keepdims=True)
+
+    def zero_shot(self, audio, labels: list[str], sample_rate: int, templates: Sequence[str] = (DEFAULT_TEMPLATE,)):
+        """Class probabilities [B, n_labels] for audio [B, T] (or a list of 1-D clips) with prompt ensembles
+        (`label_embeddings`); `clapcomp classify` computes the same numbers."""
+        return self.label_probabilities(self.embed_audio(audio, sample_rate), self.label_embeddings(labels, templates))
 
 
 def main(argv: list[str]) -> int:

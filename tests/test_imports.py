@@ -140,6 +140,11 @@ RULES = [  # (modules, what they must not import, why)
     (("clapcomp.losses",), ("clapcomp.models",), "losses take embeddings, not models"),
     (("clapcomp.audio",), ("clapcomp",), "audio is a leaf"),
     (("clapcomp.data",), ("clapcomp.models", "clapcomp.train", "clapcomp.evaluate"), "data sits below models"),
+    (
+        ("clapcomp.use",),
+        ("clapcomp.train", "clapcomp.data", "clapcomp.evaluate", "clapcomp.convert", "grain", "orbax", "torch"),
+        "use/ works through inference.py only",
+    ),
 ]
 
 
