@@ -30,7 +30,7 @@ CONFIG = ClapConfig(
         intermediate_size=32,
         max_position_embeddings=40,
         max_length=16,
-    ),  # fmt: skip
+    ),
     projection_dim=8,
 )
 
