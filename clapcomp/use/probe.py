@@ -58,7 +58,10 @@ class Probe:
         from safetensors.numpy import save_file
 
         with atomic_dir(Path(out)) as tmp:
-            tensors = {"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)}
+            # C order: sklearn's coef_ can be Fortran-ordered, and safetensors writes an array's memory as it lies
+            tensors = {
+                k: np.ascontiguousarray(v, np.float32) for k, v in (("weight", self.weight), ("bias", self.bias))
+            }
             save_file(tensors, str(tmp / "probe.safetensors"), metadata={"format": FORMAT})
             meta = {"format": FORMAT, "labels": self.labels, "model": self.identity, **extra}
             (tmp / "probe.json").write_text(json.dumps(meta, indent=2))
@@ -93,7 +96,7 @@ def fit(x: np.ndarray, y: list[str], c: float = 1.0) -> tuple[list[str], np.ndar
     labels = sorted(set(y))
     if len(labels) < 2:
         raise ValueError(f"the training split has {len(labels)} label(s); a probe needs at least 2")
-    clf = LogisticRegression(C=c, max_iter=5000).fit(x.astype(np.float64), [labels.index(v) for v in y])
+    clf = LogisticRegression(C=c, tol=1e-8, max_iter=10_000).fit(x.astype(np.float64), [labels.index(v) for v in y])
     w, b = clf.coef_, clf.intercept_
     if len(labels) == 2:  # sklearn keeps one row for two classes: sigmoid(z) = softmax([0, z])[1]
         w, b = np.concatenate([np.zeros_like(w), w]), np.concatenate([[0.0], b])

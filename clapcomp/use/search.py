@@ -77,7 +77,7 @@ class Index:
         gen = folder / current.read_text().strip()
         meta = json.loads((gen / "index.json").read_text())
         with np.load(gen / "vectors.npz") as z:
-            vectors, row_file, row_offset = z["vectors"], z["file"], z["offset"]
+            vectors, row_file, row_offset = z["vectors"], z["row_file"], z["row_offset"]
         return cls(meta, vectors, row_file, row_offset, faiss.read_index(str(gen / "vectors.faiss")))
 
     def write(self, folder: Path) -> None:
@@ -90,7 +90,7 @@ class Index:
         gen = folder / name
         shutil.rmtree(gen, ignore_errors=True)
         gen.mkdir()
-        np.savez(gen / "vectors.npz", vectors=self.vectors, file=self.row_file, offset=self.row_offset)
+        np.savez(gen / "vectors.npz", vectors=self.vectors, row_file=self.row_file, row_offset=self.row_offset)
         faiss.write_index(self.faiss, str(gen / "vectors.faiss"))
         (gen / "index.json").write_text(json.dumps(self.meta, indent=1))
         atomic_write(current, name + "\n")

@@ -69,7 +69,12 @@ def clap(model_dir):
     return clapcomp.load(model_dir)
 
 
-def write_clip(path: Path, event: str, seed: int, rate: int = 48_000, scale: float = 1.0) -> Path:
+@pytest.fixture(scope="session")
+def write_clip():
+    return _write_clip
+
+
+def _write_clip(path: Path, event: str, seed: int, rate: int = 48_000, scale: float = 1.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), render_event(event, {}, seed, rate, scale).astype(np.float32), rate, subtype="FLOAT")
     return path
@@ -80,11 +85,11 @@ def library(tmp_path) -> Path:
     """lib/: whistle.wav (48 kHz), sub/noise.flac (44.1 kHz), sub/siren.wav (48 kHz), long/chord.wav
     (~3.3 s: 4 windows of 1 s), broken.wav (not audio), notes.txt (skipped: not an audio suffix)."""
     lib = tmp_path / "lib"
-    write_clip(lib / "whistle.wav", "whistle", 1)
-    write_clip(lib / "sub" / "siren.wav", "siren", 2)
+    _write_clip(lib / "whistle.wav", "whistle", 1)
+    _write_clip(lib / "sub" / "siren.wav", "siren", 2)
     path = lib / "sub" / "noise.flac"
     sf.write(str(path), render_event("noise burst", {}, 3, 44_100), 44_100, subtype="PCM_16")
-    write_clip(lib / "long" / "chord.wav", "chord", 4, scale=3.0)
+    _write_clip(lib / "long" / "chord.wav", "chord", 4, scale=3.0)
     (lib / "broken.wav").write_bytes(b"RIFF....WAVEfmt not really audio")
     (lib / "notes.txt").write_text("not audio")
     return lib
