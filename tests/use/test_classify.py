@@ -94,6 +94,14 @@ def test_bad_labels_are_named_and_nothing_is_written(model_dir, library, tmp_pat
     assert out.read_text() == "old"
 
 
+def test_labels_end_at_double_dash(model_dir, library, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", str(model_dir), "--labels", "dog", "rain", str(library / "whistle.wav")])
+    assert "end the labels with --" in capsys.readouterr().err
+    assert main(["--model", str(model_dir), "--labels", "dog", "rain", "--", str(library / "whistle.wav")]) == 0
+    assert capsys.readouterr().out.startswith(str((library / "whistle.wav").resolve()))
+
+
 def test_empty_folder_is_named(model_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["--model", str(model_dir), "--labels", "dog", "--json", str(tmp_path / "empty")]) == 2

@@ -128,3 +128,13 @@ def test_refusals(model_dir, other_model_dir, library, tmp_path, capsys):
     (tmp_path / "notidx" / "thesis.tex").write_text("mine")
     assert _index(model_dir, tmp_path / "notidx", library) == 2
     assert "is not a clapcomp search index" in capsys.readouterr().err
+
+
+def test_cli_dispatches_the_two_word_commands(tmp_path, capsys):
+    from clapcomp.cli import main
+
+    assert main(["search", "query", "--index", str(tmp_path / "nothing"), QUERY]) == 2
+    assert "no search index at" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().err
+    assert all(f"clapcomp {c}" in usage for c in ("classify", "search index", "search query", "search serve", "probe"))

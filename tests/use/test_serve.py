@@ -60,7 +60,7 @@ def test_api_and_only_indexed_files(served, library):
     status, body = get(port, f"/audio/{top['id']}")
     assert status == 200 and body == open(top["file"], "rb").read()
     (library / "secret.txt").write_text("private")
-    for path in ["/audio/../../etc/passwd", "/audio/..%2f..%2fetc%2fpasswd", "/audio/4", "/audio/-1", "/audio/1.0",
+    for path in ["/audio/../../etc/passwd", "/audio/..%2f..%2fetc%2fpasswd", "/audio/4", "/audio/-1", "/audio/1.0", "/audio/%C2%B2",
                  "/audio/" + str(library / "secret.txt"), "/etc/passwd", "/static/search.html", "/audio/0/..%2f..%2fsecret.txt"]:  # fmt: skip
         status, body = get(port, path)
         assert status == 404 and b"private" not in body and b"root:" not in body, path
