@@ -97,7 +97,8 @@ class Embedded:
 
 
 def embed_files(clap: Clap, files: list[Path], *, batch: int = 32, what: str = "files") -> Iterator[Embedded]:
-    """Each file's windows embedded, `batch` windows per model call; yields in the order of `files`
+    """Each file's windows embedded, at most `batch` windows per model call (so host memory for the model's
+    input stays `batch` clips, however long a recording); yields in the order of `files`
     (unreadable ones with `.error` set). A progress line goes to stderr when it is a terminal."""
     rate, clip, dim = clap.config.audio.sample_rate, clap.config.audio.clip_samples, clap.config.projection_dim
     progress = Progress(len(files), what)
@@ -105,7 +106,8 @@ def embed_files(clap: Clap, files: list[Path], *, batch: int = 32, what: str = "
 
     def flush() -> Iterator[Embedded]:
         flat = [w for _, ws in pending for _, w in ws]
-        emb = clap.embed_audio(flat, rate) if flat else np.zeros((0, dim), np.float32)
+        parts = [clap.embed_audio(flat[i : i + batch], rate) for i in range(0, len(flat), batch)]
+        emb = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
         at = 0
         for path, ws in pending:
             yield Embedded(path, np.array([s / rate for s, _ in ws]), emb[at : at + len(ws)])

@@ -242,6 +242,8 @@ def query_main(argv: list[str]) -> int:
     p.add_argument("--audio", help="query by example: an audio file")
     p.add_argument("text", nargs="?", help="the text query")
     args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error("--top-k must be >= 1")
     if (args.text is None) == (args.audio is None):
         p.error("give a text query or --audio FILE (one of them)")
     try:

@@ -45,7 +45,20 @@ def test_windows_and_csv(clap, model_dir, library, tmp_path, reference_windows):
     long = library / "long" / "chord.wav"
     out = tmp_path / "labels.csv"
     rc = main(
-        ["--model", str(model_dir), "--labels", *LABELS, "--top-k", "2", "--windows", "--csv", str(out), str(long)]
+        [
+            "--model",
+            str(model_dir),
+            "--labels",
+            *LABELS,
+            "--top-k",
+            "2",
+            "--windows",
+            "--batch",
+            "3",
+            "--csv",
+            str(out),
+            str(long),
+        ]
     )
     assert rc == 0
     rows = list(csv.DictReader(out.open()))
