@@ -138,3 +138,12 @@ def test_cli_dispatches_the_two_word_commands(tmp_path, capsys):
     assert main(["--help"]) == 0
     usage = capsys.readouterr().err
     assert all(f"clapcomp {c}" in usage for c in ("classify", "search index", "search query", "search serve", "probe"))
+
+
+def test_one_writer_at_a_time(model_dir, library, tmp_path, capsys):
+    from clapcomp.use.files import writer_lock
+
+    idx = tmp_path / "idx"
+    with writer_lock(idx):  # another writer holds the index
+        assert _index(model_dir, idx, library) == 2
+    assert "another process is writing" in capsys.readouterr().err and not (idx / "CURRENT").exists()
