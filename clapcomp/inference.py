@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
 
 RESAMPLE_MARGIN_S = 0.1  # audio decoded past an unfused model's clip, so resampling its end needs no padding
 _HINTS = {
-    "too_long": "eval / embed read at most --max-seconds of audio: cut the file into clips{clip} or raise --max-seconds",
+    "too_long": "the command reads at most --max-seconds of audio: cut the file into clips{clip} or raise --max-seconds",
     "decode_budget": "cut the file into clips{clip} or mix it down",
 }
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp.decode import Limits
 from clapcomp.inference import Clap, load
 from clapcomp.use.files import atomic_write, embed_files, find_audio
 
@@ -73,10 +74,12 @@ def ranked(labels: list[str], scores: np.ndarray, top_k: int, threshold: float |
     ]
 
 
-def classify(clap: Clap, files: list[Path], scorer: Scorer, *, top_k: int, threshold=None, windows=False, batch=32):
+def classify(
+    clap: Clap, files: list[Path], scorer: Scorer, *, top_k: int, threshold=None, windows=False, batch=32, limits=None
+):
     """-> (results [{"file", "labels", ("windows": [{"offset", "labels"}])}], errors [str])."""
     results, errors = [], []
-    for item in embed_files(clap, files, batch=batch):
+    for item in embed_files(clap, files, batch=batch, limits=limits):
         if item.error:
             errors.append(item.error)
             continue
@@ -129,6 +132,7 @@ def main(argv: list[str]) -> int:
     out.add_argument("--json", action="store_true", help='stdout: [{"file", "labels": [{"label", "score"}]}]')
     out.add_argument("--csv", metavar="OUT", help="write rows file,offset,label,score to OUT")
     p.add_argument("--batch", type=int, default=32, help="windows per model call (default 32)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio files (header check)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model)")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files or folders (searched recursively)")
     args = p.parse_args(argv)
@@ -150,7 +154,14 @@ def main(argv: list[str]) -> int:
             templates = read_lines(args.templates_file, "templates") if args.templates_file else SOUND_TEMPLATES
             scorer = Scorer(clap, labels, templates, multi_label=args.multi_label)
         results, errors = classify(
-            clap, files, scorer, top_k=args.top_k, threshold=args.threshold, windows=args.windows, batch=args.batch
+            clap,
+            files,
+            scorer,
+            top_k=args.top_k,
+            threshold=args.threshold,
+            windows=args.windows,
+            batch=args.batch,
+            limits=Limits(max_seconds=args.max_seconds),
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"clapcomp classify: error: {e}", file=sys.stderr)

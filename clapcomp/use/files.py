@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clapcomp.inference import Clap
+from clapcomp.decode import AUDIO_EXTENSIONS, Limits
+from clapcomp.inference import Clap, read_audio_file
 
-AUDIO_SUFFIXES = (".aif", ".aifc", ".aiff", ".au", ".caf", ".flac", ".mp3", ".oga", ".ogg", ".opus", ".w64", ".wav")
+AUDIO_SUFFIXES = AUDIO_EXTENSIONS  # what clapcomp.decode reads
 
 
 class UnreadableAudio(ValueError):
@@ -54,18 +55,16 @@ def find_audio(paths: Iterable[str | Path]) -> list[Path]:
     return list(out)
 
 
-def read_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """An audio file -> mono float32 [T] at `sample_rate` (channels averaged; soxr HQ resampling in float64,
-    as `Clap.embed_audio` does). Raises UnreadableAudio."""
-    import soundfile as sf
-
+def read_audio(path: Path, sample_rate: int, limits: Limits | None = None) -> np.ndarray:
+    """An audio file -> mono float32 [T] at `sample_rate`: decoded within `limits` (`clapcomp.decode`, the
+    header checked first; default: `Limits()`, 600 s), channels averaged, soxr HQ resampling in float64 as
+    `Clap.embed_audio` does. Raises UnreadableAudio naming the file, what was wrong and what to do."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError variants
-        raise UnreadableAudio(f"{path}: cannot decode ({e})") from e
-    x = data.mean(axis=1)
-    if x.size == 0 or not np.isfinite(x).all():
-        raise UnreadableAudio(f"{path}: {'no samples' if x.size == 0 else 'NaN or inf samples'}")
+        x, rate = read_audio_file(path, limits, target_rate=sample_rate)
+    except (ValueError, FileNotFoundError) as e:
+        raise UnreadableAudio(str(e)) from None
+    if not np.isfinite(x).all():
+        raise UnreadableAudio(f"audio file {str(path)!r} has NaN or inf samples; clean the file or drop it")
     if rate != sample_rate:
         import soxr
 
@@ -96,10 +95,12 @@ class Embedded:
         return (m / np.linalg.norm(m)).astype(np.float32)
 
 
-def embed_files(clap: Clap, files: list[Path], *, batch: int = 32, what: str = "files") -> Iterator[Embedded]:
+def embed_files(
+    clap: Clap, files: list[Path], *, batch: int = 32, what: str = "files", limits: Limits | None = None
+) -> Iterator[Embedded]:
     """Each file's windows embedded, at most `batch` windows per model call (so host memory for the model's
     input stays `batch` clips, however long a recording); yields in the order of `files`
-    (unreadable ones with `.error` set). A progress line goes to stderr when it is a terminal."""
+    (unreadable or refused ones (`limits`) with `.error` set). A progress line goes to stderr when it is a terminal."""
     rate, clip, dim = clap.config.audio.sample_rate, clap.config.audio.clip_samples, clap.config.projection_dim
     progress = Progress(len(files), what)
     pending: list[tuple[Path, list[tuple[int, np.ndarray]]]] = []
@@ -117,7 +118,7 @@ def embed_files(clap: Clap, files: list[Path], *, batch: int = 32, what: str = "
 
     for path in files:
         try:
-            pending.append((path, windows(read_audio(path, rate), clip)))
+            pending.append((path, windows(read_audio(path, rate, limits), clip)))
         except UnreadableAudio as e:
             yield from flush()
             progress.advance(1)

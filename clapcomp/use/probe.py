@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp.decode import Limits
 from clapcomp.inference import Clap, load
 from clapcomp.use.files import atomic_dir, embed_files, model_identity
 
@@ -79,10 +80,10 @@ def read_split(path: str | Path) -> tuple[list[Path], list[str]]:
     return [(path.parent / r["audio"]).resolve() for r in rows], [r["label"] for r in rows]
 
 
-def embed_split(clap: Clap, files: list[Path], csv_path) -> np.ndarray:
+def embed_split(clap: Clap, files: list[Path], csv_path, limits: Limits | None = None) -> np.ndarray:
     """[n, D] file vectors; an unreadable file is an error (a probe's data must be whole)."""
     out = []
-    for item in embed_files(clap, files):
+    for item in embed_files(clap, files, limits=limits):
         if item.error:
             raise ValueError(f"{item.error} (listed in {csv_path}); fix the file or drop its row")
         out.append(item.mean())
@@ -119,17 +120,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--test", required=True, help="CSV audio,label to report accuracy / mAP on")
     p.add_argument("--out", required=True, help="probe folder to write (replaced whole when it exists)")
     p.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression (default 1)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio files (header check)")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model)")
     args = p.parse_args(argv)
     try:
         (train_files, train_y), (test_files, test_y) = read_split(args.train), read_split(args.test)
-        clap = load(args.model, tokenizer=args.tokenizer)
-        labels, w, b = fit(embed_split(clap, train_files, args.train), train_y, args.c)
+        clap, limits = load(args.model, tokenizer=args.tokenizer), Limits(max_seconds=args.max_seconds)
+        labels, w, b = fit(embed_split(clap, train_files, args.train, limits), train_y, args.c)
         unknown = sorted(set(test_y) - set(labels))
         if unknown:
             raise ValueError(f"{args.test} has labels the training split lacks: {unknown}; add them to {args.train}")
         probe = Probe(labels, w, b, model_identity(clap))
-        probs = probe.probabilities(embed_split(clap, test_files, args.test))
+        probs = probe.probabilities(embed_split(clap, test_files, args.test, limits))
         scores = metrics(probs, np.array([labels.index(v) for v in test_y]))
     except (ValueError, FileNotFoundError) as e:
         print(f"clapcomp probe: error: {e}", file=sys.stderr)

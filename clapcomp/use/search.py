@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp.decode import Limits
 from clapcomp.inference import Clap, load
 from clapcomp.use.files import atomic_write, embed_files, find_audio, model_identity, writer_lock
 
@@ -109,7 +110,12 @@ def check_model(meta: dict, identity: dict, where: Path) -> None:
 
 
 def build(
-    clap: Clap, model_path: str, out: Path, paths: list[str], approximate: str | None = None
+    clap: Clap,
+    model_path: str,
+    out: Path,
+    paths: list[str],
+    approximate: str | None = None,
+    limits: Limits | None = None,
 ) -> tuple[dict, list]:
     """Create or update the index at `out` -> ({"embedded", "unchanged", "removed", "total"}, errors)."""
     out = Path(out)
@@ -131,7 +137,7 @@ def build(
         }  # fmt: skip
         todo = [f for f in files if str(f) not in keep]
         fresh, errors = {}, []
-        for item in embed_files(clap, todo, what="files embedded"):
+        for item in embed_files(clap, todo, what="files embedded", limits=limits):
             if item.error:
                 errors.append(item.error)
             else:
@@ -220,10 +226,12 @@ def index_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="index folder (created, or updated in place)")
     p.add_argument("--approximate", choices=MODES, help="approximate search for large libraries (default: exact)")
     p.add_argument("--json", action="store_true", help='print {"embedded", "unchanged", "removed", "total"}')
+    p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio files (header check)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders (searched recursively)")
     args = p.parse_args(argv)
     try:
-        counts, errors = build(load(args.model), args.model, Path(args.out), args.paths, args.approximate)
+        limits = Limits(max_seconds=args.max_seconds)
+        counts, errors = build(load(args.model), args.model, Path(args.out), args.paths, args.approximate, limits)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"clapcomp search index: error: {e}", file=sys.stderr)
         return 2

@@ -41,7 +41,7 @@ def test_json_equals_zero_shot_and_skips_unreadable(clap, model_dir, library, ca
         np.testing.assert_allclose([g["score"] for g in got], np.sort(expected)[::-1], atol=2e-5)
 
 
-def test_windows_and_csv(clap, model_dir, library, tmp_path, reference_windows):
+def test_windows_and_csv(clap, model_dir, library, tmp_path, reference_windows, capsys):
     long = library / "long" / "chord.wav"
     out = tmp_path / "labels.csv"
     rc = main(
@@ -72,6 +72,8 @@ def test_windows_and_csv(clap, model_dir, library, tmp_path, reference_windows):
         got = [r for r in rows if r["offset"] == offset]
         assert [r["label"] for r in got] == [LABELS[i] for i in np.argsort(-p)[:2]], offset
         np.testing.assert_allclose([float(r["score"]) for r in got], np.sort(p)[::-1][:2], atol=2e-5)
+    assert main(["--model", str(model_dir), "--labels", *LABELS, "--max-seconds", "2", "--json", str(long)]) == 1
+    assert "too_long" in capsys.readouterr().err  # refused from the header, before decoding
 
 
 def test_multi_label_thresholds_the_cosine(clap, model_dir, library, capsys):
