@@ -26,22 +26,22 @@ import numpy as np
 from clapcomp.decode import AUDIO_EXTENSIONS, Limits
 from clapcomp.inference import Clap, read_audio_file
 
-AUDIO_SUFFIXES = AUDIO_EXTENSIONS  # what clapcomp.decode reads
-
 
 class UnreadableAudio(ValueError):
     """An audio file that cannot be decoded (or holds no finite samples); the message names it."""
 
 
 def find_audio(paths: Iterable[str | Path]) -> list[Path]:
-    """Files and folders -> absolute audio file paths, folders walked recursively for `AUDIO_SUFFIXES`
-    (a file named directly is taken whatever its suffix); each file once, in the order given."""
+    """Files and folders -> absolute audio file paths, folders walked recursively for `AUDIO_EXTENSIONS`
+    (`clapcomp.decode` reads those; a file named directly is tried whatever its suffix); each file once, in the order given."""
     out: dict[Path, None] = {}
     paths = [Path(p) for p in paths]
     for p in paths:
         if p.is_dir():
             out.update(
-                (q.resolve(), None) for q in sorted(p.rglob("*")) if q.suffix.lower() in AUDIO_SUFFIXES and q.is_file()
+                (q.resolve(), None)
+                for q in sorted(p.rglob("*"))
+                if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()
             )
         elif p.is_file():
             out[p.resolve()] = None
@@ -49,7 +49,7 @@ def find_audio(paths: Iterable[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"{p} does not exist; pass audio files or folders that hold them")
     if not out:
         raise ValueError(
-            f"no audio files under {', '.join(map(str, paths))} (looked for {' '.join(AUDIO_SUFFIXES)}); "
+            f"no audio files under {', '.join(map(str, paths))} (looked for {' '.join(AUDIO_EXTENSIONS)}); "
             "pass a folder that holds audio, or name the files"
         )
     return list(out)
