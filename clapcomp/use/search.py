@@ -1,19 +1,20 @@
 """`clapcomp search index | query`: a persistent, incremental FAISS index over a sound library.
 
-    clapcomp search index --model M --out IDX [--approximate hnsw|ivf] [--json] PATH...
+    clapcomp search index --model M --out IDX [--approximate hnsw|ivf|exact] [--json] PATH...
     clapcomp search query --index IDX [--model M] [--top-k K] [--json] ("text" | --audio FILE)
 
 Each recording is embedded per window of the model's clip length (`clapcomp.use.files`); a hit is a file
 at its best window's offset (seconds). Exact search (default) is FAISS `IndexFlatIP` over the unit
 embeddings, i.e. cosine similarity, equal to brute force; `--approximate hnsw` (HNSW, 32 links) or `ivf`
-(IVF-Flat, ~sqrt(N) lists) trade exactness for speed on large libraries.
+(IVF-Flat, ~sqrt(N) lists) trade exactness for speed on large libraries; an update keeps the index's
+mode unless `--approximate` names another (`exact` returns to exact search).
 
 IDX is a folder: `CURRENT` names the generation folder in use (`gen-<n>/`: `index.json` with the model's
 path and identity (config + weights sha256) and the files (path, size, mtime_ns); `vectors.npz` with the
 embeddings [N, D] and each row's file id and offset; `vectors.faiss`). `index` writes a new generation
 beside the old one and then replaces CURRENT (write + rename), so an interrupted run leaves the previous
 index whole. Re-running `index` embeds only files that are new or whose size / mtime changed, and drops
-files no longer found under the PATHs given.
+files no longer found under the PATHs given (nothing is written when nothing changed).
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ from clapcomp.inference import Clap, load
 from clapcomp.use.files import atomic_write, embed_files, find_audio, model_identity, writer_lock
 
 FORMAT = "clapcomp-search"
-MODES = ("hnsw", "ivf")
+MODES = ("exact", "hnsw", "ivf")
 
 
-def build_faiss(vectors: np.ndarray, approximate: str | None):
+def build_faiss(vectors: np.ndarray, mode: str):
     """vectors [N, D] unit rows -> a FAISS inner-product index over them."""
     import faiss
 
     n, d = vectors.shape
-    if approximate is None:
+    if mode == "exact":
         index = faiss.IndexFlatIP(d)
-    elif approximate == "hnsw":
+    elif mode == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = 128
     else:
@@ -114,7 +115,7 @@ def build(
     model_path: str,
     out: Path,
     paths: list[str],
-    approximate: str | None = None,
+    mode: str | None = None,
     limits: Limits | None = None,
 ) -> tuple[dict, list]:
     """Create or update the index at `out` -> ({"embedded", "unchanged", "removed", "total"}, errors)."""
@@ -128,6 +129,7 @@ def build(
         if prev is not None:
             check_model(prev.meta, identity, out)
         old = {f["path"]: i for i, f in enumerate(prev.files)} if prev else {}
+        mode = mode or (prev.meta["mode"] if prev else "exact")
         stats = [(f, f.stat()) for f in files]
         keep = {
             str(f): old[str(f)]
@@ -144,9 +146,9 @@ def build(
                 fresh[str(item.path)] = item
         entries, vectors, row_file, row_offset = [], [], [], []
         for f, st in stats:
-            if str(f) in keep:
-                rows = prev.row_file == keep[str(f)]
-                vec, off = prev.vectors[rows], prev.row_offset[rows]
+            if str(f) in keep:  # a file's rows are contiguous: row_file is non-decreasing
+                lo, hi = np.searchsorted(prev.row_file, [keep[str(f)], keep[str(f)] + 1])
+                vec, off = prev.vectors[lo:hi], prev.row_offset[lo:hi]
             elif str(f) in fresh:
                 vec, off = fresh[str(f)].embeddings, fresh[str(f)].offsets
             else:
@@ -162,22 +164,15 @@ def build(
             "format": FORMAT,
             "version": 1,
             "model": {"path": str(Path(model_path).resolve()), "identity": identity},
-            "approximate": approximate,
+            "mode": mode,
             "clip_seconds": clap.config.audio.clip_seconds,
             "files": entries,
         }
-        index = Index(
-            meta, vectors, np.concatenate(row_file), np.concatenate(row_offset), build_faiss(vectors, approximate)
-        )
-        index.write(out)
-    new_paths = {e["path"] for e in entries}
-    counts = {
-        "embedded": len(fresh),
-        "unchanged": len(keep),
-        "removed": len(set(old) - new_paths),
-        "total": len(entries),
-    }
-    return counts, errors
+        removed = len(set(old) - {e["path"] for e in entries})
+        if prev is None or fresh or removed or mode != prev.meta["mode"]:  # else the index on disk is current
+            row_file, row_offset = np.concatenate(row_file), np.concatenate(row_offset)
+            Index(meta, vectors, row_file, row_offset, build_faiss(vectors, mode)).write(out)
+    return {"embedded": len(fresh), "unchanged": len(keep), "removed": removed, "total": len(entries)}, errors
 
 
 class Searcher:
@@ -224,7 +219,11 @@ def index_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="clapcomp search index", description="build or update a search index")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="index folder (created, or updated in place)")
-    p.add_argument("--approximate", choices=MODES, help="approximate search for large libraries (default: exact)")
+    p.add_argument(
+        "--approximate",
+        choices=MODES,
+        help="hnsw | ivf: approximate search for large libraries; exact (default for a new index; an update keeps the index's mode)",
+    )
     p.add_argument("--json", action="store_true", help='print {"embedded", "unchanged", "removed", "total"}')
     p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio files (header check)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders (searched recursively)")

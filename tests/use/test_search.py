@@ -62,7 +62,10 @@ def test_approximate_modes_find_the_exact_top_hits_on_a_small_library(clap, mode
     capsys.readouterr()
     exact = Searcher(tmp_path / "exact", clap=clap).text(QUERY, 3)
     approx = Searcher(tmp_path / mode, clap=clap).text(QUERY, 3)
-    assert json.loads((tmp_path / mode / "gen-1" / "index.json").read_text())["approximate"] == mode
+    assert json.loads((tmp_path / mode / "gen-1" / "index.json").read_text())["mode"] == mode
+    os.utime(library / "whistle.wav", ns=(1, 1))  # "changed": the update re-embeds it and keeps the mode
+    assert _index(model_dir, tmp_path / mode, library) == 0
+    assert json.loads((tmp_path / mode / "gen-2" / "index.json").read_text())["mode"] == mode
     assert [h["file"] for h in approx] == [h["file"] for h in exact]
 
 
@@ -86,7 +89,7 @@ def test_incremental_update(model_dir, library, tmp_path, capsys, write_clip):
     kept = str((library / "long" / "chord.wav").resolve())  # unchanged: its rows are copied, not re-embedded
     rows = lambda ix: ix.vectors[ix.row_file == [f["path"] for f in ix.files].index(kept)]
     np.testing.assert_array_equal(rows(after), rows(before))
-    assert sorted(p.name for p in idx.iterdir()) == [".lock", "CURRENT", "gen-3"]
+    assert sorted(p.name for p in idx.iterdir()) == [".lock", "CURRENT", "gen-2"]  # the no-change run wrote nothing
 
 
 def test_interrupted_update_leaves_the_previous_index(model_dir, library, tmp_path, capsys, monkeypatch, write_clip):
