@@ -181,7 +181,12 @@ class Searcher:
     def __init__(self, folder: str | Path, model: str | None = None, clap: Clap | None = None):
         self.folder = Path(folder)
         self.index = Index.read(self.folder)
-        self.clap = clap or load(model or self.index.meta["model"]["path"])
+        recorded = self.index.meta["model"]["path"]
+        if clap is None and model is None and not Path(recorded).exists():
+            raise FileNotFoundError(
+                f"the model that built {self.folder} ({recorded}) is gone; pass --model M (same weights)"
+            )
+        self.clap = clap or load(model or recorded)
         check_model(self.index.meta, model_identity(self.clap), self.folder)
         self._lock = threading.Lock()
 

@@ -124,6 +124,15 @@ def test_refusals(model_dir, other_model_dir, library, tmp_path, capsys):
     assert "was built with another model" in capsys.readouterr().err
     assert (idx / "CURRENT").read_text() == current
     assert os.stat(idx / current.strip() / "vectors.npz").st_mtime_ns == stamp
+    moved = tmp_path / "moved"
+    model_dir.rename(moved)
+    try:
+        assert query_main(["--index", str(idx), QUERY]) == 2
+        assert "is gone; pass --model M" in capsys.readouterr().err
+        assert query_main(["--index", str(idx), "--model", str(moved), QUERY]) == 0
+    finally:
+        moved.rename(model_dir)
+    capsys.readouterr()
     (tmp_path / "empty").mkdir()
     assert _index(model_dir, tmp_path / "idx2", tmp_path / "empty") == 2
     assert "no audio files under" in capsys.readouterr().err and not (tmp_path / "idx2").exists()
