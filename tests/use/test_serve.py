@@ -1,16 +1,21 @@
 """`clapcomp search serve`: the JSON API against `Searcher`, only indexed files readable (traversal
 attempts refused), and the page in a real headless Chromium: the query runs, the ranked list shows, the
-top file's <audio> is fetched by the browser."""
+top file's <audio> loads (readyState), driven through the DevTools protocol: the query is typed into the
+box and submitted with Enter."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
-import re
+import os
 import shutil
+import socket
 import subprocess
 import threading
-from html.parser import HTMLParser
+import time
+import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -67,26 +72,64 @@ def test_api_and_only_indexed_files(served, library):
     assert get(port, "/api/search?q=")[0] == 400
 
 
-class _Results(HTMLParser):
-    """The page's result rows: [(name, score, audio src)]."""
+class _DevTools:
+    """A minimal Chrome DevTools Protocol client over one WebSocket (RFC 6455 text frames, client-masked)."""
 
-    def __init__(self):
-        super().__init__()
-        self.rows, self._field = [], None
+    def __init__(self, ws_url: str):
+        url = urlsplit(ws_url)
+        self.sock = socket.create_connection((url.hostname, url.port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(4096)
+        head, self.buf = head.split(b"\r\n\r\n", 1)
+        assert head.split(b"\r\n")[0].split()[1] == b"101", head
+        self.next_id = 0
 
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "li":
-            self.rows.append({})
-        elif tag == "span" and self.rows:
-            self._field = attrs.get("class")
-        elif tag == "audio" and self.rows:
-            self.rows[-1]["src"] = attrs.get("src")
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            assert chunk, "DevTools closed the connection"
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
 
-    def handle_data(self, data):
-        if self._field:
-            self.rows[-1][self._field] = data
-            self._field = None
+    def _message(self) -> dict:
+        payload = b""
+        while True:
+            b0, b1 = self._read(2)
+            n = b1 & 0x7F
+            n = int.from_bytes(self._read({126: 2, 127: 8}[n]), "big") if n >= 126 else n
+            payload += self._read(n)
+            if b0 & 0x80:  # FIN
+                return json.loads(payload)
+
+    def __call__(self, method: str, **params) -> dict:
+        self.next_id += 1
+        data = json.dumps({"id": self.next_id, "method": method, "params": params}).encode()
+        size = len(data)
+        head = bytes([0x81]) + (
+            bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        )  # our messages stay under 64 KiB
+        mask = os.urandom(4)
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+        while (reply := self._message()).get("id") != self.next_id:
+            pass  # events
+        assert "error" not in reply, reply
+        return reply["result"]
+
+    def evaluate(self, expression: str):
+        return self("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+
+READY = "document.readyState == 'complete' && document.getElementById('q') !== null"
+ROWS = """JSON.stringify([...document.querySelectorAll('#results li')].map(li => [
+  li.querySelector('.name').textContent, Number(li.querySelector('.score').textContent),
+  li.querySelector('audio').getAttribute('src'), li.querySelector('audio').readyState]))"""
 
 
 @pytest.mark.skipif(
@@ -94,17 +137,37 @@ class _Results(HTMLParser):
 )
 def test_page_in_headless_chromium(served, tmp_path):
     searcher, port, answered = served
+    profile = tmp_path / "chromium"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=15000", "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
-    url = f"http://127.0.0.1:{port}/?q=a+siren+wails"  # what submitting the page's form loads
-    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    parser = _Results()
-    parser.feed(dom)
+             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--remote-allow-origins=*"]  # fmt: skip
+    browser = subprocess.Popen(["chromium", *flags, "about:blank"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (profile / "DevToolsActivePort").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        devtools_port = int((profile / "DevToolsActivePort").read_text().split()[0])
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list", timeout=30).read())
+        page = _DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
+        page("Page.navigate", url=f"http://127.0.0.1:{port}/")
+        while not page.evaluate(READY) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        page("Emulation.setFocusEmulationEnabled", enabled=True)  # a headless page has no focused window
+        page.evaluate("document.getElementById('q').focus()")
+        page("Input.insertText", text=QUERY)  # typed into the query box
+        page("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13, text="\r", unmodifiedText="\r")
+        page("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
+        rows = []
+        while time.monotonic() < deadline and not (rows and rows[0][3] >= 1):  # HAVE_METADATA: the audio loaded
+            time.sleep(0.2)
+            rows = json.loads(page.evaluate(ROWS) or "[]")
+        assert page.evaluate("location.search") == "?q=a+siren+wails"
+    finally:
+        browser.terminate()
+        browser.wait(timeout=30)
     expected = searcher.text(QUERY, 10)
-    assert re.search(r'<input[^>]*name="q"', dom)
-    assert [(r["name"], float(r["score"])) for r in parser.rows] == [
+    assert [(name, score) for name, score, _, _ in rows] == [
         (h["file"].rsplit("/", 1)[1], round(h["score"], 4)) for h in expected
     ]
-    assert parser.rows[0]["src"].split("#")[0] == f"/audio/{expected[0]['id']}"
-    assert (f"/audio/{expected[0]['id']}", 200) in answered  # the browser fetched the top file's audio
+    assert rows[0][2] == f"/audio/{expected[0]['id']}" and rows[0][3] >= 1  # the top file's <audio> loaded
+    assert (f"/audio/{expected[0]['id']}", 200) in answered
