@@ -155,7 +155,15 @@ def test_page_in_headless_chromium(served, tmp_path):
         page("Emulation.setFocusEmulationEnabled", enabled=True)  # a headless page has no focused window
         page.evaluate("document.getElementById('q').focus()")
         page("Input.insertText", text=QUERY)  # typed into the query box
-        page("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13, text="\r", unmodifiedText="\r")
+        page(
+            "Input.dispatchKeyEvent",
+            type="keyDown",
+            key="Enter",
+            code="Enter",
+            windowsVirtualKeyCode=13,
+            text="\r",
+            unmodifiedText="\r",
+        )
         page("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
         rows = []
         while time.monotonic() < deadline and not (rows and rows[0][3] >= 1):  # HAVE_METADATA: the audio loaded
