@@ -40,6 +40,7 @@ class DataConfig:
     max_record_seconds: float = 600.0  # longer records are `too_long` skips, refused before decoding
     max_retries: int = 16  # bad records in a row before the pipeline stops (the data looks broken)
     max_unexpected: int = 3  # transform bugs (`unexpected_error`) tolerated before stopping
+    weights: tuple[float, ...] = ()  # mixing weight per source (several `data.train` dirs); (): equal weights
 
     def __post_init__(self):
         for name in ("batch_size", "clip_samples", "sample_rate"):
@@ -48,6 +49,8 @@ class DataConfig:
         for name in ("num_negatives", "num_positives", "workers", "max_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data option {name}={getattr(self, name)} must be >= 0")
+        if not all(w > 0 for w in self.weights):
+            raise ValueError(f"data option weights={self.weights}: every mixing weight must be > 0")
 
     @property
     def out_samples(self) -> int:
@@ -68,8 +71,42 @@ class DataConfig:
             num_positives=config.data.num_positives,
             seed=config.seed,
             workers=config.data.workers,
+            weights=tuple(w for _, w in mixture(config.data.train, config.data.weights)) if config.data.train else (),
         )
         return cls(**{**fields, **overrides})
+
+
+def mixture(train: str, weights: str = "") -> list[tuple[str, float]]:
+    """`config.data.train` ("DIR" or "DIR_A,DIR_B,...") and `config.data.weights` ("" or "3,1,...") ->
+    [(dir, weight)], weights as given (grain normalises them; "": 1 each). Sources are named by their
+    folder's basename in the counters, so two sources with the same basename are refused."""
+    dirs = [d.strip() for d in train.split(",") if d.strip()]
+    if not dirs:
+        raise ValueError("config.data.train is empty; pass --config.data.train=DIR or DIR_A,DIR_B,...")
+    texts = [w.strip() for w in weights.split(",")] if weights.strip() else ["1"] * len(dirs)
+    if len(texts) != len(dirs):
+        raise ValueError(
+            f"config.data.weights={weights!r} gives {len(texts)} weights for the {len(dirs)} directories of "
+            f"config.data.train={train!r}; give one weight per directory (or none: equal weights)"
+        )
+    try:
+        values = [float(w) for w in texts]
+    except ValueError:
+        raise ValueError(f"config.data.weights={weights!r}: expected numbers, e.g. 3,1,1") from None
+    if not all(w > 0 for w in values):
+        raise ValueError(f"config.data.weights={weights!r}: every weight must be > 0 (drop a source instead)")
+    names = [source_name(d) for d in dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"config.data.train={train!r}: two sources share a folder name ({names}); the per-source counters "
+            "are named by it: rename or link one of the folders"
+        )
+    return list(zip(dirs, values, strict=True))
+
+
+def source_name(directory: str) -> str:
+    """A source's name in the counters (`data/source/<name>/samples`): its folder's basename."""
+    return directory.rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,8 @@
     source (RecordSource) -> seed + global shuffle -> repeat(num_epochs)
     -> per record (random_map, rng from grain: deterministic and independent of worker count):
        parse, decode FLAC / PCM (time-bounded), crop, pick a caption, tokenise, negatives, positives
+    (several sources: each is seeded, shuffled, repeated and mapped on its own, then grain's
+     `MapDataset.mix` interleaves them by weight; examples carry `_source`, their source's index)
     -> [process_index::process_count] (lazy: each host decodes only its own records)
     -> batch(batch_size / process_count) -> IterDataset -> optional mp_prefetch(workers)
     -> DeviceIterator: jax.make_array_from_process_local_data with NamedSharding(mesh, P(axes))
@@ -59,9 +61,12 @@ class RecordTransform:
     fills in for a record without negatives.
     """
 
-    def __init__(self, source, options: DataConfig, *, tokenizer, negative_generator=None, tower_cache=None):
+    def __init__(
+        self, source, options: DataConfig, *, tokenizer, negative_generator=None, tower_cache=None, source_index=None
+    ):
         self.source, self.options, self.tokenizer = source, options, tokenizer
         self.negative_generator, self.tower_cache = negative_generator, tower_cache
+        self.source_index = source_index  # in a mixture: the example's ``_source`` i32 (None: no such field)
         self.unexpected = 0
 
     def __call__(self, record: bytes, rng: np.random.Generator) -> dict:
@@ -70,6 +75,8 @@ class RecordTransform:
             try:
                 example = self._load(record, rng)
                 example["_skips"] = skips
+                if self.source_index is not None:
+                    example["_source"] = np.int32(self.source_index)
                 return example
             except BadData as e:  # bad data: replaced and counted
                 skips[READ_REASONS.index(e.reason)] += 1
@@ -164,8 +171,10 @@ def make_dataset(
 ):
     """A grain `IterDataset` of per-host numpy batches (see `RecordTransform` for the fields).
 
-    `source`: a `RecordSource` (or any random-access source of record bytes); `options`: what to do with
-    it (`DataConfig`). `process_index/process_count` default to JAX's; each host gets the disjoint
+    `source`: a `RecordSource` (or any random-access source of record bytes), or a mixture: a dict
+    {name: source} of two or more, drawn in proportion to `options.weights` (grain's `MapDataset.mix`:
+    deterministic, each source shuffled and repeated on its own seed; bad records are replaced from
+    the same source); `options`: what to do with it (`DataConfig`). `process_index/process_count` default to JAX's; each host gets the disjoint
     slice `[process_index::process_count]` of the shuffled stream and batches of
     `options.batch_size // process_count`. `options.workers > 0` decodes in that many (spawned)
     processes, so a script must guard its entry with `if __name__ == "__main__":` and parse absl
@@ -189,17 +198,33 @@ def make_dataset(
             f"batch_size {options.batch_size} (global) is not divisible by the {process_count} processes; "
             "pick a multiple"
         )
-    if len(source) == 0:
-        raise ValueError("the record source is empty; check the build's stats.json")
+    sources = dict(source) if isinstance(source, dict) and len(source) > 1 else None
+    if sources is None and isinstance(source, dict):
+        (source,) = source.values()
+    for name, src in (sources or {None: source}).items():
+        if len(src) == 0:
+            which = f" {name!r}" if name else ""
+            raise ValueError(f"the record source{which} is empty; check the build's stats.json")
     generator = NegativeGenerator(options.seed) if options.generate_negatives else None
-    transform = RecordTransform(
-        source, options, tokenizer=tokenizer, negative_generator=generator, tower_cache=tower_cache
-    )
-    # random_map before the host slice: the record at global position g gets the same rng
-    # (crop, caption choice) whatever the process count; the map is lazy, so each host only
-    # computes its own slice.
-    ds = grain.MapDataset.source(source).seed(options.seed).shuffle().repeat(options.num_epochs)
-    ds = ds.random_map(transform)[process_index::process_count]
+
+    def mapped(src, seed, index=None):
+        # random_map before the host slice: the record at global position g gets the same rng
+        # (crop, caption choice) whatever the process count; the map is lazy, so each host only
+        # computes its own slice.
+        transform = RecordTransform(
+            src, options, tokenizer=tokenizer, negative_generator=generator, tower_cache=tower_cache, source_index=index
+        )
+        return grain.MapDataset.source(src).seed(seed).shuffle().repeat(options.num_epochs).random_map(transform)
+
+    if sources is None:
+        ds = mapped(source, options.seed)
+    else:
+        if len(options.weights) not in (0, len(sources)):
+            raise ValueError(f"{len(options.weights)} mixing weights for {len(sources)} sources; give one per source")
+        seeds = np.random.SeedSequence(options.seed).generate_state(len(sources))  # one stream per source
+        parts = [mapped(src, int(seed), i) for i, (src, seed) in enumerate(zip(sources.values(), seeds, strict=True))]
+        ds = grain.MapDataset.mix(parts, list(options.weights) or None)
+    ds = ds[process_index::process_count]
     ds = ds.batch(options.batch_size // process_count, drop_remainder=True)
     read = grain.ReadOptions(num_threads=options.read_threads, prefetch_buffer_size=options.prefetch_batches)
     it = ds.to_iter_dataset(read)
@@ -219,12 +244,20 @@ class DeviceIterator:
     """Iterates a `make_dataset` dataset as dicts of global `jax.Array`s sharded over the batch.
 
     `mesh`: a `jax.sharding.Mesh`; `batch_axes`: the mesh axis name(s) the batch dim is split
-    over. `metrics`: ``{"examples": n, "skipped": {reason: n}}`` since this iterator started.
-    `grain_iterator` (with `get_state()/set_state()`) is what the trainer checkpoints.
+    over. `metrics`: ``{"examples": n, "skipped": {reason: n}}`` since this iterator started, and with
+    `source_names` (a mixture's sources, in `_source` order) ``"sources": {name: {"samples": n,
+    "skipped": n}}``. `grain_iterator` (with `get_state()/set_state()`) is what the trainer checkpoints.
     """
 
     def __init__(
-        self, dataset, mesh, batch_axes=("data",), *, max_error_rate: float = 0.1, min_examples_for_rate: int = 1000
+        self,
+        dataset,
+        mesh,
+        batch_axes=("data",),
+        *,
+        max_error_rate: float = 0.1,
+        min_examples_for_rate: int = 1000,
+        source_names: tuple[str, ...] = (),
     ):
         from jax.sharding import NamedSharding, PartitionSpec
 
@@ -232,6 +265,9 @@ class DeviceIterator:
         self.sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes)))
         self.max_error_rate, self.min_examples_for_rate = max_error_rate, min_examples_for_rate
         self.metrics = {"examples": 0, "skipped": dict.fromkeys(READ_REASONS, 0)}
+        self.source_names = tuple(source_names)
+        if self.source_names:
+            self.metrics["sources"] = {name: {"samples": 0, "skipped": 0} for name in self.source_names}
         self._skips_before: dict[str, int] = {}
 
     def __iter__(self):
@@ -241,7 +277,16 @@ class DeviceIterator:
         import jax
 
         batch = next(self.grain_iterator)
-        skips = batch.pop("_skips").sum(axis=0)
+        per_example = batch.pop("_skips")
+        skips = per_example.sum(axis=0)
+        which = batch.pop("_source", None)
+        if self.source_names:
+            n = len(self.source_names)
+            samples = np.bincount(which, minlength=n)
+            skipped = np.bincount(which, weights=per_example.sum(axis=1), minlength=n)
+            for name, k, bad in zip(self.source_names, samples.tolist(), skipped.tolist(), strict=True):
+                self.metrics["sources"][name]["samples"] += k
+                self.metrics["sources"][name]["skipped"] += int(bad)
         self.metrics["examples"] += len(batch["lengths"])
         for reason, n in zip(READ_REASONS, skips.tolist(), strict=True):
             self.metrics["skipped"][reason] += n
@@ -269,9 +314,25 @@ class DeviceIterator:
             local = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(READ_REASONS)).sum(0)
         return {r: int(self._skips_before.get(r, 0)) + int(n) for r, n in zip(READ_REASONS, local, strict=True)}
 
+    def source_totals(self) -> dict[str, int]:
+        """A mixture's per-source counters since the run began, summed over processes, plus those restored
+        with a checkpoint: ``{"source/<name>/samples": n, "source/<name>/skipped": n}`` ({} for one source).
+        A collective: call it on every process."""
+        import jax
+        from jax.experimental import multihost_utils
+
+        if not self.source_names:
+            return {}
+        pairs = [(name, what) for name in self.source_names for what in ("samples", "skipped")]
+        keys = [f"source/{name}/{what}" for name, what in pairs]
+        local = np.array([self.metrics["sources"][name][what] for name, what in pairs], np.int64)
+        if jax.process_count() > 1:
+            local = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(keys)).sum(0)
+        return {k: int(self._skips_before.get(k, 0)) + int(n) for k, n in zip(keys, local, strict=True)}
+
     def restore_skips(self, totals: dict[str, int]) -> None:
-        """Counts saved with the checkpoint this run resumes from (`skip_totals` adds them); counts saved
-        under a reason's old name (`clapcomp.data.reasons.RENAMED`) are restored under its new one."""
+        """Counts saved with the checkpoint this run resumes from (`skip_totals` and `source_totals` add
+        them); counts saved under a reason's old name (`clapcomp.data.reasons.RENAMED`) are restored under its new one."""
         self._skips_before = renamed(totals)
 
     def get_state(self) -> dict:
@@ -282,5 +343,8 @@ class DeviceIterator:
 
 
 def make_iterator(source, mesh, options: DataConfig, *, tokenizer, tower_cache=None, batch_axes=("data",)):
-    """`DeviceIterator(make_dataset(source, options, ...), mesh, batch_axes)`."""
-    return DeviceIterator(make_dataset(source, options, tokenizer=tokenizer, tower_cache=tower_cache), mesh, batch_axes)
+    """`DeviceIterator(make_dataset(source, options, ...), mesh, batch_axes)`; a mixture ({name: source})
+    counts per source."""
+    names = tuple(source) if isinstance(source, dict) and len(source) > 1 else ()
+    ds = make_dataset(source, options, tokenizer=tokenizer, tower_cache=tower_cache)
+    return DeviceIterator(ds, mesh, batch_axes, source_names=names)

@@ -37,7 +37,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.tokenizer = ""  # tokenizer.json or a dir holding one; empty: the one in init.path
     c.tokenizer_sha256 = ""  # set by the trainer: the hash of the copy in <workdir>/tokenizer.json
     c.data = dict(
-        train="",  # dir of ArrayRecord files written by `clapcomp data build` / `data compose`
+        train="",  # dir of ArrayRecord files written by `clapcomp data build` / `data compose`; "DIR_A,DIR_B,...":
+        # a weighted mixture of them (grain's MapDataset.mix), counted per source in data/source/<basename>/*
+        weights="",  # mixing weight per data.train dir, "3,1,1" (normalised); empty: equal weights
         batch_size=256,  # global
         num_negatives=0,  # K hard-negative captions per audio (loss "compa") or Q (loss "modular")
         num_positives=0,  # P extra positive captions per audio (loss "modular")

@@ -229,7 +229,10 @@ def init_source(config) -> str:
 
 
 def check_loss_and_data(config) -> None:
-    """The loss against the batch fields and the records: an error naming the fields to change."""
+    """The loss against the batch fields and the records (each source of a mixture: its `stats.json`):
+    an error naming the fields, or the source, to change."""
+    from clapcomp.data.options import mixture
+
     loss, d = config.loss, config.data
     if loss not in LOSSES:
         raise ValueError(f"config.loss must be one of {LOSSES}, got {loss!r}")
@@ -237,6 +240,9 @@ def check_loss_and_data(config) -> None:
         raise ValueError(
             "config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)"
         )
+    dirs = [directory for directory, _ in mixture(d.train, d.weights)]
+    if len(dirs) > 1:
+        _check_sample_rates(dirs, config.model.audio.sample_rate)
     if loss == "compa" and d.num_negatives < 1:
         raise ValueError(
             "config.loss='compa' needs hard negatives: set --config.data.num_negatives=3 (K, CompA's value)"
@@ -246,18 +252,37 @@ def check_loss_and_data(config) -> None:
                          "num_negatives=5), with records from `clapcomp data compose`")  # fmt: skip
     if loss == "plain":
         return
-    with_neg, with_pos, rows = _record_counts(d.train)
-    if loss == "modular" and with_pos == 0:
+    counts = {directory: _record_counts(directory) for directory in dirs}
+    if loss == "modular" and not any(with_pos for _, with_pos, _ in counts.values()):
+        rows = " + ".join(str(n) for _, _, n in counts.values())
         raise ValueError(
             f"config.loss='modular' but none of the {rows} records in {d.train} has positives: build them with "
             "`clapcomp data compose` (CompA stage 3 data), or train with --config.loss=compa"
         )
-    if with_neg == 0:
-        log.info(
-            "the records in %s hold no negatives: clapcomp.data.negatives writes %d per caption",
-            d.train,
-            d.num_negatives,
-        )
+    for directory, (with_neg, _, _) in counts.items():
+        if with_neg == 0:
+            log.info(
+                "the records in %s hold no negatives: clapcomp.data.negatives writes %d per caption",
+                directory,
+                d.num_negatives,
+            )
+
+
+def _check_sample_rates(dirs: list[str], sample_rate: int) -> None:
+    """A mixture's sources must hold audio at the model's rate (`stats.json` of `clapcomp data build`, else
+    the first record): a source at another rate is refused by name (one source may be resampled as it is
+    read; the sources of a mixture are built for the model)."""
+    from clapcomp.data.records import RecordSource
+
+    for directory in dirs:
+        stats_file = Path(directory) / "stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+        rate = stats["sample_rate"] if "sample_rate" in stats else RecordSource(directory).example(0)["sample_rate"]
+        if rate != sample_rate:
+            raise ValueError(
+                f"mixture source {directory} holds audio at {rate} Hz but the model runs at {sample_rate} Hz: "
+                f"rebuild it with `clapcomp data build --sample-rate {sample_rate}` or drop it from config.data.train"
+            )
 
 
 def _record_counts(train: str, sample: int = 64) -> tuple[int, int, int | str]:

@@ -137,8 +137,8 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
                 and (done % config.eval_every == 0 or done == config.total_steps)
             )
             # The data position now is exactly `done` batches: the counters and a save see that.
-            skips = iterator.skip_totals() if saving or reporter.logs(done) else None
-            pending = (done, metrics, {f"data/skipped/{k}": v for k, v in (skips or {}).items()})
+            skips = {**iterator.skip_totals(), **iterator.source_totals()} if saving or reporter.logs(done) else None
+            pending = (done, metrics, _data_counters(skips or {}))
             if saving or evaluating:  # never save (or evaluate) a state whose metrics were not checked
                 last, pending = reporter.report(*pending), None
             if saving:
@@ -158,6 +158,11 @@ def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
     finally:
         guard.restore()
         reporter.close()
+
+
+def _data_counters(totals: dict) -> dict:
+    """The iterator's totals as logged: data/skipped/<reason>, data/source/<name>/samples|skipped (mixtures)."""
+    return {(f"data/{k}" if k.startswith("source/") else f"data/skipped/{k}"): v for k, v in totals.items()}
 
 
 def _next_batch(iterator, keys) -> dict:
@@ -183,7 +188,7 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
     """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline);
     with a `tower_cache` its batches carry the locked audio tower's outputs instead of waveforms."""
     from clapcomp.data import pipeline
-    from clapcomp.data.options import DataConfig
+    from clapcomp.data.options import DataConfig, mixture, source_name
     from clapcomp.data.records import RecordSource
 
     options = DataConfig.from_config(config, state_lib.model_config(config).audio)
@@ -192,7 +197,8 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
 
         if not flags.FLAGS.is_parsed():  # the trainer is the application: grain's workers read absl flags
             flags.FLAGS.mark_as_parsed()
-    source = RecordSource(config.data.train)
+    sources = {source_name(d): RecordSource(d) for d, _ in mixture(config.data.train, config.data.weights)}
+    source = sources if len(sources) > 1 else next(iter(sources.values()))
     return pipeline.make_iterator(
         source, mesh, options, tokenizer=tokenizer, tower_cache=tower_cache, batch_axes=distributed.AXES
     )

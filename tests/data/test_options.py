@@ -59,3 +59,23 @@ def test_docs_name_every_option_and_field():
         n for n in [f.name for f in dataclasses.fields(DataConfig)] + [f.name for f in FIELDS] if f"`{n}`" not in text
     ]
     assert not missing, f"docs/data.md does not describe {missing}"
+
+
+def test_mixture_parses_dirs_and_weights_and_refuses_what_it_cannot_count():
+    from clapcomp.data.options import mixture
+
+    assert mixture("/d/a") == [("/d/a", 1.0)]
+    assert mixture("/d/a, /e/b/", "3, 1") == [("/d/a", 3.0), ("/e/b/", 1.0)]
+    assert mixture("/d/a,/e/b") == [("/d/a", 1.0), ("/e/b", 1.0)]
+    for train, weights, message in [
+        ("/d/a,/e/b", "3", "gives 1 weights for the 2 directories"),
+        ("/d/a,/e/b", "3,x", "expected numbers"),
+        ("/d/a,/e/b", "3,0", "must be > 0"),
+        ("/d/a,/e/a", "", "share a folder name"),
+        ("", "", "is empty"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            mixture(train, weights)
+    c = defaults()
+    c.data.update(train="/d/a,/e/b", weights="3,1")
+    assert DataConfig.from_config(c, SimpleNamespace(sample_rate=8000, clip_samples=80, fusion=False)).weights == (3, 1)

@@ -394,3 +394,80 @@ def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source
         transform(records[0], rng)
     assert transform.unexpected == 3
     assert caplog.text.count("Traceback") == 3 and "bug in a custom negative generator" in caplog.text
+
+
+# ----------------------------------------------------------------------------- weighted mixtures
+
+
+@pytest.fixture(scope="module")
+def other_source(tmp_path_factory):
+    """A second source: 5 records whose captions ("a dog barks") no record of `source` has."""
+    out = tmp_path_factory.mktemp("other")
+    records = [{**_record(i), "key": f"o{i}", "captions": [f"a dog barks r{i}"]} for i in range(5)]
+    write_records(str(out), records, shard_size=5)
+    return RecordSource(str(out))
+
+
+def _take(ds, n):
+    it = iter(ds)
+    return [next(it) for _ in range(n)]
+
+
+def test_mixture_draws_by_weight_from_each_shuffled_repeated_source(source, other_source, tok):
+    mix = {"a": source, "b": other_source}
+    batches = _take(_ds(mix, tok, num_epochs=None, weights=(3.0, 1.0)), 24)  # 96 examples
+    which = np.concatenate([b["_source"] for b in batches])
+    first_word = np.concatenate([b["input_ids"][:, 0] for b in batches])
+    assert set(first_word[which == 0]) == {WORDS.index("record")}  # each example comes from its own source
+    assert set(first_word[which == 1]) == {WORDS.index("a")}
+    assert abs(np.mean(which == 0) - 0.75) <= 0.075  # 3:1 within 10%
+    second_word = np.concatenate([b["input_ids"][:, 1] for b in batches])
+    a_ids = np.array([int(WORDS[t].removeprefix("r")) for t in second_word[which == 0]])
+    assert sorted(a_ids[:N]) == list(range(N)) and sorted(a_ids[N : 2 * N]) == list(range(N))  # epochs
+    assert a_ids[:N].tolist() != a_ids[N : 2 * N].tolist()  # reshuffled each epoch
+    again = _take(_ds(mix, tok, num_epochs=None, weights=(3.0, 1.0)), 24)
+    _assert_same(batches, again)  # deterministic
+
+
+def test_mixture_restores_mid_stream_and_one_source_is_todays_pipeline(source, other_source, tok):
+    mix = {"a": source, "b": other_source}
+    it = iter(_ds(mix, tok, num_epochs=None, weights=(2.0, 1.0)))
+    for _ in range(5):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(4)]
+    fresh = iter(_ds(mix, tok, num_epochs=None, weights=(2.0, 1.0)))
+    fresh.set_state(state)
+    _assert_same(expected, [next(fresh) for _ in range(4)])
+    # a one-source dict, with or without a weight, is the plain source: the same batches, no _source field
+    _assert_same(list(_ds(source, tok, num_epochs=2)), list(_ds({"a": source}, tok, num_epochs=2, weights=(3.0,))))
+
+
+def test_device_iterator_counts_samples_and_skips_per_source(source, other_source, tok, tmp_path):
+    import jax
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from jax.sharding import Mesh
+
+    bad_dir = tmp_path / "bad"
+    write_records(str(bad_dir), (_record(i) for i in range(3)), shard_size=5)
+    w = ArrayRecordWriter(str(bad_dir / "data-99999.array_record"), "group_size:1")
+    for i in range(3):
+        w.write(b"junk %d" % i)
+    w.close()
+    mix = {"a": other_source, "bad": RecordSource(str(bad_dir))}
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    ds = _ds(mix, tok, num_epochs=None, weights=(1.0, 1.0))
+    it = DeviceIterator(ds, mesh, source_names=("a", "bad"), max_error_rate=1.0)
+    batches = [next(it) for _ in range(6)]
+    assert all("_source" not in b for b in batches)
+    ref = _take(ds, 6)  # the same batches, with their _source / _skips fields
+    which, skips = np.concatenate([b["_source"] for b in ref]), np.concatenate([b["_skips"] for b in ref])
+    totals = it.source_totals()
+    assert totals["source/a/samples"] == np.sum(which == 0) == 12 and totals["source/bad/samples"] == 12
+    assert totals["source/a/skipped"] == 0
+    assert totals["source/bad/skipped"] == skips[which == 1].sum() == it.skip_totals()["bad_record"] > 0
+    it.restore_skips({"bad_record": 2, "source/bad/skipped": 2, "source/a/samples": 100})
+    assert (
+        it.source_totals()["source/a/samples"] == 112
+        and it.source_totals()["source/bad/skipped"] == totals["source/bad/skipped"] + 2
+    )

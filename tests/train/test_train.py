@@ -135,3 +135,46 @@ def test_second_ctrl_c_exits_at_once_even_inside_a_blocking_call(tmp_path, helpe
             proc.kill()
     err = proc.stderr.read()
     assert "Ctrl-C again to exit at once" in err and "second SIGINT: exiting now" in err
+
+
+def test_weighted_mixture_counts_3_to_1_and_resumes_bitwise(tmp_path, tiny, tone_records, helpers):
+    import shutil
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(tone_records, a)
+    helpers.write_tone_records(b, n=16, seed=1)
+    config = tiny("plain")
+    config.data.update(train=f"{a},{b}", weights="3,1", batch_size=64)
+    config.total_steps, config.ckpt_every, config.log_every = 8, 4, 1  # 512 samples
+    loop.train(config, tmp_path / "whole")
+    # stopped after step 4's save: the same workdir without checkpoint 8 and the lines logged after step 4
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed", ignore=shutil.ignore_patterns("tb"))
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()[:4]
+    (tmp_path / "resumed" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    loop.train(config, tmp_path / "resumed")  # resumes at step 4 with the mixture's position and counters
+
+    whole, resumed = ({r["step"]: r for r in _losses(tmp_path / w)} for w in ("whole", "resumed"))
+    for step in (1, 8):
+        n_a, n_b = whole[step]["data/source/A/samples"], whole[step]["data/source/B/samples"]
+        assert n_a + n_b == 64 * step and whole[step]["data/source/A/skipped"] == 0
+    assert abs(n_a / (n_a + n_b) - 0.75) <= 0.075  # 3:1 within 10% after 512 samples
+    for step in range(1, 9):
+        assert {k: v for k, v in resumed[step].items() if k.startswith("data/") or k == "loss"} == {
+            k: v for k, v in whole[step].items() if k.startswith("data/") or k == "loss"
+        }
+    helpers.assert_states_bitwise_equal(
+        helpers.read_state(tmp_path / "whole", 8).params, helpers.read_state(tmp_path / "resumed", 8).params
+    )
+
+
+def test_a_mixture_source_at_another_sample_rate_is_refused_by_name(tmp_path, tiny, tone_records):
+    from clapcomp.data.records import write_records
+
+    other = tmp_path / "at16k"
+    write_records(str(other), [dict(key="x", audio=np.zeros(16000, np.float32), sample_rate=16000, captions=["x"])])
+    config = tiny("plain")
+    config.data.train = f"{tone_records},{other}"
+    with pytest.raises(ValueError, match=f"mixture source {other} holds audio at 16000 Hz but the model runs at 8000"):
+        loop.train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
