@@ -8,7 +8,10 @@ random crop, caption choice, tokenisation of caption + K negatives, rule-generat
         [--audio-format flac pcm16]
 
 Per-core figure = samples / CPU-seconds of the in-process run (workers=0, one process);
-with workers, the wall-clock rate is printed too. Prints one JSON line per setting.
+with workers, the wall-clock rate is printed too. Prints one JSON line per setting, with the
+parts: CPU ms per sample of each stage run alone on one thread (read the record, parse its header,
+audio: the int16 view or the FLAC decode, rule negatives, collate: int16 -> float32 into the batch
++ one tokenizer call per batch, per sample) and their sum, so the overhead around them shows.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def _measure(source, tok, a, workers: int) -> dict:
     options = DataConfig(
         seed=0, batch_size=a.batch, clip_samples=SR * SECONDS, num_negatives=a.k, sample_rate=SR, workers=workers
     )
+    parts = _parts(source, tok, options) if workers == 0 else {}
     ds = make_dataset(source, options, tokenizer=tok, process_index=0, process_count=1)
     it = iter(ds)
     next(it)  # warm-up (worker start-up, first reads)
@@ -120,7 +124,41 @@ def _measure(source, tok, a, workers: int) -> dict:
         "samples": samples,
         "samples_per_s_wall": round(samples / wall, 1),
         "samples_per_cpu_s": round(samples / cpu, 1) if workers == 0 else None,
+        "ms_per_sample": round(1000 * cpu / samples, 3) if workers == 0 else None,
+        "parts_ms_per_sample": parts,
     }
+
+
+def _parts(source, tok, options, n: int = 64) -> dict:
+    """CPU ms per sample of each stage alone (one thread, `n` samples), and their sum."""
+    from clapcomp.data.negatives import NegativeGenerator
+    from clapcomp.data.pipeline import Collate, RecordTransform, decode_at
+    from clapcomp.data.records import parse_record, pcm16_samples
+
+    gen, collate = NegativeGenerator(0), Collate(options, tok)
+    transform = RecordTransform(source, options, tokenizer=tok, negative_generator=gen)
+    t = dict.fromkeys(("read", "parse", "audio", "negatives", "collate"), 0.0)
+    examples = []
+    for i in range(n):
+        c0 = time.process_time()
+        record = source[i % len(source)]
+        c1 = time.process_time()
+        rec = parse_record(record, copy=False)
+        c2 = time.process_time()
+        pcm16 = rec["audio_format"] == "pcm16" and rec["sample_rate"] == options.sample_rate
+        _ = pcm16_samples(rec) if pcm16 else decode_at(rec, options.sample_rate)
+        c3 = time.process_time()
+        gen.generate(rec["captions"][0], options.num_negatives)
+        c4 = time.process_time()
+        for k, a, b in zip(t, (c0, c1, c2, c3), (c1, c2, c3, c4), strict=False):
+            t[k] += b - a
+        examples.append(transform.read(record, np.random.default_rng(i)))
+    c0 = time.process_time()
+    for j in range(0, n, options.batch_size):
+        collate(examples[j : j + options.batch_size])
+    t["collate"] = time.process_time() - c0
+    out = {k: round(1000 * v / n, 3) for k, v in t.items()}
+    return {**out, "sum": round(sum(out.values()), 3)}
 
 
 if __name__ == "__main__":

@@ -140,6 +140,8 @@ def fields(*parts: str) -> tuple[Field, ...]:
     return tuple(f for f in FIELDS if f.part in parts)
 
 
-def zeros(part: str, **sizes: int) -> dict[str, np.ndarray]:
-    """One example's arrays of `part`, zero-filled, with the symbols of their shapes given in `sizes`."""
-    return {f.name: np.zeros(tuple(sizes[d] for d in f.shape), f.dtype) for f in fields(part)}
+def zeros(part: str, *, batch: int | None = None, **sizes: int) -> dict[str, np.ndarray]:
+    """One example's arrays of `part` (with `batch`: B examples', ``[B, ...]``), zero-filled, with the symbols
+    of their shapes given in `sizes`."""
+    lead = () if batch is None else (batch,)
+    return {f.name: np.zeros(lead + tuple(sizes[d] for d in f.shape), f.dtype) for f in fields(part)}

@@ -43,7 +43,13 @@ import numpy as np
 
 from clapcomp.data.options import DataConfig, zeros
 from clapcomp.data.reasons import READ_REASONS, BadData, renamed
-from clapcomp.data.records import call_with_timeout, decode_audio, parse_record
+from clapcomp.data.records import (
+    call_with_timeout,
+    decode_audio,
+    parse_record,
+    pcm16_samples,
+    pcm16_to_float,
+)
 from clapcomp.data.tower_cache import TowerCacheMiss
 
 _log = logging.getLogger(__name__)
@@ -52,13 +58,16 @@ _log = logging.getLogger(__name__)
 class RecordTransform:
     """One record -> one training example (numpy). Picklable, for grain worker processes.
 
-    The example holds the `clapcomp.data.options.FIELDS` of its parts: ``waveform [S] f32`` (S =
-    `options.out_samples`), or with a `tower_cache` ``audio_pooled [D] f32`` (the cache's row for the clip)
-    instead; ``lengths`` i32; ``input_ids``/``attention_mask [L]`` i32; ``neg_input_ids``/``neg_attention_mask
-    [K, L]`` i32, ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P =
-    `options.num_positives` > 0 also ``pos_input_ids``/``pos_attention_mask [P, L]``, ``pos_mask [P]``; plus
-    ``_skips [len(READ_REASONS)]`` i32 (bad records replaced). `negative_generator` (`.generate(caption, k)`)
-    fills in for a record without negatives.
+    The pipeline runs it in two steps: `read` (per record, on grain's threads: parse, crop, pick the
+    texts) and `Collate` (per batch: int16 -> float32 straight into the batch, one tokenizer call for
+    all texts). Calling the transform does both for one record: the example holds the
+    `clapcomp.data.options.FIELDS` of its parts: ``waveform [S] f32`` (S = `options.out_samples`), or with a
+    `tower_cache` ``audio_pooled [D] f32`` (the cache's row for the clip) instead; ``lengths`` i32;
+    ``input_ids``/``attention_mask [L]`` i32; ``neg_input_ids``/``neg_attention_mask [K, L]`` i32,
+    ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P = `options.num_positives` > 0 also
+    ``pos_input_ids``/``pos_attention_mask [P, L]``, ``pos_mask [P]``; plus ``_skips [len(READ_REASONS)]`` i32
+    (bad records replaced). `negative_generator` (`.generate(caption, k)`) fills in for a record without
+    negatives.
     """
 
     def __init__(
@@ -70,6 +79,13 @@ class RecordTransform:
         self.unexpected = 0
 
     def __call__(self, record: bytes, rng: np.random.Generator) -> dict:
+        batch = Collate(self.options, self.tokenizer)([self.read(record, rng)])
+        return {k: v[0] for k, v in batch.items()}
+
+    def read(self, record: bytes, rng: np.random.Generator) -> dict:
+        """One record -> what `Collate` batches: ``audio [n]`` (int16 pcm16 samples, else float32; n <= S) or
+        ``audio_pooled [D]``, ``lengths`` i32, ``texts`` (caption, [negatives], [positives]), ``_skips``
+        (and ``_source``). A bad record is replaced by another drawn with `rng`, and counted."""
         skips = np.zeros(len(READ_REASONS), np.int32)
         for _ in range(self.options.max_retries + 1):
             try:
@@ -103,34 +119,32 @@ class RecordTransform:
 
     def _load(self, record: bytes, rng: np.random.Generator) -> dict:
         o = self.options
-        rec = parse_record(record)
+        rec = parse_record(record, copy=False)
         if not rec["captions"]:
             raise BadData("missing_caption", f"record {rec['key']!r} has no caption")
         if rec["num_samples"] > o.max_record_seconds * rec["sample_rate"]:
             raise BadData("too_long", f"record {rec['key']!r}: {rec['num_samples']} samples")
-        # FLAC decoding runs under the time bound; PCM is a bounded copy and runs inline.
-        timeout = o.decode_timeout_s if rec["audio_format"] != "pcm16" else None
-        wave = call_with_timeout(decode_at, timeout, rec, o.sample_rate, timeout)  # from int16: always finite
-        if wave.shape[0] > o.out_samples:
-            start = int(rng.integers(wave.shape[0] - o.out_samples + 1))
-            wave = wave[start : start + o.out_samples]
+        # At the model's rate pcm16 stays int16 until Collate converts the crop: the same floats, less work.
+        if rec["audio_format"] == "pcm16" and rec["sample_rate"] == o.sample_rate:
+            audio = pcm16_samples(rec)  # a view of the record's bytes
+        else:  # FLAC decoding runs under the time bound (and stops itself there); from int16: always finite
+            rec["audio"] = bytes(rec["audio"])  # the decoder reads bytes, not a view
+            timeout = o.decode_timeout_s if rec["audio_format"] != "pcm16" else None
+            audio = call_with_timeout(decode_at, timeout, rec, o.sample_rate, timeout)
+        if audio.shape[0] > o.out_samples:
+            start = int(rng.integers(audio.shape[0] - o.out_samples + 1))
+            audio = audio[start : start + o.out_samples]
         if self.tower_cache is not None:
+            wave = pcm16_to_float(audio) if audio.dtype == np.int16 else audio
             example = {"audio_pooled": self.tower_cache.lookup(wave, f"record {rec['key']!r}")}
         else:
-            example = zeros("waveform", S=o.out_samples)
-            example["waveform"][: wave.shape[0]] = wave
-
+            example = {"audio": audio}
         caption = rec["captions"][int(rng.integers(len(rec["captions"])))]
         negatives = self._pick(rec["negatives"], o.num_negatives, rng)
         if not negatives and o.num_negatives and self.negative_generator is not None:
             negatives = self.negative_generator.generate(caption, o.num_negatives)
         positives = self._pick(rec["positives"], o.num_positives, rng)
-        ids, mask = self.tokenizer([caption] + negatives + positives)
-        n, sizes = len(negatives), dict(L=ids.shape[1], K=o.num_negatives, P=o.num_positives)
-        example.update(lengths=np.int32(wave.shape[0]), input_ids=ids[0], attention_mask=mask[0])
-        example.update(_rows("negatives", ids[1 : 1 + n], mask[1 : 1 + n], sizes))
-        if o.num_positives:
-            example.update(_rows("positives", ids[1 + n :], mask[1 + n :], sizes))
+        example.update(lengths=np.int32(audio.shape[0]), texts=(caption, negatives, positives))
         return example
 
     @staticmethod
@@ -138,6 +152,53 @@ class RecordTransform:
         if len(texts) <= k:
             return list(texts)
         return [texts[i] for i in sorted(rng.choice(len(texts), size=k, replace=False))]
+
+
+class Collate:
+    """`RecordTransform.read` examples -> one batch of `FIELDS` with a leading ``[B]``: the waveforms
+    converted (int16) or copied (float32) straight into one zero-tailed ``[B, S]`` array, all
+    B x (1 + K + P) texts tokenised in one call. grain's `batch_fn`; picklable."""
+
+    def __init__(self, options: DataConfig, tokenizer):
+        self.options, self.tokenizer = options, tokenizer
+
+    def __call__(self, examples) -> dict:
+        o, n = self.options, len(examples)
+        texts = [t for e in examples for t in (e["texts"][0], *e["texts"][1], *e["texts"][2])]
+        ids, mask = self.tokenizer(texts)
+        sizes = dict(L=ids.shape[1], K=o.num_negatives, P=o.num_positives, S=o.out_samples)
+        if "audio_pooled" in examples[0]:
+            batch = {"audio_pooled": np.stack([e["audio_pooled"] for e in examples])}
+        else:
+            wave = np.empty((n, o.out_samples), np.float32)
+            for row, e in zip(wave, examples, strict=True):
+                audio, k = e["audio"], e["audio"].shape[0]
+                if audio.dtype == np.int16:
+                    pcm16_to_float(audio, out=row[:k])
+                else:
+                    row[:k] = audio
+                row[k:] = 0.0
+            batch = {"waveform": wave}
+        batch["lengths"] = np.array([e["lengths"] for e in examples], np.int32)
+        parts = ("caption", "negatives", "positives") if o.num_positives else ("caption", "negatives")
+        for part in parts:
+            batch.update(zeros(part, batch=n, **sizes))
+        row = 0
+        for b, e in enumerate(examples):
+            caption, negatives, positives = e["texts"]
+            batch["input_ids"][b], batch["attention_mask"][b] = ids[row], mask[row]
+            row += 1
+            for prefix, picked in (("neg", negatives), ("pos", positives)):
+                if picked:
+                    k = len(picked)
+                    batch[f"{prefix}_input_ids"][b, :k] = ids[row : row + k]
+                    batch[f"{prefix}_attention_mask"][b, :k] = mask[row : row + k]
+                    batch[f"{prefix}_mask"][b, :k] = True
+                    row += k
+        batch["_skips"] = np.stack([e["_skips"] for e in examples])
+        if "_source" in examples[0]:
+            batch["_source"] = np.array([e["_source"] for e in examples], np.int32)
+        return batch
 
 
 def decode_at(rec: dict, sample_rate: int, timeout_s: float | None = None) -> np.ndarray:
@@ -148,16 +209,6 @@ def decode_at(rec: dict, sample_rate: int, timeout_s: float | None = None) -> np
 
         wave = soxr.resample(wave, rec["sample_rate"], sample_rate).astype(np.float32)
     return wave
-
-
-def _rows(part: str, ids: np.ndarray, mask: np.ndarray, sizes: dict) -> dict:
-    """`part` ("negatives" [K] | "positives" [P]) from its n tokenised texts `ids`/`mask [n, L]`, zero rows after."""
-    prefix = {"negatives": "neg", "positives": "pos"}[part]
-    out = zeros(part, **sizes)
-    out[f"{prefix}_input_ids"][: len(ids)] = ids
-    out[f"{prefix}_attention_mask"][: len(ids)] = mask
-    out[f"{prefix}_mask"][: len(ids)] = True
-    return out
 
 
 def make_dataset(
@@ -214,7 +265,7 @@ def make_dataset(
         transform = RecordTransform(
             src, options, tokenizer=tokenizer, negative_generator=generator, tower_cache=tower_cache, source_index=index
         )
-        return grain.MapDataset.source(src).seed(seed).shuffle().repeat(options.num_epochs).random_map(transform)
+        return grain.MapDataset.source(src).seed(seed).shuffle().repeat(options.num_epochs).random_map(transform.read)
 
     if sources is None:
         ds = mapped(source, options.seed)
@@ -225,7 +276,7 @@ def make_dataset(
         parts = [mapped(src, int(seed), i) for i, (src, seed) in enumerate(zip(sources.values(), seeds, strict=True))]
         ds = grain.MapDataset.mix(parts, list(options.weights) or None)
     ds = ds[process_index::process_count]
-    ds = ds.batch(options.batch_size // process_count, drop_remainder=True)
+    ds = ds.batch(options.batch_size // process_count, drop_remainder=True, batch_fn=Collate(options, tokenizer))
     read = grain.ReadOptions(num_threads=options.read_threads, prefetch_buffer_size=options.prefetch_batches)
     it = ds.to_iter_dataset(read)
     if options.workers > 0:

@@ -122,10 +122,22 @@ def decode_audio(record: dict, timeout_s: float | None = None) -> np.ndarray:
     if record["audio_format"] == "flac":
         return decode_flac(record["audio"], record["num_samples"], timeout_s)
     if record["audio_format"] == "pcm16":
-        if len(record["audio"]) != 2 * record["num_samples"]:
-            raise BadData("truncated", f"{len(record['audio'])} PCM bytes for {record['num_samples']} samples")
-        return np.frombuffer(record["audio"], "<i2").astype(np.float32) / 32768.0
+        return pcm16_to_float(pcm16_samples(record))
     raise BadData("bad_record", f"unknown audio_format {record['audio_format']!r}")
+
+
+def pcm16_samples(record: dict) -> np.ndarray:
+    """A parsed pcm16 record -> its samples `[num_samples]` int16, a view of the record's bytes (no copy:
+    slice it before converting); raises `BadData` if the byte count disagrees with the header."""
+    if len(record["audio"]) != 2 * record["num_samples"]:
+        raise BadData("truncated", f"{len(record['audio'])} PCM bytes for {record['num_samples']} samples")
+    return np.frombuffer(record["audio"], "<i2")
+
+
+def pcm16_to_float(pcm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 samples `[T]` -> float32 `x / 2**15` (exact: every int16 is a float32 and 2**-15 a power of two),
+    written into `out [T]` when given (one pass, no temporary)."""
+    return np.multiply(pcm, np.float32(1.0 / 32768.0), out=out, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- record codec
@@ -177,8 +189,9 @@ def _header_problem(h: dict) -> str | None:
     return None
 
 
-def parse_record(data: bytes) -> dict:
-    """Record bytes -> dict with the header fields and ``audio`` (encoded bytes, not decoded)."""
+def parse_record(data: bytes, *, copy: bool = True) -> dict:
+    """Record bytes -> dict with the header fields and ``audio`` (encoded bytes, not decoded; with
+    ``copy=False`` a read-only memoryview of `data`, which saves copying the audio)."""
     n = len(MAGIC)
     if len(data) < n + 4 or data[:n] != MAGIC:
         raise BadData("bad_record", "not a clapcomp record (missing CLAPREC1 magic)")
@@ -192,7 +205,7 @@ def parse_record(data: bytes) -> dict:
         problem = str(e)
     if problem:
         raise BadData("bad_record", f"unreadable header: {problem}")
-    header["audio"] = bytes(data[n + 4 + size :])
+    header["audio"] = bytes(data[n + 4 + size :]) if copy else memoryview(data)[n + 4 + size :]
     return header
 
 

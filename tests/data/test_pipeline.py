@@ -471,3 +471,73 @@ def test_device_iterator_counts_samples_and_skips_per_source(source, other_sourc
         it.source_totals()["source/a/samples"] == 112
         and it.source_totals()["source/bad/skipped"] == totals["source/bad/skipped"] + 2
     )
+
+
+# ----------------------------------------------------------------------------- what the model sees
+
+
+def _reference_example(record, rng, *, tok, clip, k, p, generator):
+    """The per-record algorithm of 2026-12-07 (c4af60a): decode the whole clip to float32 (x / 32768 for
+    pcm16), crop, copy into a zero buffer, tokenise caption + negatives + positives of this record alone."""
+    import io
+
+    import soundfile as sf
+    import soxr
+
+    from clapcomp.data.records import parse_record
+
+    rec = parse_record(record)
+    if rec["audio_format"] == "pcm16":
+        wave = np.frombuffer(rec["audio"], "<i2").astype(np.float32) / 32768.0
+    else:
+        wave = sf.read(io.BytesIO(rec["audio"]), dtype="float32")[0]
+    if rec["sample_rate"] != 16000:
+        wave = soxr.resample(wave, rec["sample_rate"], 16000).astype(np.float32)
+    if wave.shape[0] > clip:
+        start = int(rng.integers(wave.shape[0] - clip + 1))
+        wave = wave[start : start + clip]
+    out = {"waveform": np.zeros(clip, np.float32), "lengths": np.int32(wave.shape[0])}
+    out["waveform"][: wave.shape[0]] = wave
+    caption = rec["captions"][int(rng.integers(len(rec["captions"])))]
+
+    def pick(texts, n):
+        return list(texts) if len(texts) <= n else [texts[i] for i in sorted(rng.choice(len(texts), n, replace=False))]
+
+    negatives = pick(rec["negatives"], k) or generator.generate(caption, k)
+    positives = pick(rec["positives"], p)
+    out["input_ids"], out["attention_mask"] = (x[0] for x in tok([caption]))
+    for prefix, texts, width in (("neg", negatives, k), ("pos", positives, p)):
+        out[f"{prefix}_input_ids"], out[f"{prefix}_attention_mask"] = _texts(tok, texts, width)
+        out[f"{prefix}_mask"] = np.arange(width) < len(texts)
+    return out
+
+
+@pytest.mark.parametrize("audio_format, rate", [("pcm16", 16000), ("flac", 16000), ("pcm16", 8000)])
+def test_batches_are_bitwise_those_of_the_per_record_algorithm(tok, tmp_path, audio_format, rate):
+    import grain
+
+    rng = np.random.default_rng(3)
+    records = [
+        {**_record(i), "audio": rng.uniform(-1, 1, 1500 + 700 * i).astype(np.float32), "sample_rate": rate}
+        for i in range(N)
+    ]
+    for r in records[::2]:
+        r["negatives"] = []  # generated
+    write_records(str(tmp_path), records, shard_size=5, audio_format=audio_format)
+    src = RecordSource(str(tmp_path))
+    options = dict(seed=5, batch_size=4, num_epochs=2, num_positives=P, generate_negatives=True)
+    got = list(_ds(src, tok, **options))
+    generator = NegativeGenerator(5)
+
+    def reference(record, r):
+        return _reference_example(record, r, tok=tok, clip=CLIP, k=K, p=P, generator=generator)
+
+    ref = grain.MapDataset.source(src).seed(5).shuffle().repeat(2).random_map(reference).batch(4, drop_remainder=True)
+    expected = list(ref.to_iter_dataset())
+    assert len(got) == len(expected) == 2 * N // 4
+    for g, e in zip(got, expected, strict=True):
+        assert set(g) - {"_skips"} == set(e)
+        for key in e:
+            assert g[key].dtype == e[key].dtype and g[key].shape == e[key].shape, key
+            assert g[key].tobytes() == e[key].tobytes(), key
+    assert any((b["lengths"] < CLIP).any() for b in got) and any((b["lengths"] == CLIP).any() for b in got)
