@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -79,6 +80,31 @@ class BuildStats:
         if len(bucket) < self.n_examples:
             bucket.append({"item": item, "detail": detail[:300]})
 
+    def merge(self, other: BuildStats) -> BuildStats:
+        """Adds `other`'s counts (another worker's items) to these; examples up to `n_examples` per reason."""
+        self.seen += other.seen
+        self.written += other.written
+        self.skipped.update(other.skipped)
+        for reason, exs in other.examples.items():
+            bucket = self.examples.setdefault(reason, [])
+            bucket.extend(exs[: max(self.n_examples - len(bucket), 0)])
+        self.durations.extend(other.durations)
+        self.negatives_per_row.update(other.negatives_per_row)
+        self.rows_with_positives += other.rows_with_positives
+        self.negatives_dropped += other.negatives_dropped
+        return self
+
+    def count(self, item: str, outcome: tuple) -> None:
+        """One item's `convert` outcome."""
+        self.seen += 1
+        if outcome[0] == "written":
+            _, example, dropped = outcome
+            self.written_row(len(example["negatives"]), len(example["positives"]), example["seconds"])
+            self.negatives_dropped += dropped
+        else:
+            _, reason, detail = outcome
+            self.skip(reason, item, detail)
+
     def to_dict(self) -> dict:
         d = np.asarray(self.durations or [0.0])
         return {
@@ -124,26 +150,9 @@ def build(
 ) -> dict:
     """Convert `inputs` to ArrayRecord shards in `out_dir`; returns (and writes) the stats."""
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
-    if format in ("manifest", "compa"):
-        files = expand_inputs(inputs, ("*.csv", "*.jsonl"))
-        items = (
-            x
-            for p in files
-            for x in guarded(p, read_manifest(p, compa=format == "compa", allow_outside_root=allow_outside_root))
-        )
-    elif format == "webdataset":
-        files = expand_inputs(inputs, ("*.tar", "*.tar.gz", "*.tgz"))
-        items = (x for p in files for x in guarded(p, read_webdataset(p, max_file_mb=max_file_mb)))
-    elif format == "tfds":
-        from clapcomp.data.tfds_builders import iter_candidates
-
-        if not tfds_name or not manual_dir:
-            raise ValueError("--format tfds needs --tfds-name and --manual-dir")
-        items = iter_candidates(
-            tfds_name, manual_dir, split=tfds_split, data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds")
-        )
-    else:
-        raise ValueError(f"unknown format {format!r}; use one of {FORMATS}")
+    items = iter_items(inputs, format, allow_outside_root=allow_outside_root, max_file_mb=max_file_mb,
+                       tfds_name=tfds_name, manual_dir=manual_dir, tfds_split=tfds_split,
+                       tfds_data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds"))  # fmt: skip
 
     audio_kw = dict(
         sample_rate=sample_rate,
@@ -154,61 +163,84 @@ def build(
         timeout_s=timeout_s,
         silence_threshold=silence_threshold,
     )
+    kw = dict(sample_rate=sample_rate, max_caption_chars=max_caption_chars, timeout_s=timeout_s, audio_kw=audio_kw)
     stats, start, stopped = BuildStats(), time.time(), None
     with ShardWriter(out_dir, shard_size=shard_size, audio_format=audio_format) as writer:
         for item, cand in items:
-            stats.seen += 1
-            try:
-                if isinstance(cand, BadData):
-                    raise cand
-                captions = clean_texts(cand["captions"], "caption", max_caption_chars)
-                if not captions:
-                    raise BadData("missing_caption", "no non-empty caption")
-                negatives = clean_texts(cand.get("negatives"), "negatives", max_caption_chars)
-                positives = clean_texts(cand.get("positives"), "positives", max_caption_chars)
-                negatives, dropped = clean_negatives(negatives, captions + positives)
-                # the decoder stops itself at timeout_s (freeing its memory); the thread guards a stuck call
-                wave = call_with_timeout(
-                    functools.partial(load_audio, cand["audio"], cand["name"], **audio_kw), timeout_s
-                )
-                writer.write(
-                    dict(
-                        key=cand["key"],
-                        audio=wave,
-                        sample_rate=sample_rate,
-                        captions=captions,
-                        negatives=negatives,
-                        positives=positives,
-                    )
-                )
-                stats.written_row(len(negatives), len(positives), wave.shape[0] / sample_rate)
-                stats.negatives_dropped += dropped
-            except BadData as s:
-                stats.skip(s.reason, item, s.detail)
-            except Exception as e:  # never let one item kill the build
-                stats.skip("unexpected_error", item, f"{type(e).__name__}: {e}")
-            bad = stats.seen - stats.written
-            if stats.seen >= min_items_for_rate and bad > max_error_rate * stats.seen:
-                examples = [
-                    f"{r}: {ex['item']} ({ex['detail']})" for r, exs in stats.examples.items() for ex in exs[:2]
-                ]
-                stopped = (
-                    f"stopped after {stats.seen} items: {bad} bad "
-                    f"({bad / stats.seen:.0%} > max_error_rate {max_error_rate:.0%}); "
-                    f"{stats.written} records kept in {out_dir}. Fix the input or raise "
-                    f"--max-error-rate. Examples: " + "; ".join(examples[:6])
-                )
+            outcome = convert(cand, **kw)
+            if outcome[0] == "written":
+                writer.write(outcome[1])
+            stats.count(item, outcome)
+            stopped = over_budget(stats, max_error_rate, min_items_for_rate, out_dir)
+            if stopped:
                 break
-    result = {
-        "format": format,
-        "inputs": inputs,
-        "sample_rate": sample_rate,
-        "audio_format": audio_format,
-        **stats.to_dict(),
-        "shards": [os.path.basename(s) for s in writer.shards],
-        "elapsed_s": round(time.time() - start, 3),
-        "stopped": stopped,
-    }
+    shards = [os.path.basename(s) for s in writer.shards]
+    return finish(out_dir, stats, shards, stopped, start, format=format, inputs=inputs, sample_rate=sample_rate,
+                  audio_format=audio_format)  # fmt: skip
+
+
+def iter_items(inputs: list[str], format: str, *, allow_outside_root: bool, max_file_mb: float, **tfds) -> Iterator:
+    """`(item_name, candidate | BadData)` of every input item, by `format` (the readers of `sources.py`)."""
+    if format in ("manifest", "compa"):
+        files = expand_inputs(inputs, ("*.csv", "*.jsonl"))
+        return (
+            x
+            for p in files
+            for x in guarded(p, read_manifest(p, compa=format == "compa", allow_outside_root=allow_outside_root))
+        )
+    if format == "webdataset":
+        files = expand_inputs(inputs, ("*.tar", "*.tar.gz", "*.tgz"))
+        return (x for p in files for x in guarded(p, read_webdataset(p, max_file_mb=max_file_mb)))
+    if format == "tfds":
+        from clapcomp.data.tfds_builders import iter_candidates
+
+        if not tfds["tfds_name"] or not tfds["manual_dir"]:
+            raise ValueError("--format tfds needs --tfds-name and --manual-dir")
+        return iter_candidates(tfds["tfds_name"], tfds["manual_dir"], split=tfds["tfds_split"],
+                               data_dir=tfds["tfds_data_dir"])  # fmt: skip
+    raise ValueError(f"unknown format {format!r}; use one of {FORMATS}")
+
+
+def convert(cand, *, sample_rate: int, max_caption_chars: int, timeout_s: float | None, audio_kw: dict) -> tuple:
+    """One candidate -> ``("written", example, negatives dropped)`` (example: `encode_record`'s fields plus
+    ``seconds``) or ``("skip", reason, detail)``; never raises (a bug is an ``unexpected_error`` skip)."""
+    try:
+        if isinstance(cand, BadData):
+            raise cand
+        captions = clean_texts(cand["captions"], "caption", max_caption_chars)
+        if not captions:
+            raise BadData("missing_caption", "no non-empty caption")
+        negatives = clean_texts(cand.get("negatives"), "negatives", max_caption_chars)
+        positives = clean_texts(cand.get("positives"), "positives", max_caption_chars)
+        negatives, dropped = clean_negatives(negatives, captions + positives)
+        # the decoder stops itself at timeout_s (freeing its memory); the thread guards a stuck call
+        wave = call_with_timeout(functools.partial(load_audio, cand["audio"], cand["name"], **audio_kw), timeout_s)
+        example = dict(key=cand["key"], audio=wave, sample_rate=sample_rate, captions=captions,
+                       negatives=negatives, positives=positives, seconds=wave.shape[0] / sample_rate)  # fmt: skip
+        return ("written", example, dropped)
+    except BadData as s:
+        return ("skip", s.reason, s.detail)
+    except Exception as e:  # never let one item kill the build
+        return ("skip", "unexpected_error", f"{type(e).__name__}: {e}")
+
+
+def over_budget(stats: BuildStats, max_error_rate: float, min_items_for_rate: int, out_dir: str) -> str | None:
+    """Why the build stops (more than `max_error_rate` of the items seen were bad), or None."""
+    bad = stats.seen - stats.written
+    if stats.seen < min_items_for_rate or bad <= max_error_rate * stats.seen:
+        return None
+    examples = [f"{r}: {ex['item']} ({ex['detail']})" for r, exs in stats.examples.items() for ex in exs[:2]]
+    return (
+        f"stopped after {stats.seen} items: {bad} bad ({bad / stats.seen:.0%} > max_error_rate "
+        f"{max_error_rate:.0%}); {stats.written} records kept in {out_dir}. Fix the input or raise "
+        f"--max-error-rate. Examples: " + "; ".join(examples[:6])
+    )
+
+
+def finish(out_dir: str, stats: BuildStats, shards: list[str], stopped: str | None, start: float, **head) -> dict:
+    """Writes (atomically) and returns stats.json; raises `BuildError` if the build `stopped`."""
+    result = {**head, **stats.to_dict(), "shards": shards, "elapsed_s": round(time.time() - start, 3),
+              "stopped": stopped}  # fmt: skip
     with open(os.path.join(out_dir, "stats.json.tmp"), "w") as f:
         json.dump(result, f, indent=1, ensure_ascii=False)
     os.replace(os.path.join(out_dir, "stats.json.tmp"), os.path.join(out_dir, "stats.json"))
