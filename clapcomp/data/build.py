@@ -290,11 +290,28 @@ def main(argv: list[str]) -> int:
     option("manual_dir", "folder with the dataset's files (see tfds_builders)")
     option("tfds_split")
     option("tfds_data_dir", "where tfds prepares its copy; None: OUT/_tfds")
+    beam = p.add_argument_group("runner", "--runner beam: the same build on Apache Beam (clapcomp.data.beam)")
+    beam.add_argument("--runner", choices=("local", "beam"), default="local", help="default: %(default)s")
+    beam.add_argument("--workers", type=int, default=2, help="beam DirectRunner processes (default: %(default)s)")
+    beam.add_argument(
+        "--beam-options", default="", help='Beam flags passed through, e.g. "--runner=DataflowRunner ..."'
+    )
+    beam.add_argument("--num-shards", type=int, default=None, help="beam: shard count (default: items / shard size)")
     a = p.parse_args(argv)
-    try:  # every flag's dest is a `build` keyword
-        stats = build(
-            **{"inputs": a.input, "out_dir": a.out, **{k: v for k, v in vars(a).items() if k not in ("input", "out")}}
-        )
+    runner_args = {k: vars(a).pop(k) for k in ("runner", "workers", "beam_options", "num_shards")}
+    kwargs = {"inputs": a.input, "out_dir": a.out, **{k: v for k, v in vars(a).items() if k not in ("input", "out")}}
+    try:  # every other flag's dest is a `build` keyword
+        if runner_args.pop("runner") == "beam":
+            try:
+                from clapcomp.data.beam import build_beam
+            except ImportError as e:
+                raise ValueError(
+                    f"--runner beam needs Apache Beam ({e}): pip install 'clapcomp[beam]', in an environment of "
+                    "its own if this one pins protobuf >= 7 or pyarrow >= 26 (apache-beam 2.78 needs older ones)"
+                ) from None
+            stats = build_beam(**kwargs, **runner_args)
+        else:
+            stats = build(**kwargs)
     except (BuildError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"clapcomp data build: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,177 @@
+"""`clapcomp data build --runner beam`: the same conversion as `clapcomp.data.build.build`, as an Apache Beam
+pipeline (the `beam` extra: ``pip install 'clapcomp[beam]'``).
+
+    driver: the readers of `clapcomp.data.sources` list the items (manifest rows, tar members: no audio
+            is decoded here) and number them
+    -> Reshuffle (spread over the workers)
+    -> convert (`build.convert`: decode, check, resample, clean texts and negatives; `encode_record`)
+    -> records: (item number % num_shards) -> GroupByKey -> one ArrayRecord shard each, in item order
+    -> outcomes: `BuildStats` per bundle, merged (CombineGlobally) -> the driver writes stats.json
+
+Same items, skip reasons, negatives cleaning and record encoder as the one-process build, so both give the
+same record set and the same stats.json counts. Differences: the error budget (`max_error_rate`) is
+judged once over all items at the end (every shard is written, then `BuildError`), where the local build
+stops early; shards are ``data-NNNNN-of-MMMMM.array_record`` (``num_shards``, or items / ``shard_size``),
+each written to a local temporary file and then through Beam's `FileSystems` (so ``--out gs://...``
+works where the Beam GCP extra and credentials are; manifests are read by the same readers as the local
+build, so they and their audio must be on a local or mounted filesystem).
+
+Runners: locally the DirectRunner in multi-process mode (`workers` processes); any other runner through
+`beam_options`, Beam's own flags passed through, e.g. ``--runner=DataflowRunner --project=P
+--region=R --temp_location=gs://B/tmp`` (docs/data-at-scale.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shlex
+import tempfile
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from clapcomp.data.build import BuildStats, convert, finish, iter_items, over_budget
+from clapcomp.data.reasons import BadData
+from clapcomp.data.records import SHARD_SUFFIX, encode_record
+
+STATS_PART = "_beam_stats.pickle"  # the merged BuildStats, handed from the pipeline to the driver
+
+
+def build_beam(
+    inputs: list[str] | str | None,
+    out_dir: str,
+    *,
+    workers: int = 2,
+    beam_options: str = "",
+    num_shards: int | None = None,
+    format: str = "manifest",
+    sample_rate: int = 48000,
+    max_error_rate: float = 0.5,
+    min_items_for_rate: int = 100,
+    shard_size: int = 1024,
+    audio_format: str = "flac",
+    max_seconds: float = 600.0,
+    max_channels: int = 16,
+    max_file_mb: float = 2048.0,
+    silence_threshold: float = 1e-4,
+    max_caption_chars: int = 2000,
+    timeout_s: float | None = 60.0,
+    allow_outside_root: bool = False,
+    tfds_name: str | None = None,
+    manual_dir: str | None = None,
+    tfds_split: str = "train",
+    tfds_data_dir: str | None = None,
+) -> dict:
+    """`clapcomp.data.build.build` on Beam: the same arguments, plus `workers` (DirectRunner processes),
+    `beam_options` (Beam flags, e.g. ``"--runner=DataflowRunner ..."``; then `workers` is unused) and
+    `num_shards` (default: items / `shard_size`). Returns (and writes) the stats."""
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    start = time.time()
+    if not FileSystems.exists(out_dir):
+        FileSystems.mkdirs(out_dir)
+    existing = FileSystems.match([FileSystems.join(out_dir, "*" + SHARD_SUFFIX)])[0].metadata_list
+    if existing:
+        raise FileExistsError(f"{out_dir} already holds {len(existing)} shards; write to an empty folder")
+    items = list(enumerate(iter_items(inputs, format, allow_outside_root=allow_outside_root, max_file_mb=max_file_mb,
+                                      tfds_name=tfds_name, manual_dir=manual_dir, tfds_split=tfds_split,
+                                      tfds_data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds"))))  # fmt: skip
+    # A reader's BadData (a bad row) is counted as it is; only candidates travel to the workers.
+    items = [(i, item, ("skip", c.reason, c.detail) if isinstance(c, BadData) else c) for i, (item, c) in items]
+    shards = max(1, num_shards or math.ceil(len(items) / shard_size))
+    audio_kw = dict(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
+                    max_file_mb=max_file_mb, silence_threshold=silence_threshold)  # fmt: skip
+    kw = dict(sample_rate=sample_rate, max_caption_chars=max_caption_chars, timeout_s=timeout_s, audio_kw=audio_kw)
+
+    flags = shlex.split(beam_options)
+    local = not any(f.startswith("--runner") for f in flags)
+    extra = dict(runner="DirectRunner", direct_num_workers=workers, direct_running_mode="multi_processing")
+    options = PipelineOptions(flags, **(extra if local else {}))
+    with beam.Pipeline(options=options) as p:
+        converted = (
+            p
+            | "items" >> beam.Create(items)
+            | "spread" >> beam.Reshuffle()
+            | "convert" >> beam.Map(_convert, kw, audio_format)
+        )
+        _ = (
+            converted
+            | "by shard" >> beam.FlatMap(_by_shard, shards)
+            | "group" >> beam.GroupByKey()
+            | "write shards" >> beam.Map(_write_shard, out_dir, shards)
+        )
+        _ = converted | "stats" >> beam.CombineGlobally(MergeStats()) | "hand over" >> beam.Map(_write_stats, out_dir)
+    with FileSystems.open(FileSystems.join(out_dir, STATS_PART)) as f:
+        stats = pickle.loads(f.read())
+    FileSystems.delete([FileSystems.join(out_dir, STATS_PART)])
+    names = sorted(os.path.basename(m.path) for m in FileSystems.match([FileSystems.join(out_dir, "*" + SHARD_SUFFIX)])[0].metadata_list)  # fmt: skip
+    stopped = over_budget(stats, max_error_rate, min_items_for_rate, out_dir)
+    head = dict(format=format, inputs=inputs, sample_rate=sample_rate, audio_format=audio_format, runner="beam")
+    return finish(out_dir, stats, names, stopped, start, **head)
+
+
+def _convert(numbered: tuple, kw: dict, audio_format: str) -> tuple:
+    """(number, item, candidate | outcome) -> (number, item, outcome) with the record encoded (bytes)."""
+    number, item, cand = numbered
+    outcome = cand if isinstance(cand, tuple) else convert(cand, **kw)
+    if outcome[0] == "written":
+        example = outcome[1]
+        summary = dict(negatives=example["negatives"], positives=example["positives"], seconds=example["seconds"])
+        outcome = ("written", {**summary, "record": encode_record(example, audio_format)}, outcome[2])
+    return number, item, outcome
+
+
+def _by_shard(converted: tuple, shards: int):
+    number, _, outcome = converted
+    if outcome[0] == "written":
+        yield number % shards, (number, outcome[1]["record"])
+
+
+def _write_shard(group: tuple, out_dir: str, shards: int) -> str:
+    """One shard's records, in item order: a local temporary file, then copied through `FileSystems` to
+    ``<name>.tmp`` and renamed, so a reader never sees a half-written shard."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    shard, records = group
+    name = FileSystems.join(out_dir, f"data-{shard:05d}-of-{shards:05d}{SHARD_SUFFIX}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "shard" + SHARD_SUFFIX)
+        writer = ArrayRecordWriter(local, "group_size:1,uncompressed")  # as records.ShardWriter writes
+        for _, record in sorted(records, key=lambda r: r[0]):
+            writer.write(record)
+        writer.close()
+        with open(local, "rb") as src, FileSystems.create(name + ".tmp") as dst:
+            while chunk := src.read(1 << 24):
+                dst.write(chunk)
+    FileSystems.rename([name + ".tmp"], [name])
+    return name
+
+
+class MergeStats(beam.CombineFn):
+    """Converted items -> one `BuildStats` (per bundle, then merged)."""
+
+    def create_accumulator(self) -> BuildStats:
+        return BuildStats()
+
+    def add_input(self, stats: BuildStats, converted: tuple) -> BuildStats:
+        _, item, outcome = converted
+        stats.count(item, outcome)
+        return stats
+
+    def merge_accumulators(self, accumulators) -> BuildStats:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for other in accumulators:
+            merged.merge(other)
+        return merged
+
+    def extract_output(self, stats: BuildStats) -> BuildStats:
+        return stats
+
+
+def _write_stats(stats: BuildStats, out_dir: str) -> None:
+    with FileSystems.create(FileSystems.join(out_dir, STATS_PART)) as f:
+        f.write(pickle.dumps(stats))
