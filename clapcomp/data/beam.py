@@ -1,11 +1,11 @@
 """`clapcomp data build --runner beam`: the same conversion as `clapcomp.data.build.build`, as an Apache Beam
 pipeline (the `beam` extra: ``pip install 'clapcomp[beam]'``).
 
-    driver: the readers of `clapcomp.data.sources` list the items (manifest rows, tar members: no audio
-            is decoded here) and number them
-    -> Reshuffle (spread over the workers)
+    input files (manifests, tars) -> Reshuffle -> the readers of `clapcomp.data.sources`, one file per
+    worker: items numbered (file, row) -> Reshuffle (spread over the workers)
     -> convert (`build.convert`: decode, check, resample, clean texts and negatives; `encode_record`)
-    -> records: (item number % num_shards) -> GroupByKey -> one ArrayRecord shard each, in item order
+    -> records: by item number into num_shards (a side input: items / shard_size unless given)
+       -> GroupByKey -> one ArrayRecord shard each, in item order
     -> outcomes: `BuildStats` per bundle, merged (CombineGlobally) -> the driver writes stats.json
 
 Same items, skip reasons, negatives cleaning and record encoder as the one-process build, so both give the
@@ -14,7 +14,8 @@ judged once over all items at the end (every shard is written, then `BuildError`
 stops early; shards are ``data-NNNNN-of-MMMMM.array_record`` (``num_shards``, or items / ``shard_size``),
 each written to a local temporary file and then through Beam's `FileSystems` (so ``--out gs://...``
 works where the Beam GCP extra and credentials are; manifests are read by the same readers as the local
-build, so they and their audio must be on a local or mounted filesystem).
+build, so they and their audio must be on a filesystem every worker mounts). ``--format tfds`` stays on
+the local runner.
 
 Runners: locally the DirectRunner in multi-process mode (`workers` processes); any other runner through
 `beam_options`, Beam's own flags passed through, e.g. ``--runner=DataflowRunner --project=P
@@ -23,7 +24,6 @@ Runners: locally the DirectRunner in multi-process mode (`workers` processes); a
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import shlex
@@ -34,9 +34,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from clapcomp.data.build import BuildStats, convert, finish, iter_items, over_budget
+from clapcomp.data.build import INPUT_PATTERNS, BuildStats, convert, finish, iter_items, over_budget
 from clapcomp.data.reasons import BadData
 from clapcomp.data.records import SHARD_SUFFIX, encode_record
+from clapcomp.data.sources import expand_inputs
 
 STATS_PART = "_beam_stats.pickle"  # the merged BuildStats, handed from the pipeline to the driver
 
@@ -70,18 +71,18 @@ def build_beam(
     `beam_options` (Beam flags, e.g. ``"--runner=DataflowRunner ..."``; then `workers` is unused) and
     `num_shards` (default: items / `shard_size`). Returns (and writes) the stats."""
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    if format not in INPUT_PATTERNS:
+        raise ValueError(
+            f"--runner beam reads {sorted(INPUT_PATTERNS)} inputs; build --format {format} with --runner local"
+        )
     start = time.time()
     if not FileSystems.exists(out_dir):
         FileSystems.mkdirs(out_dir)
     existing = FileSystems.match([FileSystems.join(out_dir, "*" + SHARD_SUFFIX)])[0].metadata_list
     if existing:
         raise FileExistsError(f"{out_dir} already holds {len(existing)} shards; write to an empty folder")
-    items = list(enumerate(iter_items(inputs, format, allow_outside_root=allow_outside_root, max_file_mb=max_file_mb,
-                                      tfds_name=tfds_name, manual_dir=manual_dir, tfds_split=tfds_split,
-                                      tfds_data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds"))))  # fmt: skip
-    # A reader's BadData (a bad row) is counted as it is; only candidates travel to the workers.
-    items = [(i, item, ("skip", c.reason, c.detail) if isinstance(c, BadData) else c) for i, (item, c) in items]
-    shards = max(1, num_shards or math.ceil(len(items) / shard_size))
+    files = expand_inputs(inputs, INPUT_PATTERNS[format])
+    read_kw = dict(allow_outside_root=allow_outside_root, max_file_mb=max_file_mb)
     audio_kw = dict(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
                     max_file_mb=max_file_mb, silence_threshold=silence_threshold)  # fmt: skip
     kw = dict(sample_rate=sample_rate, max_caption_chars=max_caption_chars, timeout_s=timeout_s, audio_kw=audio_kw)
@@ -91,12 +92,17 @@ def build_beam(
     extra = dict(runner="DirectRunner", direct_num_workers=workers, direct_running_mode="multi_processing")
     options = PipelineOptions(flags, **(extra if local else {}))
     with beam.Pipeline(options=options) as p:
-        converted = (
+        items = (
             p
-            | "items" >> beam.Create(items)
-            | "spread" >> beam.Reshuffle()
-            | "convert" >> beam.Map(_convert, kw, audio_format)
+            | "files" >> beam.Create(list(enumerate(files)))
+            | "spread files" >> beam.Reshuffle()
+            | "read" >> beam.FlatMap(_read_file, format, read_kw)
         )
+        count = items | "count" >> beam.combiners.Count.Globally()
+        shards = beam.pvalue.AsSingleton(
+            count | "shards" >> beam.Map(lambda n: max(1, num_shards or -(-n // shard_size)))
+        )
+        converted = items | "spread" >> beam.Reshuffle() | "convert" >> beam.Map(_convert, kw, audio_format)
         _ = (
             converted
             | "by shard" >> beam.FlatMap(_by_shard, shards)
@@ -113,6 +119,13 @@ def build_beam(
     return finish(out_dir, stats, names, stopped, start, **head)
 
 
+def _read_file(numbered: tuple, format: str, read_kw: dict):
+    """(file number, path) -> ((file number, row number), item, candidate | a reader's skip outcome)."""
+    i, path = numbered
+    for j, (item, cand) in enumerate(iter_items([path], format, **read_kw)):
+        yield (i, j), item, ("skip", cand.reason, cand.detail) if isinstance(cand, BadData) else cand
+
+
 def _convert(numbered: tuple, kw: dict, audio_format: str) -> tuple:
     """(number, item, candidate | outcome) -> (number, item, outcome) with the record encoded (bytes)."""
     number, item, cand = numbered
@@ -125,9 +138,9 @@ def _convert(numbered: tuple, kw: dict, audio_format: str) -> tuple:
 
 
 def _by_shard(converted: tuple, shards: int):
-    number, _, outcome = converted
-    if outcome[0] == "written":
-        yield number % shards, (number, outcome[1]["record"])
+    (i, j), _, outcome = converted
+    if outcome[0] == "written":  # rows of a file round-robin over the shards, each file starting elsewhere
+        yield (j + 7919 * i) % shards, ((i, j), outcome[1]["record"])
 
 
 def _write_shard(group: tuple, out_dir: str, shards: int) -> str:

@@ -49,6 +49,7 @@ from clapcomp.data.sources import (
 from clapcomp.decode import Limits
 
 FORMATS = ("manifest", "compa", "webdataset", "tfds")
+INPUT_PATTERNS = {"manifest": ("*.csv", "*.jsonl"), "compa": ("*.csv", "*.jsonl"), "webdataset": ("*.tar", "*.tar.gz", "*.tgz")}  # fmt: skip
 
 
 class BuildError(RuntimeError):
@@ -182,14 +183,14 @@ def build(
 def iter_items(inputs: list[str], format: str, *, allow_outside_root: bool, max_file_mb: float, **tfds) -> Iterator:
     """`(item_name, candidate | BadData)` of every input item, by `format` (the readers of `sources.py`)."""
     if format in ("manifest", "compa"):
-        files = expand_inputs(inputs, ("*.csv", "*.jsonl"))
+        files = expand_inputs(inputs, INPUT_PATTERNS[format])
         return (
             x
             for p in files
             for x in guarded(p, read_manifest(p, compa=format == "compa", allow_outside_root=allow_outside_root))
         )
     if format == "webdataset":
-        files = expand_inputs(inputs, ("*.tar", "*.tar.gz", "*.tgz"))
+        files = expand_inputs(inputs, INPUT_PATTERNS[format])
         return (x for p in files for x in guarded(p, read_webdataset(p, max_file_mb=max_file_mb)))
     if format == "tfds":
         from clapcomp.data.tfds_builders import iter_candidates

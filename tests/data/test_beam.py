@@ -37,9 +37,9 @@ def _manifest(root):
         {"audio": "good1.flac", "caption": "n", "negatives": "not a list"},
         {"audio": "../outside.wav", "caption": "o"},
     ]
-    path = root / "m.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
-    return path
+    (root / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:14]) + "\n")
+    (root / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows[14:]) + "\n{not json\n")
+    return root  # two manifests
 
 
 def _records(out):
@@ -57,8 +57,7 @@ def _records(out):
 def test_beam_build_with_two_workers_equals_the_local_build(tmp_path, capsys):
     root = tmp_path / "in"
     root.mkdir()
-    manifest = _manifest(root)
-    common = ["--input", str(manifest), "--format", "manifest", "--sample-rate", str(SR)]
+    common = ["--input", str(_manifest(root)), "--format", "manifest", "--sample-rate", str(SR)]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
     assert (
         main([*common, "--out", str(tmp_path / "beam"), "--runner", "beam", "--workers", "2", "--num-shards", "3"]) == 0
