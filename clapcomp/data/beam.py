@@ -34,10 +34,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from clapcomp.data.build import INPUT_PATTERNS, BuildStats, convert, finish, iter_items, over_budget
+from clapcomp.data.build import INPUT_PATTERNS, BuildStats, convert, convert_options, finish, iter_items, over_budget
 from clapcomp.data.reasons import BadData
 from clapcomp.data.records import SHARD_SUFFIX, encode_record
 from clapcomp.data.sources import expand_inputs
+from clapcomp.decode import Limits
 
 STATS_PART = "_beam_stats.pickle"  # the merged BuildStats, handed from the pipeline to the driver
 
@@ -58,6 +59,7 @@ def build_beam(
     max_seconds: float = 600.0,
     max_channels: int = 16,
     max_file_mb: float = 2048.0,
+    max_decoded_samples: int = Limits.max_samples,
     silence_threshold: float = 1e-4,
     max_caption_chars: int = 2000,
     timeout_s: float | None = 60.0,
@@ -83,9 +85,9 @@ def build_beam(
         raise FileExistsError(f"{out_dir} already holds {len(existing)} shards; write to an empty folder")
     files = expand_inputs(inputs, INPUT_PATTERNS[format])
     read_kw = dict(allow_outside_root=allow_outside_root, max_file_mb=max_file_mb)
-    audio_kw = dict(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
-                    max_file_mb=max_file_mb, silence_threshold=silence_threshold)  # fmt: skip
-    kw = dict(sample_rate=sample_rate, max_caption_chars=max_caption_chars, timeout_s=timeout_s, audio_kw=audio_kw)
+    kw = convert_options(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
+                         max_file_mb=max_file_mb, max_decoded_samples=max_decoded_samples, timeout_s=timeout_s,
+                         silence_threshold=silence_threshold, max_caption_chars=max_caption_chars)  # fmt: skip
 
     flags = shlex.split(beam_options)
     local = not any(f.startswith("--runner") for f in flags)

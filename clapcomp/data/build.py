@@ -155,16 +155,9 @@ def build(
                        tfds_name=tfds_name, manual_dir=manual_dir, tfds_split=tfds_split,
                        tfds_data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds"))  # fmt: skip
 
-    audio_kw = dict(
-        sample_rate=sample_rate,
-        max_seconds=max_seconds,
-        max_channels=max_channels,
-        max_file_mb=max_file_mb,
-        max_decoded_samples=max_decoded_samples,
-        timeout_s=timeout_s,
-        silence_threshold=silence_threshold,
-    )
-    kw = dict(sample_rate=sample_rate, max_caption_chars=max_caption_chars, timeout_s=timeout_s, audio_kw=audio_kw)
+    kw = convert_options(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
+                         max_file_mb=max_file_mb, max_decoded_samples=max_decoded_samples, timeout_s=timeout_s,
+                         silence_threshold=silence_threshold, max_caption_chars=max_caption_chars)  # fmt: skip
     stats, start, stopped = BuildStats(), time.time(), None
     with ShardWriter(out_dir, shard_size=shard_size, audio_format=audio_format) as writer:
         for item, cand in items:
@@ -200,6 +193,12 @@ def iter_items(inputs: list[str], format: str, *, allow_outside_root: bool, max_
         return iter_candidates(tfds["tfds_name"], tfds["manual_dir"], split=tfds["tfds_split"],
                                data_dir=tfds["tfds_data_dir"])  # fmt: skip
     raise ValueError(f"unknown format {format!r}; use one of {FORMATS}")
+
+
+def convert_options(*, sample_rate: int, max_caption_chars: int, timeout_s: float | None, **audio) -> dict:
+    """`convert`'s keywords from `build`'s arguments (both runners): `audio` are `load_audio`'s limits."""
+    audio_kw = dict(sample_rate=sample_rate, timeout_s=timeout_s, **audio)
+    return dict(sample_rate=sample_rate, max_caption_chars=max_caption_chars, timeout_s=timeout_s, audio_kw=audio_kw)
 
 
 def convert(cand, *, sample_rate: int, max_caption_chars: int, timeout_s: float | None, audio_kw: dict) -> tuple:
