@@ -146,7 +146,7 @@ def _parts(source, tok, options, n: int = 64) -> dict:
         rec = parse_record(record, copy=False)
         c2 = time.process_time()
         pcm16 = rec["audio_format"] == "pcm16" and rec["sample_rate"] == options.sample_rate
-        _ = pcm16_samples(rec) if pcm16 else decode_at(rec, options.sample_rate)
+        _ = pcm16_samples(rec) if pcm16 else decode_at({**rec, "audio": bytes(rec["audio"])}, options.sample_rate)
         c3 = time.process_time()
         gen.generate(rec["captions"][0], options.num_negatives)
         c4 = time.process_time()
