@@ -6,9 +6,9 @@ training config's names (``config.data.batch_size``, ``num_negatives``, ``num_po
 ``workers``; ``model.audio.sample_rate``, ``clip_samples``, ``fusion``; ``config.seed``).
 
 `FIELDS` lists every per-example array the pipeline emits: its name, its shape in symbols and its
-dtype, and the part of the batch it belongs to. The pipeline allocates examples from it and
+dtype, and the part of the batch it belongs to. The pipeline allocates batches from it and
 `clapcomp.train.step.batch_spec` picks a loss's inputs from it by part. A new per-example field is
-one row here plus the line in `RecordTransform._load` that fills it.
+one row here plus the lines in `RecordTransform._load` (per record) and `Collate` (per batch) that fill it.
 """
 
 from __future__ import annotations
