@@ -52,7 +52,7 @@ def test_memory_report_per_chip(compiled):
     assert by["total"] == by["arguments"] + by["temporaries"] + by["outputs"] + by["code"]
     # arguments: the replicated state (params + Adam moments + counters) and this chip's batch rows,
     # at least their logical size (TPU layouts pad small arrays to tiles)
-    abstract = state_lib.abstract_state(config, jax.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1]))
+    abstract = state_lib.setup(config, jax.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1])).abstract
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract))
     cfg = state_lib.model_config(config)
     batch_bytes = B * (4 * cfg.audio.clip_samples + 4 + (1 + K) * 2 * 4 * cfg.text.max_length + K)
@@ -90,7 +90,7 @@ def test_collectives_match_the_mesh(compiled):
     assert all(c["axes"] == ["data"] for c in r["collectives"]), r["collectives"]
     # data parallelism: every parameter's gradient is summed over `data`, so the all-reduced bytes
     # cover the float32 parameters at least once
-    _, params, _ = state_lib.abstract_model(config)
+    _, params, _ = state_lib.abstract_model(state_lib.model_config(config))
     param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(params))
     assert r["collective_bytes"]["all-reduce"] >= param_bytes
 
