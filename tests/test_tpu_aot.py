@@ -184,3 +184,18 @@ def test_tower_loss_reaches_only_its_tower(tower, trained):
     assert all(v == 0 for n, v in norms.items() if n not in mine), {
         n: v for n, v in norms.items() if n not in mine and v
     }
+
+
+def test_an_unknown_set_field_stops_before_compiling(capsys):
+    """`--set` goes through clapcomp.train.config.load: once accepted silently, an unknown field now
+    exits 2 naming it and the closest fields; a known one reaches the config, parsed by its type."""
+    base = ["--config", str(ROOT / "configs" / "tiny.py"), "--loss", "compa"]
+    assert aot.main([*base, "--set", "data.nonexistent_key=3"]) == 2
+    err = capsys.readouterr().err
+    assert "'data.nonexistent_key', which is no config field; data has batch_size" in err, err
+    assert aot.main([*base, "--set", "model.htsat.drop_path_rat=0.2"]) == 2
+    assert "the closest are model.htsat.drop_path_rate" in capsys.readouterr().err
+    config = aot.load_config(aot.parse_args([*base, "--fsdp", "2", "--set", "model.htsat.remat=nothing_saveable"]))
+    assert (config.model.htsat.remat, config.loss, config.data.num_negatives, config.mesh.fsdp, config.fsdp_text) == (
+        "nothing_saveable", "compa", 3, 2, True)  # fmt: skip
+    assert config.model.dtype == "bfloat16" and "model.htsat.remat" in config.overrides

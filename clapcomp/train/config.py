@@ -35,11 +35,12 @@ import difflib
 import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import ml_collections
+from typing import TYPE_CHECKING, Any
 
 from clapcomp.models.configs import ClapConfig
+
+if TYPE_CHECKING:
+    import ml_collections
 
 LOSSES = ("plain", "compa", "modular")
 # config.freeze -> the top-level parameter groups it keeps fixed ("" : none).
@@ -52,6 +53,8 @@ RESTORE_MODES = ("latest", "params_only")
 def defaults() -> ml_collections.ConfigDict:
     """The full training config schema with its default values (LAION-CLAP HTSAT-tiny + RoBERTa-base);
     `FIELDS` says what each field means."""
+    import ml_collections  # here, not at import: the train step and state use this module without it
+
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ClapConfig().to_dict()  # ClapConfig fields: audio front end, htsat, cnn, text, projection, dtype
@@ -321,6 +324,7 @@ def _parse(key: str, text: str, current):
     """`text` as a value for the field `key` that holds `current`, parsed as `--config.key=text` always
     was (ml_collections' parser for the field's type): str as is; bool, int, float, tuple by absl's and
     ml_collections' parsers; a dict as a Python literal; a list or None as a literal, else as text."""
+    import ml_collections
     from absl import flags
     from ml_collections.config_flags.tuple_parser import TupleParser
 
@@ -331,7 +335,7 @@ def _parse(key: str, text: str, current):
     try:
         if type(current) in parsers:
             return parsers[type(current)].parse(text)
-        if isinstance(current, dict):
+        if isinstance(current, (dict, ml_collections.ConfigDict)):
             value = ast.literal_eval(text)
             if not isinstance(value, dict):
                 raise ValueError(f"{value!r} is not a dict")
@@ -348,6 +352,8 @@ def parse_arg(arg: str | None, **defaults_):
     """`"k1=v1,k2=v2"` -> ConfigDict of `defaults_` updated with the given values, each cast to its
     default's type (big_vision's `parse_arg`). A bare word sets the first key: `"compa"` is `"loss=compa"`
     when `loss` is the first keyword."""
+    import ml_collections
+
     out = ml_collections.ConfigDict(defaults_)
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
