@@ -27,8 +27,8 @@ the allocator's peak bytes in use (`memory_stats()["peak_bytes_in_use"]` /
 temporaries). Peaks of the second row of a JAX part (text extra, audio) are since the process began.
 
 The recipes are the real config files (`configs/clap_htsat_roberta.py` for the plain step,
-`configs/compa_stage2.py` for the CompA step, `configs/tiny.py` for --config tiny), loaded with
-ml_collections; the step is `clapcomp.train.step.from_config` of them. Besides ml_collections the
+`configs/compa_stage2.py` for the CompA step, `configs/tiny.py` for --config tiny), loaded by
+`clapcomp.train.config.load`; the step is `clapcomp.train.step.from_parts` of them. Besides ml_collections the
 JAX parts need only jax, flax, optax, numpy and clapcomp's model / loss / train-step modules.
 """
 
