@@ -41,7 +41,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from clapcomp.train import state as state_lib
-from clapcomp.train.config import RESTORE_MODES, defaults, fields_of
+from clapcomp.train.config import RESTORE_MODES, defaults, fields_of, flat
 
 log = logging.getLogger("clapcomp.train")
 
@@ -305,22 +305,12 @@ RESUMABLE = tuple(sorted(fields_of("resumable")))
 _RECORDS = fields_of("record")  # written by the loader: what was set on purpose, not how the run trains
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(saved: dict, config) -> tuple[list[str], list[str]]:
     """(accepted, refused) differences `field: saved -> new` between config.json and `config`. A field
     config.json lacks (written before the field existed) stands for its default, which keeps the old
     behaviour: resuming with the default is no change."""
-    old, new = _flat(saved), _flat(json.loads(json.dumps(config.to_dict())))
-    default = _flat(json.loads(json.dumps(defaults().to_dict())))
+    old, new = flat(saved), flat(json.loads(json.dumps(config.to_dict())))
+    default = flat(json.loads(json.dumps(defaults().to_dict())))
     accepted, refused = [], []
     for k in sorted((old.keys() | new.keys()) - _RECORDS):
         a, b = old.get(k, default.get(k, "<absent>")), new.get(k, "<absent>")

@@ -228,10 +228,10 @@ def load(path: str | Path, arg: str | None = None, overrides: Iterable[str] = ()
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} has no get_config(arg) function")
     config = module.get_config(arg) if arg is not None else module.get_config()
-    known = _flat(defaults().to_dict())
-    for key in _flat(config.to_dict()):
+    known = flat(defaults().to_dict())
+    for key in flat(config.to_dict()):
         _check_key(key, known, f"{path} sets")
-    set_fields = {k for k, v in _flat(config.to_dict()).items() if _plain(v) != _plain(known[k])}
+    set_fields = {k for k, v in flat(config.to_dict()).items() if _plain(v) != _plain(known[k])}
     given: dict[str, list[str]] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -291,12 +291,13 @@ def _split_path(path: str, arg: str | None) -> tuple[str, str | None]:
     return path, arg
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; an empty dict and every non-dict value is a leaf."""
+def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a config's fields by dotted key (an empty dict and every non-dict
+    value is a leaf)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

@@ -389,7 +389,7 @@ def usage(fv, config=None, source: str = "") -> str:
     its value (the given --config's, with its overrides, else the defaults), class and meaning."""
     from clapcomp.train import config as config_lib
 
-    values = config_lib._flat((config or config_lib.defaults()).to_dict())
+    values = config_lib.flat((config or config_lib.defaults()).to_dict())
     head = [
         (main.__doc__ or "").strip(),
         "",
