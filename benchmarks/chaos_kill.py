@@ -284,7 +284,7 @@ def read_state(workdir: Path, step: int):
 
     config = ckpt_lib.read_config(workdir)
     mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-    abstract = state_lib.abstract_state(config, mesh)
+    abstract = state_lib.setup(config, mesh).abstract
     options = ocp.CheckpointManagerOptions(read_only=True)
     with ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state

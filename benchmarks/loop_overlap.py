@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import platform
 import shutil
@@ -60,14 +59,10 @@ def write_records(out_dir: Path, n: int, seconds: float, seed: int = 0) -> None:
 
 
 def tiny_config(records: Path, steps: int, clip_seconds: float, batch: int):
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("plain")
-    c.data.train, c.data.batch_size = str(records), batch
-    c.model.audio.clip_seconds = clip_seconds
-    c.total_steps, c.log_every, c.ckpt_every = steps, 1, steps
-    return c
+    from clapcomp.train.config import load
+
+    return load(REPO / "configs" / "tiny.py", "plain", [f"data.train={records}", f"data.batch_size={batch}",
+                f"model.audio.clip_seconds={clip_seconds}", f"total_steps={steps}", "log_every=1", f"ckpt_every={steps}"])  # fmt: skip
 
 
 class Timed:
@@ -96,12 +91,9 @@ def device_bound(config, batch: dict, n: int) -> float:
 
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     batch = {k: v for k, v in batch.items() if k in step_lib.batch_spec(config.loss)}
-    graphdef, state = state_lib.init_state(config, mesh)
-    step = (
-        step_lib.from_config(graphdef, config, mesh, state_lib.abstract_state(config, mesh))
-        .lower(state, batch)
-        .compile()
-    )
+    parts = state_lib.setup(config, mesh)
+    state = state_lib.init_state(parts)
+    step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze).lower(state, batch).compile()
     for _ in range(3):
         state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))

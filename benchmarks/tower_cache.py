@@ -16,7 +16,6 @@ Prints one line per figure.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import tempfile
@@ -48,11 +47,9 @@ def main() -> None:
     from clapcomp.train import init as init_lib
     from clapcomp.train import state as state_lib
     from clapcomp.train import step as step_lib
+    from clapcomp.train.config import load
     from clapcomp.train.distributed import BATCH
 
-    spec = importlib.util.spec_from_file_location("bench_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     scratch = Path(tempfile.mkdtemp(prefix="tower_cache_bench_"))
     source = RecordSource(args.records)
     subset = [parse_record(source[i]) for i in range(min(args.clips, len(source)))]
@@ -60,23 +57,22 @@ def main() -> None:
     records = scratch / "records"
 
     t0 = time.perf_counter()
-    config = module.get_config("plain")
-    config.data.train = str(records)
-    config = init_lib.prepare(config)
+    config = init_lib.prepare(load(args.config, "plain", [f"data.train={records}"]))
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
-    graphdef, state = state_lib.init_state(config, mesh, init_lib.load_init_model(config))
+    parts = state_lib.setup(config, mesh)
+    state = state_lib.init_state(parts, init_lib.load_init_model(config))
     print(
         f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s); initial model {time.perf_counter() - t0:.0f} s"
     )
 
-    cache = locked_tower.write_cache(records, scratch / "cache", nnx.merge(graphdef, state.params, state.model_state))
+    cache = locked_tower.write_cache(
+        records, scratch / "cache", nnx.merge(parts.graphdef, state.params, state.model_state)
+    )
     stats = json.loads((scratch / "cache" / "stats.json").read_text())
     print(f"write_cache: {stats['count']} clips in {stats['seconds']} s = {stats['clips_per_s']} clips/s")
 
     for loss in args.losses.split(","):
-        c = module.get_config(loss)
-        c.data.train = str(records)
-        c = init_lib.prepare(c)
+        c = init_lib.prepare(load(args.config, loss, [f"data.train={records}"]))
         tok = Tokenizer.from_file(c.tokenizer, max_length=c.model.text.max_length)
         audio = state_lib.model_config(c).audio
         for pooled in (False, True) if not args.no_waveform_steps else (True,):
@@ -86,7 +82,7 @@ def main() -> None:
             batch = {k: v for k, v in next(iter(ds)).items() if k in step_lib.batch_spec(loss, pooled=pooled)}
             batch = jax.device_put(batch, NamedSharding(mesh, BATCH))
             t0 = time.perf_counter()
-            step = step_lib.from_config(graphdef, c, mesh, state_lib.abstract_state(c, mesh))
+            step = step_lib.from_parts(state_lib.setup(c, mesh), mesh, loss=c.loss, freeze=c.freeze)
             compiled = step.lower(state, batch).compile()
             compile_s = time.perf_counter() - t0
             current, times = jax.tree_util.tree_map(lambda x: x.copy(), state), []  # the step donates its state

@@ -5,7 +5,7 @@
     JAX_PLATFORMS=cpu python benchmarks/tpu_aot.py --config configs/clap_htsat_roberta.py \
         --topology v5e:16x16 --per-chip-batch 128 --loss compa --k 3 --dtype bf16 --out aot.json
 
-The step is `clapcomp.train.step.from_config` of the config (plain, CompA with K hard negatives,
+The step is `clapcomp.train.step.from_parts` of the config (plain, CompA with K hard negatives,
 or modular with P positives / K negatives), lowered with abstract inputs only (`jax.ShapeDtypeStruct`
 state and batch carrying the mesh's shardings) and compiled for the topology's devices.
 Reported per chip (XLA's `memory_analysis` / `cost_analysis` of the SPMD program): argument bytes
@@ -24,7 +24,6 @@ compile at that b checks the fit).
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime
 import importlib.util
 import json
@@ -83,29 +82,15 @@ def fit(a: dict, b: dict, at: int) -> dict:
 
 
 def load_config(args):
-    """The config file's `get_config()`, with this run's loss, K/P, dtype, mesh and `--set` fields."""
-    spec = importlib.util.spec_from_file_location("aot_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.loss = args.loss
-    config.data.num_negatives = args.k if args.loss != "plain" else 0
-    config.data.num_positives = args.p if args.loss == "modular" else 0
-    config.model.dtype = {"bf16": "bfloat16", "fp32": "float32"}[args.dtype]
-    config.mesh.data, config.mesh.fsdp = -1, args.fsdp
-    config.fsdp_text = config.fsdp_text or args.fsdp > 1
-    for item in args.set:
-        field, _, text = item.partition("=")
-        node, *path = field.split(".")
-        target = config
-        for name in [node, *path][:-1]:
-            target = target[name]
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        target[field.split(".")[-1]] = value
-    return config
+    """The config file's `get_config()` with this run's loss, K/P, dtype, mesh, then the `--set` fields
+    (`clapcomp.train.config.load`: read as `clapcomp train --config.FIELD=VALUE`, unknown fields refused)."""
+    from clapcomp.train.config import load
+
+    run = [f"loss={args.loss}", f"data.num_negatives={args.k if args.loss != 'plain' else 0}",
+           f"data.num_positives={args.p if args.loss == 'modular' else 0}",
+           f"model.dtype={ {'bf16': 'bfloat16', 'fp32': 'float32'}[args.dtype]}", "mesh.data=-1", f"mesh.fsdp={args.fsdp}",
+           *(["fsdp_text=true"] if args.fsdp > 1 else [])]  # fmt: skip
+    return load(args.config, overrides=[*run, *args.set])
 
 
 def abstract_batch(config, cfg, n: int, mesh):
@@ -153,7 +138,6 @@ def tower_loss(tower: str):
 def compile_step(config, topology: str, per_chip_batch: int, tower: str = "both"):
     """(compiled, mesh, compile seconds) of the config's train step for `topology`; `tower` "audio" or
     "text": the step with `tower_loss(tower)` instead of the config's loss."""
-    import jax
     import numpy as np
     from jax.experimental import topologies
     from jax.sharding import AxisType, Mesh
@@ -169,17 +153,15 @@ def compile_step(config, topology: str, per_chip_batch: int, tower: str = "both"
     if len(devices) % fsdp:
         raise ValueError(f"--fsdp {fsdp} does not divide the {len(devices)} chips of {topology}")
     mesh = Mesh(np.array(devices).reshape(len(devices) // fsdp, fsdp), AXES, axis_types=(AxisType.Auto,) * 2)
-    abstract = state_lib.abstract_state(config, mesh)
-    graphdef = state_lib.abstract_model(config)[0]
+    parts = state_lib.setup(config, mesh)
     if tower == "both":
-        step = step_lib.from_config(graphdef, config, mesh, abstract)
+        step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
     else:
-        step = step_lib.make_train_step(graphdef, state_lib.make_optimizer(config, abstract.params),
-                                        state_lib.learning_rate(config), tower_loss(tower), mesh, seed=config.seed,
-                                        state_sharding=jax.tree_util.tree_map(lambda x: x.sharding, abstract))  # fmt: skip
-    batch = abstract_batch(config, state_lib.model_config(config), per_chip_batch * len(devices), mesh)
+        step = step_lib.make_train_step(parts.graphdef, parts.tx, parts.schedule, tower_loss(tower), mesh,
+                                        seed=parts.seed, state_sharding=parts.shardings)  # fmt: skip
+    batch = abstract_batch(config, parts.cfg, per_chip_batch * len(devices), mesh)
     start = time.perf_counter()
-    compiled = step.lower(abstract, batch).compile()
+    compiled = step.lower(parts.abstract, batch).compile()
     return compiled, mesh, time.perf_counter() - start
 
 
@@ -260,7 +242,11 @@ def main(argv=None) -> int:
         r = fit(*(json.loads(Path(f).read_text()) for f in args.fit), args.at)
         print(json.dumps(r, indent=1))
         return 0
-    config = load_config(args)
+    try:
+        config = load_config(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"tpu_aot.py: {e}", file=sys.stderr)
+        return 2
     compiled, mesh, compile_s = compile_step(config, args.topology, args.per_chip_batch, args.tower)
     if args.hlo:
         Path(args.hlo).write_text(compiled.as_text())

@@ -27,8 +27,8 @@ the allocator's peak bytes in use (`memory_stats()["peak_bytes_in_use"]` /
 temporaries). Peaks of the second row of a JAX part (text extra, audio) are since the process began.
 
 The recipes are the real config files (`configs/clap_htsat_roberta.py` for the plain step,
-`configs/compa_stage2.py` for the CompA step, `configs/tiny.py` for --config tiny), loaded with
-ml_collections; the step is `clapcomp.train.step.from_config` of them. Besides ml_collections the
+`configs/compa_stage2.py` for the CompA step, `configs/tiny.py` for --config tiny), loaded by
+`clapcomp.train.config.load`; the step is `clapcomp.train.step.from_parts` of them. Besides ml_collections the
 JAX parts need only jax, flax, optax, numpy and clapcomp's model / loss / train-step modules.
 """
 
@@ -89,18 +89,12 @@ def parse_args(argv):
 
 def train_config(args, loss: str = "plain"):
     """The config file behind --config and `loss` (see module doc), computing in --dtype."""
-    import importlib.util
+    from clapcomp.train.config import load
 
     name = "tiny" if args.config == "tiny" else {"plain": "clap_htsat_roberta", "compa": "compa_stage2"}[loss]
-    spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.loss = loss
-    config.model.dtype = {"bf16": "bfloat16", "fp32": "float32"}[args.dtype]
-    if args.config == "tiny":
-        config.model.text.update(TINY_ROBERTA)
-    return config
+    tiny = [f"model.text.{k}={v}" for k, v in TINY_ROBERTA.items()] if args.config == "tiny" else []
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}[args.dtype]
+    return load(CONFIGS / f"{name}.py", overrides=[f"loss={loss}", f"model.dtype={dtype}", *tiny])
 
 
 def model_config(args):
@@ -222,8 +216,9 @@ def run_train(args, loss: str) -> list[dict]:
     config = train_config(args, loss)
     cfg = state_lib.model_config(config)
     mesh = jax.make_mesh((1, 1), AXES, axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:1])
-    graphdef, state = state_lib.init_state(config, mesh)
-    step = step_lib.from_config(graphdef, config, mesh, state_lib.abstract_state(config, mesh))
+    parts = state_lib.setup(config, mesh)
+    state = state_lib.init_state(parts)
+    step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
     data = inputs(cfg, args.batch, args.k, args.seed)
     batch = {k: jax.device_put(data[k], NamedSharding(mesh, BATCH)) for k in step_lib.batch_spec(loss)}
     start = time.perf_counter()
@@ -253,7 +248,7 @@ def run_train(args, loss: str) -> list[dict]:
 
     def text_grads(text_params, ids, mask):
         def f(tp):
-            model = nnx.merge(graphdef, {**rest, **tp}, model_state)
+            model = nnx.merge(parts.graphdef, {**rest, **tp}, model_state)
             return jnp.sum(model.embed_tokens(ids, mask, train=True, key=jax.random.key(0)))
 
         return jax.grad(f)(text_params)

@@ -32,18 +32,15 @@ HEADLINE = (
 
 
 def get_config(arg: str):
-    """configs/demo.py -> its get_config(arg): the copy an installed wheel ships as clapcomp/configs/
-    (pyproject.toml `package-dir`), else the checkout's configs/ beside the package."""
-    import importlib.util
+    """configs/demo.py:arg through the one config loader: the copy an installed wheel ships as
+    clapcomp/configs/ (pyproject.toml `package-dir`), else the checkout's configs/ beside the package."""
+    from clapcomp.train.config import load
 
     here = Path(__file__).resolve().parent
     path = next((p for p in (here / "configs" / "demo.py", here.parent / "configs" / "demo.py") if p.is_file()), None)
     if path is None:
         raise FileNotFoundError(f"configs/demo.py is neither in {here} nor in {here.parent}; reinstall clapcomp")
-    spec = importlib.util.spec_from_file_location("clapcomp_demo_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load(path, arg)
 
 
 def _stage(msg: str) -> None:

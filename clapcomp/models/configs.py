@@ -141,18 +141,6 @@ class ClapConfig:
         return _build(cls, d)
 
 
-# Which fields a run may choose on top of pretrained weights (clapcomp.train.init). Every other field
-# of `htsat`, `text`, `audio.fusion` and `projection_dim` is architecture: read from the checkpoint,
-# and a config that sets it explicitly to another value is an error. The front end (`audio`, except
-# `fusion`) is the checkpoint's unless the config sets it; the geometry check then decides.
-TRAINING_FIELDS: dict[str, frozenset[str]] = {
-    "htsat": frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "spec_augment"}),
-    "text": frozenset({"dropout", "attn_dropout", "max_length"}),
-    "": frozenset({"dtype", "logit_scale_init"}),  # the logit scale itself is a loaded weight
-}
-FRONT_END_FIELDS = frozenset(f.name for f in dataclasses.fields(AudioConfig)) - {"fusion"}
-
-
 def check_geometry(cfg: ClapConfig) -> None:
     """The front end must fit the audio tower: a ValueError naming the fields and values that would fit."""
     a, h = cfg.audio, cfg.htsat

@@ -41,11 +41,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from clapcomp.train import state as state_lib
-from clapcomp.train.config import defaults
+from clapcomp.train.config import RESTORE_MODES, defaults, fields_of, flat
 
 log = logging.getLogger("clapcomp.train")
 
-RESTORE_MODES = ("latest", "params_only")
 # tensorstore/Orbax report file problems as ValueError/RuntimeError with an absl status name.
 _CORRUPT_STATUS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "Error decoding", "Error reading")
 _TRANSIENT_STATUS = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
@@ -300,47 +299,20 @@ def _grain_args(save: bool):
     return grain.checkpoint.CheckpointSave if save else grain.checkpoint.CheckpointRestore
 
 
-# Fields a resume may change: they shape neither the saved arrays nor the data position (paths may
-# move between machines). Every other field must match config.json. A prefix covers its subfields.
-RESUMABLE = (
-    "total_steps",
-    "log_every",
-    "ckpt_every",
-    "eval_every",
-    "evaluators",
-    "keep_checkpoints",
-    "max_consecutive_nonfinite",
-    "preempt_check_every",
-    "optimizer.warmup_steps",
-    "data.workers",
-    "data.train",
-    "data.tower_cache",  # the same embeddings as running the locked tower (checked against its weights)
-    "tokenizer",
-    "tokenizer_sha256",  # pinned by the trainer; the workdir copy itself is checked on every start
-    "init",
-    "mesh",
-    "fsdp_text",
-)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+# Fields a resume may change (clapcomp.train.config.FIELDS, class "resumable"): they shape neither the saved
+# arrays nor the data position (paths may move between machines). Every other field must match config.json.
+RESUMABLE = tuple(sorted(fields_of("resumable")))
+_RECORDS = fields_of("record")  # written by the loader: what was set on purpose, not how the run trains
 
 
 def config_changes(saved: dict, config) -> tuple[list[str], list[str]]:
     """(accepted, refused) differences `field: saved -> new` between config.json and `config`. A field
     config.json lacks (written before the field existed) stands for its default, which keeps the old
     behaviour: resuming with the default is no change."""
-    old, new = _flat(saved), _flat(json.loads(json.dumps(config.to_dict())))
-    default = _flat(json.loads(json.dumps(defaults().to_dict())))
+    old, new = flat(saved), flat(json.loads(json.dumps(config.to_dict())))
+    default = flat(json.loads(json.dumps(defaults().to_dict())))
     accepted, refused = [], []
-    for k in sorted(old.keys() | new.keys()):
+    for k in sorted((old.keys() | new.keys()) - _RECORDS):
         a, b = old.get(k, default.get(k, "<absent>")), new.get(k, "<absent>")
         if a != b:
             ok = any(k == f or k.startswith(f + ".") for f in RESUMABLE)
@@ -438,7 +410,7 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     config = read_config(workdir)
     if mesh is None:
         mesh = Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-    abstract = state_lib.abstract_state(config, mesh)
+    parts = state_lib.setup(config, mesh)
     manager = read_only_manager(Path(workdir, "checkpoints"))
     steps = sorted(manager.all_steps())
     if not steps:
@@ -448,13 +420,12 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     elif step not in steps:
         raise CheckpointError(f"{workdir}/checkpoints has no step {step}; it holds steps {steps}")
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(parts.abstract))).state
     except Exception as e:
         older = [s for s in steps if s < step]
         hint = f" Pass an older step explicitly (step={older[-1]} / --step {older[-1]})." if older else ""
         raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be read ({_first_line(e)}).{hint}") from e
-    graphdef = state_lib.abstract_model(config)[0]
-    return state_lib.model_config(config), graphdef, restored.params, restored.model_state
+    return parts.cfg, parts.graphdef, restored.params, restored.model_state
 
 
 def load_model(workdir: str | Path, *, step: int | None = None):

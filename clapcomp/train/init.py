@@ -5,12 +5,13 @@
     copy_tokenizer(config, workdir)      <workdir>/tokenizer.json (the workdir is self-contained)
     model  = load_init_model(config)     the weights `config.init` names (None: random init)
 
-Architecture from the checkpoint: with `config.init.path` (or when resuming a workdir), every
-architecture field of `config.model` (see `TRAINING_FIELDS` in clapcomp/models/configs.py) takes the
-checkpoint's value; a field the config sets explicitly (to a value other than its default in
-clapcomp/train/config.py) to another value is an error naming the field and both values. Training
-fields (dropout, drop-path, SpecAugment, max_length, dtype) stay the config's. The front end
-(`model.audio`) is the checkpoint's unless the config sets it; the geometry check then decides.
+Architecture from the checkpoint: with `config.init.path` (or when resuming a workdir), each field of
+`config.model` follows its class in `clapcomp.train.config.FIELDS`: an architecture field takes the
+checkpoint's value, and one the config sets on purpose (`config.overrides`: the config file's changes
+to the defaults and every command-line override, even to the default value) to another value is an
+error naming the field and both values; a training field (dropout, drop-path, SpecAugment,
+max_length, dtype) is the config's; a front-end field (`model.audio`, except `fusion`) is the
+checkpoint's unless set, and the geometry check then decides.
 
 `init.kind="aisfx_minilm"` (`clapcomp.convert.panns.aisfx_minilm_clap`) starts from two pretrained
 towers: the aisfx CNN (`init.path`: its checkpoint.pth, empty for the one in the aisfx package) and a
@@ -32,7 +33,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from clapcomp.models.configs import FRONT_END_FIELDS, TRAINING_FIELDS, ClapConfig, TextConfig, check_geometry
+from clapcomp.models.configs import ClapConfig, TextConfig, check_geometry
 from clapcomp.train import config as config_lib
 from clapcomp.train import state as state_lib
 
@@ -40,9 +41,8 @@ log = logging.getLogger("clapcomp.train")
 
 # init.kind -> the `clapcomp.inference.LAYOUTS` row that detects and loads it ("sentence" is separate).
 KINDS = {"hf": "hf-clap", "laion": "laion-pt", "checkpoint": "clapcomp-workdir", "export": "clapcomp-export"}
-LOSSES = ("plain", "compa", "modular")
 NO_PATH_NEEDED = ("none", "aisfx_minilm")  # the kinds whose weights come with installed packages
-_CNN_CONFIG_FIELDS = ("time_segments", "dropout", "spec_augment")  # CnnConfig fields no aisfx checkpoint holds
+_CNN_CONFIG_FIELDS = sorted(config_lib.fields_of("head", "model.cnn."))  # CnnConfig fields no aisfx checkpoint holds
 
 
 def detect_kind(path: str | Path) -> str:
@@ -103,9 +103,7 @@ def checkpoint_architecture(kind: str, path: str, config) -> ClapConfig:
         cnn = dataclasses.replace(CNN_PRESETS["aisfx"], **{f: getattr(ours.cnn, f) for f in _CNN_CONFIG_FIELDS})
         text = read_sentence_config(text_dir(config), max_length=config.model.text.max_length)
         return dataclasses.replace(ours, audio=AISFX_AUDIO, audio_tower="cnn", cnn=cnn, text=text)
-    raise ValueError(
-        f"config.init.kind must be auto | none | {' | '.join([*KINDS, 'sentence', 'aisfx_minilm'])}, got {kind!r}"
-    )
+    raise ValueError(f"config.init.kind must be {' | '.join(config_lib.INIT_KINDS)}, got {kind!r}")
 
 
 def text_dir(config) -> str:
@@ -125,8 +123,9 @@ def _norm(v):
 
 
 def merge_architecture(config, loaded: ClapConfig, source: str) -> ClapConfig:
-    """config.model with the architecture of `loaded` (see module doc); raises on an explicit mismatch."""
-    wanted, default, have = config.model.to_dict(), config_lib.defaults().model.to_dict(), loaded.to_dict()
+    """config.model with the architecture of `loaded` (see module doc); raises on an explicit mismatch.
+    A field counts as set when `config.overrides` names it (clapcomp.train.config.load fills it)."""
+    wanted, have, given = config.model.to_dict(), loaded.to_dict(), set(config.get("overrides", ()))
     out, errors, chosen = {}, [], []
     for group, fields in have.items():
         if not isinstance(fields, dict):
@@ -136,15 +135,15 @@ def merge_architecture(config, loaded: ClapConfig, source: str) -> ClapConfig:
         merged = {}
         for name, ours in fields.items():
             field = f"{prefix}.{name}" if prefix else name
-            dflt = default[group][name] if prefix else default[name]
-            want = (wanted.get(group) or {}).get(name, dflt) if prefix else wanted.get(name, dflt)
-            if name in TRAINING_FIELDS.get(prefix, ()):
+            want = wanted[group][name] if prefix else wanted[name]
+            klass = config_lib.FIELDS[f"model.{field}"][0]
+            if klass == "training":
                 merged[name] = want
                 if _norm(want) != _norm(ours):
                     chosen.append(f"{field}={want!r} (checkpoint {ours!r})")
-            elif _norm(want) == _norm(dflt) or _norm(want) == _norm(ours):
+            elif f"model.{field}" not in given or _norm(want) == _norm(ours):
                 merged[name] = ours
-            elif prefix == "audio" and name in FRONT_END_FIELDS:
+            elif klass == "front end":
                 merged[name] = want
                 chosen.append(f"{field}={want!r} (checkpoint {ours!r})")
             else:
@@ -160,8 +159,8 @@ def merge_architecture(config, loaded: ClapConfig, source: str) -> ClapConfig:
         )
     text = out["text"]
     limit = TextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in text.items()}).max_positions
-    if text["max_length"] > limit and text["max_length"] == default["text"]["max_length"]:
-        chosen.append(f"text.max_length={limit} (the checkpoint's position table; default {text['max_length']})")
+    if text["max_length"] > limit and "model.text.max_length" not in given:
+        chosen.append(f"text.max_length={limit} (the checkpoint's position table; config {text['max_length']})")
         text["max_length"] = limit
     if chosen:
         log.info("from the config on top of %s: %s", source, ", ".join(chosen))
@@ -234,8 +233,8 @@ def check_loss_and_data(config) -> None:
     from clapcomp.data.options import mixture
 
     loss, d = config.loss, config.data
-    if loss not in LOSSES:
-        raise ValueError(f"config.loss must be one of {LOSSES}, got {loss!r}")
+    if loss not in config_lib.LOSSES:
+        raise ValueError(f"config.loss must be one of {config_lib.LOSSES}, got {loss!r}")
     if not d.train:
         raise ValueError(
             "config.data.train is empty; pass --config.data.train=DIR (records from `clapcomp data build`)"

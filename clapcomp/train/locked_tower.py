@@ -84,22 +84,23 @@ def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load(config) -> TowerCache | None:
-    """`config.data.tower_cache` as a TowerCache (None when empty); refused unless the tower is locked."""
-    if not config.data.tower_cache:
+def load(tower_cache: str, freeze: str) -> TowerCache | None:
+    """`tower_cache` (config.data.tower_cache) as a TowerCache (None when empty); refused unless `freeze`
+    (config.freeze) locks the audio tower."""
+    if not tower_cache:
         return None
-    if not state_lib.audio_tower_locked(config.freeze):
+    if not state_lib.audio_tower_locked(freeze):
         raise ValueError(
-            f"config.data.tower_cache={config.data.tower_cache!r} holds a locked audio tower's outputs, but this run "
-            f"trains its audio tower (config.freeze={config.freeze!r}); set config.freeze='audio_tower' (LiT) or "
+            f"config.data.tower_cache={tower_cache!r} holds a locked audio tower's outputs, but this run "
+            f"trains its audio tower (config.freeze={freeze!r}); set config.freeze='audio_tower' (LiT) or "
             "config.data.tower_cache=''"
         )
-    return TowerCache.load(config.data.tower_cache)
+    return TowerCache.load(tower_cache)
 
 
-def check(cache: TowerCache, config, params, model_state) -> None:
-    """Refuses `cache` unless it holds the outputs of this run's audio tower (config and weights)."""
-    want = tower_identity(state_lib.model_config(config), params, model_state)
+def check(cache: TowerCache, cfg: ClapConfig, params, model_state) -> None:
+    """Refuses `cache` unless it holds the outputs of this run's audio tower (ClapConfig and weights)."""
+    want = tower_identity(cfg, params, model_state)
     if cache.tower != want:
         diff = "; ".join(_differences(cache.tower, want))
         raise ValueError(
@@ -221,39 +222,39 @@ def cache_for_config(config, records: str | Path, root: str | Path) -> Path:
     config = config.copy_and_resolve_references()
     config.data.train = str(records)
     config = init_lib.prepare(config)
-    mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
-    graphdef, state = state_lib.init_state(config, mesh, init_lib.load_init_model(config))
-    tower = tower_identity(state_lib.model_config(config), state.params, state.model_state)
+    parts = state_lib.setup(config, distributed.make_mesh(config.mesh.data, config.mesh.fsdp))
+    state = state_lib.init_state(parts, init_lib.load_init_model(config))
+    tower = tower_identity(parts.cfg, state.params, state.model_state)
     out = Path(root) / hashlib.sha256(json.dumps(tower, sort_keys=True).encode()).hexdigest()[:16]
     stats = json.loads((out / "stats.json").read_text()) if (out / "stats.json").is_file() else {}
     if stats.get("tower") == tower and stats.get("records") == str(records):
         return out
-    write_cache(records, out, nnx.merge(graphdef, state.params, state.model_state))
+    write_cache(records, out, nnx.merge(parts.graphdef, state.params, state.model_state))
     return out
 
 
 def main(argv: list[str]) -> int:
-    """`clapcomp tower-cache --config FILE --records DIR --out ROOT [--config.field=value ...]`: writes the
-    tower cache of the run the config describes (once) and prints its dir, for --config.data.tower_cache."""
+    """`clapcomp tower-cache --config FILE[:ARG] --records DIR --out ROOT [--config.field=value ...]`: writes
+    the tower cache of the run the config describes (once) and prints its dir, for --config.data.tower_cache."""
     from absl import flags
-    from ml_collections import config_flags
 
-    argv = ["clapcomp tower-cache", *argv]
+    from clapcomp.train import config as config_lib
+
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "the run's config file (configs/*.py[:k=v,...])",
-                                    flag_values=fv, sys_argv=argv)  # fmt: skip
     flags.DEFINE_string("records", None, "the run's training records (config.data.train)", flag_values=fv)
     flags.DEFINE_string("out", None, "root dir: the cache goes into ROOT/<tower identity hash>/", flag_values=fv)
     try:
-        fv(argv)
-    except flags.Error as e:
+        path, overrides, rest = config_lib.split_argv(argv)
+        fv(["clapcomp tower-cache", *rest])
+        config = config_lib.load(path, overrides=overrides) if path else None
+    except (flags.Error, ValueError, FileNotFoundError) as e:
         sys.stderr.write(f"clapcomp tower-cache: {e}\n")
         return 2
-    if fv.config is None or not fv.records or not fv.out:
+    if config is None or not fv.records or not fv.out:
         sys.stderr.write("clapcomp tower-cache: --config, --records and --out are required\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    print(cache_for_config(fv.config, fv.records, fv.out))
+    print(cache_for_config(config, fv.records, fv.out))
     return 0
 
 

@@ -69,95 +69,97 @@ def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
     `"params_only"` restores the train state but restarts the data iterator (e.g. after a change of
     process count). A checkpoint the config cannot resume raises `IncompatibleCheckpoint` before any
     file is written. Returns early, with a checkpoint saved, after SIGTERM/SIGINT
-    (`metrics["preempted"] = True`)."""
+    (`metrics["preempted"] = True`).
+
+    The run's objects are built here, once, from the config; the helpers take objects."""
     workdir = Path(workdir)
     config = init_lib.prepare(config, workdir)  # architecture from the checkpoint; checked before compiling
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
+    parts = state_lib.setup(config, mesh)  # model config + graphdef, optimizer + schedule, shardings
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
-        return _train(config, workdir, mesh, checkpointer, restore)
+        accepted = ckpt_lib.check_resume_config(workdir, config) if checkpointer.steps() else []
+        tokenizer = init_lib.run_tokenizer(config, workdir)
+        tower_cache = locked_tower.load(config.data.tower_cache, config.freeze)  # None, or the tower's outputs
+        iterator = _data_iterator(config, mesh, tokenizer, tower_cache)
+        state = checkpointer.restore(parts.abstract, iterator.grain_iterator, mode=restore)
+        # Only now, with a restore done or a fresh start decided, does the workdir change.
+        ckpt_lib.save_config(workdir, config)
+        init_lib.copy_tokenizer(config, workdir)
+        if state is None:
+            state = state_lib.init_state(parts, init_lib.load_init_model(config))
+        else:
+            _log_resume(workdir, int(state.step), accepted, restore)
+            if restore == "latest":
+                iterator.restore_skips(checkpointer.restored_skips)
+        if tower_cache is not None:
+            locked_tower.check(tower_cache, parts.cfg, state.params, state.model_state)
+        start = int(state.step)
+        log.info(
+            "%s at step %d of %d on %d devices (%d processes), mesh %s",
+            "resuming" if start else "starting",
+            start,
+            config.total_steps,
+            jax.device_count(),
+            jax.process_count(),
+            dict(mesh.shape),
+        )
+        train_step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
+        keys = step_lib.batch_spec(config.loss, pooled=tower_cache is not None)
+        evaluators = list(config.evaluators)
+        run_eval = (lambda s: evaluate(evaluators, parts.cfg, parts.graphdef, s, tokenizer)) if evaluators else None
+        reporter = Reporter(workdir, start, total_steps=config.total_steps, log_every=config.log_every,
+                            batch_size=config.data.batch_size, max_nonfinite=config.max_consecutive_nonfinite)  # fmt: skip
+        guard = PreemptionGuard(config.preempt_check_every)
+        try:
+            return _run(state, train_step, iterator, keys, checkpointer, reporter, guard, run_eval,
+                        total_steps=config.total_steps, ckpt_every=config.ckpt_every, eval_every=config.eval_every)  # fmt: skip
+        finally:
+            guard.restore()
+            reporter.close()
     finally:
         checkpointer.close()
 
 
-def _train(config, workdir: Path, mesh, checkpointer, restore: str) -> dict:
-    has_checkpoints = bool(checkpointer.steps())
-    accepted = ckpt_lib.check_resume_config(workdir, config) if has_checkpoints else []
-    abstract = state_lib.abstract_state(config, mesh)
-    tokenizer = init_lib.run_tokenizer(config, workdir)
-    tower_cache = locked_tower.load(config)  # None, or the locked audio tower's outputs per clip
-    iterator = _data_iterator(config, mesh, tokenizer, tower_cache)
-
-    state = checkpointer.restore(abstract, iterator.grain_iterator, mode=restore)
-    # Only now, with a restore done or a fresh start decided, does the workdir change.
-    ckpt_lib.save_config(workdir, config)
-    init_lib.copy_tokenizer(config, workdir)
-    if state is None:
-        graphdef, state = state_lib.init_state(config, mesh, init_lib.load_init_model(config))
-    else:
-        graphdef = state_lib.abstract_model(config)[0]
-        _log_resume(workdir, int(state.step), accepted, restore)
-        if restore == "latest":
-            iterator.restore_skips(checkpointer.restored_skips)
-    if tower_cache is not None:
-        locked_tower.check(tower_cache, config, state.params, state.model_state)
-    start = int(state.step)
-    log.info(
-        "%s at step %d of %d on %d devices (%d processes), mesh %s",
-        "resuming" if start else "starting",
-        start,
-        config.total_steps,
-        jax.device_count(),
-        jax.process_count(),
-        dict(mesh.shape),
-    )
-
-    keys = step_lib.batch_spec(config.loss, pooled=tower_cache is not None)
-    reporter = Reporter(config, workdir, start)
-    guard = PreemptionGuard(config.preempt_check_every)
-    last: dict = {}
-    try:
-        train_step, pending = None, None
-        batch = _next_batch(iterator, keys) if start < config.total_steps else None
-        for step in range(start, config.total_steps):
-            if train_step is None:
-                train_step = step_lib.from_config(graphdef, config, mesh, abstract).lower(state, batch).compile()
-                reporter.set_flops(train_step)
-            state, metrics = train_step(state, batch)  # dispatched: the device runs it while the host goes on
-            for v in metrics.values():
-                v.copy_to_host_async()
-            done = step + 1
-            if pending is not None:  # step done - 1, already finished or next in the queue
-                last = reporter.report(*pending)
-            preempted = guard.requested(done, after=metrics)
-            saving = done % config.ckpt_every == 0 or done == config.total_steps or preempted
-            evaluating = (
-                config.evaluators
-                and config.eval_every
-                and (done % config.eval_every == 0 or done == config.total_steps)
-            )
-            # The data position now is exactly `done` batches: the counters and a save see that.
-            skips = {**iterator.skip_totals(), **iterator.source_totals()} if saving or reporter.logs(done) else None
-            pending = (done, metrics, _data_counters(skips or {}))
-            if saving or evaluating:  # never save (or evaluate) a state whose metrics were not checked
-                last, pending = reporter.report(*pending), None
-            if saving:
-                checkpointer.save(done, state, iterator.grain_iterator, skips=skips)
-            if preempted:
-                log.warning("stop requested (signal): saved checkpoint %d, exiting", done)
-                checkpointer.wait()
-                return {**last, "preempted": True}
-            if evaluating:
-                last.update(reporter.write(done, evaluate(config, graphdef, state, tokenizer)))
-            if done < config.total_steps:  # the next batch goes to the device while this step runs
-                batch = _next_batch(iterator, keys)
-        checkpointer.wait()
-        if start >= config.total_steps and config.evaluators:
-            last = evaluate(config, graphdef, state, tokenizer)
-        return last
-    finally:
-        guard.restore()
-        reporter.close()
+def _run(state, train_step, iterator, keys, checkpointer, reporter, guard, run_eval, *, total_steps: int,
+         ckpt_every: int, eval_every: int) -> dict:  # fmt: skip
+    """The step loop of the module doc, from `state.step` to `total_steps`; `run_eval(state)` -> metrics
+    (None: no evaluators)."""
+    start, last = int(state.step), {}
+    compiled, pending = None, None
+    batch = _next_batch(iterator, keys) if start < total_steps else None
+    for step in range(start, total_steps):
+        if compiled is None:
+            compiled = train_step.lower(state, batch).compile()
+            reporter.set_flops(compiled)
+        state, metrics = compiled(state, batch)  # dispatched: the device runs it while the host goes on
+        for v in metrics.values():
+            v.copy_to_host_async()
+        done = step + 1
+        if pending is not None:  # step done - 1, already finished or next in the queue
+            last = reporter.report(*pending)
+        preempted = guard.requested(done, after=metrics)
+        saving = done % ckpt_every == 0 or done == total_steps or preempted
+        evaluating = run_eval and eval_every and (done % eval_every == 0 or done == total_steps)
+        # The data position now is exactly `done` batches: the counters and a save see that.
+        skips = {**iterator.skip_totals(), **iterator.source_totals()} if saving or reporter.logs(done) else None
+        pending = (done, metrics, _data_counters(skips or {}))
+        if saving or evaluating:  # never save (or evaluate) a state whose metrics were not checked
+            last, pending = reporter.report(*pending), None
+        if saving:
+            checkpointer.save(done, state, iterator.grain_iterator, skips=skips)
+        if preempted:
+            log.warning("stop requested (signal): saved checkpoint %d, exiting", done)
+            checkpointer.wait()
+            return {**last, "preempted": True}
+        if evaluating:
+            last.update(reporter.write(done, run_eval(state)))
+        if done < total_steps:  # the next batch goes to the device while this step runs
+            batch = _next_batch(iterator, keys)
+    checkpointer.wait()
+    if start >= total_steps and run_eval:
+        last = run_eval(state)
+    return last
 
 
 def _data_counters(totals: dict) -> dict:
@@ -207,8 +209,9 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(config, graphdef, state, tokenizer) -> dict:
-    """Runs `config.evaluators` on the current weights; returns {"eval/<label>/<metric>": value}.
+def evaluate(evaluators: list[dict], cfg, graphdef, state, tokenizer) -> dict:
+    """Runs `evaluators` (config.evaluators) on the current weights of a model of ClapConfig `cfg`;
+    returns {"eval/<label>/<metric>": value}.
 
     Every process evaluates the same full copy of the weights on its first local device."""
     from flax import nnx
@@ -218,9 +221,9 @@ def evaluate(config, graphdef, state, tokenizer) -> dict:
 
     params, model_state = (multihost_utils.process_allgather(t, tiled=True) for t in (state.params, state.model_state))
     model = nnx.merge(graphdef, params, model_state)
-    embedder = Clap.from_model(model, state_lib.model_config(config), tokenizer)
+    embedder = Clap.from_model(model, cfg, tokenizer)
     out = {}
-    for ev in config.evaluators:
+    for ev in evaluators:
         result = EVALUATORS[ev["name"]](embedder, **ev.get("kwargs", {}))
         label = ev.get("label", ev["name"])
         out.update({f"eval/{label}/{k}": float(v) for k, v in headline(result).items()})
@@ -233,8 +236,11 @@ def evaluate(config, graphdef, state, tokenizer) -> dict:
 class Reporter:
     """Progress bar / log lines, metrics.jsonl and TensorBoard (process 0), non-finite stop rule."""
 
-    def __init__(self, config, workdir: Path, start: int):
-        self.config, self.start, self.main = config, start, jax.process_index() == 0
+    def __init__(self, workdir: Path, start: int, *, total_steps: int, log_every: int, batch_size: int,
+                 max_nonfinite: int):  # fmt: skip
+        self.start, self.main = start, jax.process_index() == 0
+        self.total_steps, self.log_every, self.batch_size = total_steps, log_every, batch_size
+        self.max_nonfinite = max_nonfinite  # config.max_consecutive_nonfinite
         self.flops = None
         self.peak = next((v for k, v in PEAK_FLOPS.items() if jax.devices()[0].device_kind.startswith(k)), None)
         self.t_last = time.perf_counter()
@@ -248,7 +254,7 @@ class Reporter:
             if sys.stderr.isatty():
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True)
+                self.bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True)
 
     def set_flops(self, compiled) -> None:
         """FLOPs per step per device from XLA's cost analysis of the compiled step (for MFU)."""
@@ -259,7 +265,7 @@ class Reporter:
 
     def logs(self, step: int) -> bool:
         """Whether `report(step, ...)` writes a log line."""
-        return step % self.config.log_every == 0 or step == self.config.total_steps
+        return step % self.log_every == 0 or step == self.total_steps
 
     def report(self, step: int, metrics, extra: dict | None = None) -> dict:
         """Fetches step `step`'s metrics (waits for that step), enforces the non-finite limit, logs every
@@ -270,7 +276,7 @@ class Reporter:
         that save or evaluate are reported before their save, so no checkpoint ever holds a state past
         the limit: the newest one holds the last good parameters."""
         m = {k: v.item() for k, v in jax.device_get(metrics).items()}
-        limit = self.config.max_consecutive_nonfinite
+        limit = self.max_nonfinite
         if m["nonfinite_run"] >= limit:
             raise NonFiniteError(
                 f"{m['nonfinite_run']} steps in a row (up to step {step}) had a NaN/inf loss or gradient "
@@ -287,7 +293,7 @@ class Reporter:
         dt = (now - self.t_last) / max(step - self.step_last, 1)
         self.t_last, self.step_last = now, step
         m["step_time_s"] = dt
-        m["samples_per_s"] = self.config.data.batch_size / dt
+        m["samples_per_s"] = self.batch_size / dt
         if self.flops:
             m["tflops_per_device"] = self.flops / dt / 1e12
             if self.peak:
@@ -301,7 +307,7 @@ class Reporter:
         self.jsonl.flush()
         for k, v in m.items():
             self.tb.add_scalar(k, v, step)
-        eta = (self.config.total_steps - step) * m.get("step_time_s", 0.0)
+        eta = (self.total_steps - step) * m.get("step_time_s", 0.0)
         line = (
             f"loss {m['loss']:.4f}  {m.get('samples_per_s', 0):.1f} samples/s  ETA {eta / 60:.1f} min"
             if "loss" in m
@@ -311,7 +317,7 @@ class Reporter:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(line or ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
         else:
-            print(f"step {step}/{self.config.total_steps}  " + (line or json.dumps(m)), flush=True)
+            print(f"step {step}/{self.total_steps}  " + (line or json.dumps(m)), flush=True)
         return {}
 
     def close(self) -> None:
@@ -384,41 +390,51 @@ class PreemptionGuard:
 # ----------------------------------------------------------------------------- CLI
 
 
-def usage(fv) -> str:
-    """`clapcomp train --help`: the flags, then every config field with its current value (the given
-    --config's, with its overrides, else the defaults of clapcomp/train/config.py)."""
-    from clapcomp.train.config import defaults
+def usage(fv, config=None, source: str = "") -> str:
+    """`clapcomp train --help`: the flags, then every config field (clapcomp.train.config.FIELDS) with
+    its value (the given --config's, with its overrides, else the defaults), class and meaning."""
+    from clapcomp.train import config as config_lib
 
-    config = fv.config if fv.config is not None else defaults()
-    source = fv["config"].config_filename if fv.config is not None else "clapcomp/train/config.py defaults"
-
-    def fields(d, prefix="config."):
-        for k, v in d.items():
-            if isinstance(v, dict) and v:
-                yield from fields(v, f"{prefix}{k}.")
-            else:
-                yield f"  --{prefix}{k}={list(v) if isinstance(v, tuple) else v!r}"
-
-    head = [(main.__doc__ or "").strip(), "", "flags:"]
-    for name in ("config", "workdir", "coordinator", "num_processes", "process_id"):
+    values = config_lib.flat((config or config_lib.defaults()).to_dict())
+    head = [
+        (main.__doc__ or "").strip(),
+        "",
+        "flags:",
+        "  --config: config file configs/*.py[:arg], then any --config.FIELD=VALUE",
+    ]
+    for name in ("workdir", "restore", "coordinator", "num_processes", "process_id"):
         head.append(f"  --{name}: {fv[name].help}")
-    return "\n".join(
-        [*head, "", f"config fields ({source}; override any with --config.FIELD=VALUE):", *fields(config.to_dict())]
-    )
+    classes = [f"  {name}: {meaning}" for name, meaning in config_lib.CLASSES.items()]
+    rows = []
+    for k, (klass, meaning) in config_lib.FIELDS.items():
+        flag = f"--config.{k}={_show(values[k])}"
+        rows.append(
+            f"  {flag:<48} [{klass}] {meaning}" if len(flag) <= 48 else f"  {flag}\n  {'':<48} [{klass}] {meaning}"
+        )
+    return "\n".join([*head, "", "field classes (on top of pretrained weights; on resume):", *classes, "",
+                      f"config fields ({source or 'clapcomp/train/config.py defaults'}; override any with "
+                      "--config.FIELD=VALUE):", *rows])  # fmt: skip
+
+
+def _show(v) -> str:
+    return repr(list(v) if isinstance(v, tuple) else v)
 
 
 def main(argv: list[str]) -> int:
-    """`clapcomp train --config configs/x.py --workdir DIR [--config.a.b=v ...] [--coordinator H:P
+    """`clapcomp train --config configs/x.py[:arg] --workdir DIR [--config.a.b=v ...] [--coordinator H:P
     --num_processes N --process_id I]`."""
     from absl import flags
-    from ml_collections import config_flags
 
-    want_help = any(a in ("-h", "--help", "-help", "--helpfull") for a in argv)
-    argv = ["clapcomp train", *(a for a in argv if a not in ("-h", "--help", "-help", "--helpfull"))]
+    from clapcomp.train import config as config_lib
+
+    try:
+        path, overrides, rest = config_lib.split_argv(argv)
+    except ValueError as e:
+        sys.stderr.write(f"clapcomp train: {e}\n")
+        return 2
+    want_help = any(a in ("-h", "--help", "-help", "--helpfull") for a in rest)
+    rest = ["clapcomp train", *(a for a in rest if a not in ("-h", "--help", "-help", "--helpfull"))]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "ml_collections config file (configs/*.py[:k=v,...])", flag_values=fv, sys_argv=argv
-    )  # overrides are read from these, not sys.argv
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, config.json", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without SLURM/TPU)", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)", flag_values=fv)
@@ -426,28 +442,29 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_enum(
         "restore",
         "latest",
-        list(ckpt_lib.RESTORE_MODES),
+        list(config_lib.RESTORE_MODES),
         "latest: resume the newest checkpoint "
         "with its data position; params_only: restore the train state, restart the data iterator "
         "(e.g. after changing the process count)",
         flag_values=fv,
     )
     try:
-        fv(argv)
-    except flags.Error as e:
-        sys.stderr.write(f"clapcomp train: {e}\n{fv.main_module_help()}\n")
+        fv(rest)
+        config = config_lib.load(path, overrides=overrides) if path else None
+    except (flags.Error, ValueError, FileNotFoundError) as e:
+        sys.stderr.write(f"clapcomp train: {e}\n")
         return 2
     if want_help:
-        print(usage(fv))
+        print(usage(fv, config, path or ""))
         return 0
-    if fv.config is None or not fv.workdir:
+    if config is None or not fv.workdir:
         sys.stderr.write("clapcomp train: --config and --workdir are required\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
     distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id)
     try:
-        metrics = train(fv.config, fv.workdir, restore=fv.restore)
+        metrics = train(config, fv.workdir, restore=fv.restore)
     except (NonFiniteError, ckpt_lib.CheckpointError) as e:
         log.error("%s", e)
         return 1

@@ -7,13 +7,19 @@ BatchNorm running statistics). The train step merges them back (`nnx.merge`) ins
 Sharding (partition rules): everything is replicated, except, with `config.fsdp_text`, the 2-D
 text-tower matrices of at least `FSDP_MIN_SIZE` elements, which are split over the `fsdp` mesh
 axis along their largest dimension that divides evenly. Optimizer moments follow their parameter.
-`abstract_state(config, mesh)` gives the same tree as `jax.ShapeDtypeStruct`s with the shardings
-of the *current* mesh: Orbax restores into it, so a checkpoint written on 8 devices reads back on
-4 or 1 (resharded on read).
+
+    parts = setup(config, mesh)     the run's objects, built once from the config: ClapConfig, graphdef,
+                                    optimizer + schedule, the abstract state with its shardings
+    state = init_state(parts, model)   random weights from the seed, or `model`'s
+
+`parts.abstract` is the TrainState as `jax.ShapeDtypeStruct`s with the shardings of the *current*
+mesh: Orbax restores into it, so a checkpoint written on 8 devices reads back on 4 or 1 (resharded
+on read). Every function here but `setup` and `model_config` takes objects, not the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -27,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from clapcomp.models.clap import ClapModel
 from clapcomp.models.configs import ClapConfig
+from clapcomp.train.config import FREEZE
 
 FSDP_MIN_SIZE = 2**18  # 262,144 elements: RoBERTa-base's 768x768 and larger matrices
 MAX_LOGIT_SCALE = float(np.log(100.0))
@@ -64,36 +71,32 @@ def path_name(path) -> str:
 # ----------------------------------------------------------------------------- optimizer
 
 
-def learning_rate(config) -> optax.Schedule:
-    """Linear warmup to `optimizer.lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
-    o = config.optimizer
-    warmup = min(o.warmup_steps, max(config.total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(config.total_steps, warmup + 1), 0.0)
+def learning_rate(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), 0.0)
 
 
-def make_optimizer(config, params) -> optax.GradientTransformation:
-    """Global-norm clipping + Adam(W); no decay on norms, biases, the logit scale and 1-D tensors.
-    `config.freeze` = "audio" | "text": that tower and its projection get zero updates; "audio_tower":
-    the audio tower alone (LiT's locked tower; the train step also runs it in inference mode)."""
-    o = config.optimizer
+def make_optimizer(params, schedule: optax.Schedule, *, grad_clip: float, b1: float, b2: float, eps: float,
+                   weight_decay: float, freeze: str = "") -> optax.GradientTransformation:  # fmt: skip
+    """Global-norm clipping + Adam(W) at `schedule`; no decay on norms, biases, the logit scale and 1-D
+    tensors. `params`: the parameter tree (arrays or ShapeDtypeStructs). `freeze` = "audio" | "text":
+    that tower and its projection get zero updates; "audio_tower": the audio tower alone (LiT's locked
+    tower; the train step also runs it in inference mode)."""
     decay_mask = jax.tree_util.tree_map_with_path(
         lambda path, x: x.ndim >= 2 and not _NO_DECAY.search(path_name(path)), params
     )
     tx = optax.chain(
-        optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
-        optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask),
+        optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
+        optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
     )
-    if not config.freeze:
+    if not freeze:
         return tx
-    frozen = frozen_params(config.freeze)
+    frozen = frozen_params(freeze)
     labels = {
         k: jax.tree_util.tree_map(lambda _, k=k: "frozen" if k in frozen else "train", v) for k, v in params.items()
     }
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-FREEZE = {"audio": ("audio_tower", "audio_projection"), "text": ("text_tower", "text_projection"),
-          "audio_tower": ("audio_tower",)}  # fmt: skip
 
 
 def frozen_params(freeze: str) -> tuple[str, ...]:
@@ -155,51 +158,75 @@ def state_shardings(abstract: TrainState, mesh: Mesh, fsdp_text: bool) -> TrainS
 # ----------------------------------------------------------------------------- building
 
 
-def _state_from(config, params, model_state) -> TrainState:
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A run's objects, built once (`setup`): the model config and graphdef, the optimizer and its
+    schedule, and the TrainState as ShapeDtypeStructs with the mesh's shardings."""
+
+    cfg: ClapConfig
+    graphdef: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract: TrainState
+    seed: int
+
+    @property
+    def shardings(self) -> TrainState:
+        return jax.tree_util.tree_map(lambda x: x.sharding, self.abstract)
+
+
+def setup(config, mesh: Mesh) -> Setup:
+    """The objects `config` describes (model, optimizer + schedule, shardings on `mesh`), nothing allocated."""
+    cfg = model_config(config)
+    graphdef, params, model_state = abstract_model(cfg)
+    o = config.optimizer
+    schedule = learning_rate(o.lr, o.warmup_steps, config.total_steps)
+    tx = make_optimizer(params, schedule, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2, eps=o.eps,
+                        weight_decay=o.weight_decay, freeze=config.freeze)  # fmt: skip
+    return Setup(
+        cfg, graphdef, tx, schedule, abstract_state(params, model_state, tx, mesh, config.fsdp_text), config.seed
+    )
+
+
+def _state_from(tx: optax.GradientTransformation, params, model_state) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=make_optimizer(config, params).init(params),
+        opt_state=tx.init(params),
         nonfinite_run=jnp.zeros((), jnp.int32),
     )
 
 
-def abstract_model(config):
-    """(graphdef, abstract params, abstract model_state) without allocating anything."""
-    cfg = model_config(config)
+def abstract_model(cfg: ClapConfig):
+    """(graphdef, abstract params, abstract model_state) of a ClapModel of `cfg`, without allocating anything."""
     model = nnx.eval_shape(lambda: ClapModel(cfg, rngs=nnx.Rngs(0)))
     return split_model(model)
 
 
-def abstract_state(config, mesh: Mesh) -> TrainState:
-    """The TrainState as `jax.ShapeDtypeStruct`s carrying the current mesh's shardings."""
-    _, params, model_state = abstract_model(config)
-    abstract = jax.eval_shape(lambda p, m: _state_from(config, p, m), params, model_state)
-    shardings = state_shardings(abstract, mesh, config.fsdp_text)
+def abstract_state(params, model_state, tx: optax.GradientTransformation, mesh: Mesh, fsdp_text: bool) -> TrainState:
+    """The TrainState of abstract `params` / `model_state` as `jax.ShapeDtypeStruct`s carrying `mesh`'s shardings."""
+    abstract = jax.eval_shape(lambda p, m: _state_from(tx, p, m), params, model_state)
+    shardings = state_shardings(abstract, mesh, fsdp_text)
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-def init_state(config, mesh: Mesh, model: ClapModel | None = None):
-    """(graphdef, TrainState on `mesh`): random weights from `config.seed`, or `model`'s weights
-    (a model of the same architecture, e.g. from `clapcomp.train.init.load_init_model`)."""
-    abstract = abstract_state(config, mesh)
-    shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
+def init_state(parts: Setup, model: ClapModel | None = None) -> TrainState:
+    """The TrainState on `parts`' mesh: random weights from `parts.seed`, or `model`'s weights (a model of
+    the same architecture, e.g. from `clapcomp.train.init.load_init_model`; dtype and front end stay
+    `parts.cfg`'s)."""
+    shardings = parts.shardings
     if model is None:
-        cfg = model_config(config)
 
         def create():
-            graphdef, params, model_state = split_model(ClapModel(cfg, rngs=nnx.Rngs(config.seed)))
-            return _state_from(config, params, model_state)
+            _, params, model_state = split_model(ClapModel(parts.cfg, rngs=nnx.Rngs(parts.seed)))
+            return _state_from(parts.tx, params, model_state)
 
-        graphdef = abstract_model(config)[0]
-        return graphdef, jax.jit(create, out_shardings=shardings)()
-    graphdef = abstract_model(config)[0]  # dtype and front end from config.model, weights from `model`
+        return jax.jit(create, out_shardings=shardings)()
     _, params, model_state = split_model(model)
     params = place(params, shardings.params)
     model_state = place(model_state, shardings.model_state)
-    create = jax.jit(lambda p, m: _state_from(config, p, m), out_shardings=shardings)
-    return graphdef, create(params, model_state)
+    return jax.jit(lambda p, m: _state_from(parts.tx, p, m), out_shardings=shardings)(params, model_state)
 
 
 def place(tree, shardings):

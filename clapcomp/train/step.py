@@ -1,8 +1,8 @@
 """The train step, built once from objects (big_vision style) and jitted with the state donated:
 
-    tx, schedule = state_lib.make_optimizer(config, params), state_lib.learning_rate(config)
-    train_step = make_train_step(graphdef, tx, schedule, loss_fn(config.loss), mesh,
-                                 seed=config.seed, state_sharding=shardings)
+    parts = state_lib.setup(config, mesh)                    graphdef, optimizer + schedule, shardings
+    train_step = make_train_step(parts.graphdef, parts.tx, parts.schedule, loss_fn("compa"), mesh,
+                                 seed=parts.seed, state_sharding=parts.shardings)    (or from_parts)
     state, metrics = train_step(state, batch)
 
 No config is read inside the trace. Per step:
@@ -40,9 +40,9 @@ from jax.sharding import PartitionSpec as P
 from clapcomp import losses
 from clapcomp.data.options import fields
 from clapcomp.train import state as state_lib
+from clapcomp.train.config import LOSSES
 from clapcomp.train.distributed import BATCH
 
-LOSSES = ("plain", "compa", "modular")
 LossFn = Callable[..., jax.Array]  # (model, batch, key, mesh) -> [] float32
 
 
@@ -126,7 +126,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
     """The jitted `train_step(state, batch) -> (state, metrics)` of the module doc, for `mesh`.
 
     `tx` must apply `schedule` (e.g. `optax.adamw(schedule)`); `state_sharding` is the TrainState's
-    NamedShardings (e.g. of `state_lib.abstract_state`): state in and out keep them, the state is
+    NamedShardings (e.g. `state_lib.Setup.shardings`): state in and out keep them, the state is
     donated, every batch array is split on dim 0 over all devices. Metrics are replicated scalars.
     """
 
@@ -167,10 +167,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
                    out_shardings=(state_sharding, replicated), donate_argnums=0)  # fmt: skip
 
 
-def from_config(graphdef, config, mesh: Mesh, abstract: state_lib.TrainState):
-    """`make_train_step` with the objects `config` describes (optimizer, schedule, loss, seed)."""
-    shardings = jax.tree_util.tree_map(lambda x: x.sharding, abstract)
-    tx = state_lib.make_optimizer(config, abstract.params)
-    loss = loss_fn(config.loss, lock_audio_tower=state_lib.audio_tower_locked(config.freeze))
-    return make_train_step(graphdef, tx, state_lib.learning_rate(config), loss, mesh,
-                           seed=config.seed, state_sharding=shardings)  # fmt: skip
+def from_parts(parts: state_lib.Setup, mesh: Mesh, *, loss: str, freeze: str = ""):
+    """`make_train_step` of a run's objects (`state_lib.setup`) with the loss `loss` (config.loss) and the
+    audio tower locked when `freeze` (config.freeze) says so."""
+    fn = loss_fn(loss, lock_audio_tower=state_lib.audio_tower_locked(freeze))
+    return make_train_step(parts.graphdef, parts.tx, parts.schedule, fn, mesh, seed=parts.seed,
+                           state_sharding=parts.shardings)  # fmt: skip

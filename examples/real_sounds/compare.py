@@ -19,7 +19,8 @@ WORKDIR/report/compare.json and the PNG charts.
 tower is the config's: configs/real_sounds.py starts from the pretrained aisfx CNN + MiniLM with
 the audio tower locked, configs/demo.py trains a small model from scratch);
 `--set key=value` (repeatable) overrides any field, e.g. `--set optimizer.lr=1e-4`, for every
-run; `--set3 key=value` only for the stage-3 run (after `--set`).
+run; `--set3 key=value` only for the stage-3 run (after `--set`); both are read as `clapcomp train
+--config.key=value` is (`clapcomp.train.config.load`): an unknown key stops the script at once.
 
 A locked audio tower (`freeze="audio_tower"`, as configs/real_sounds.py) runs once per distinct clip:
 its outputs on the training records are written once into WORKDIR/tower_cache/ and every run trains
@@ -31,35 +32,13 @@ the tower per run, seed and evaluation.
 from __future__ import annotations
 
 import argparse
-import ast
-import contextlib
-import importlib.util
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-
-def load_config(path: Path, arg: str, overrides: list[str]):
-    spec = importlib.util.spec_from_file_location(f"real_sounds_config_{arg}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set needs key=value, got {item!r}")
-        with contextlib.suppress(ValueError, SyntaxError):  # else a plain string
-            value = ast.literal_eval(value)
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise ValueError(f"--set {key}: {path} has no field {key!r}")
-        node[leaf] = value
-    return config
+from clapcomp.train.config import load
 
 
 def records_for(corpus: Path, workdir: Path, sample_rate: int) -> Path:
@@ -123,7 +102,7 @@ def evaluate(run_dir: Path, tokenizer_path: str, test: Path, caches: dict) -> di
 
 def run_seed(a, seed: int, caches: dict) -> dict:
     workdir = a.workdir / f"seed{seed}"
-    cfg = lambda loss: load_config(a.config, loss, a.set)
+    cfg = lambda loss: load(a.config, loss, a.set)
     records = records_for(a.corpus, a.workdir, cfg("plain").model.audio.sample_rate)
     s3 = a.stage3_steps if a.stage3_steps is not None else a.steps // 2
     if not 0 <= s3 < a.steps:
@@ -136,7 +115,7 @@ def run_seed(a, seed: int, caches: dict) -> dict:
     runs = {"plain": "plain", "CompA s2": "compa"}
     if s3:
         train(cfg("compa"), records, seed, a.steps - s3, workdir / "compa_s2_for_s3", tower_cache=cache)
-        train(load_config(a.config, "modular", a.set + a.set3), records, seed, s3, workdir / "compa_s3",
+        train(load(a.config, "modular", a.set + a.set3), records, seed, s3, workdir / "compa_s3",
               init=workdir / "compa_s2_for_s3", tower_cache=cache)  # fmt: skip
         runs["CompA s2+s3"] = "compa_s3"
     tok, test = cfg("plain").tokenizer, a.corpus / "test"
@@ -157,6 +136,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--stage3-steps", type=int, default=None,
                     help="of --steps, spent in stage 3 (default half; 0: no s2+s3 model)")  # fmt: skip
     a = ap.parse_args(argv)
+    try:  # every override is checked before anything runs
+        load(a.config, "plain", a.set), load(a.config, "modular", a.set + a.set3)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
     if not (a.corpus / "corpus.json").is_file():
         ap.error(f"{a.corpus} has no corpus.json; build it with examples/real_sounds/build_corpus.py")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")

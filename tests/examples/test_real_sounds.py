@@ -112,14 +112,20 @@ def test_test_set_files_use_only_the_given_clips(tmp_path):
     assert all((tmp_path / "test" / r["audio"]).is_file() for r in rows)
 
 
-def test_compare_config_overrides():
+def test_compare_refuses_an_unknown_override_before_running(tmp_path, capsys):
+    """--set / --set3 go through clapcomp.train.config.load: an unknown key stops the script at once,
+    naming the key, before the corpus is even looked at."""
     spec = importlib.util.spec_from_file_location("compare", ROOT / "compare.py")
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
     demo = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
-    c = compare.load_config(demo, "compa", ["model.audio.clip_seconds=8.0", "optimizer.lr=1e-4", "loss=modular"])
-    assert (c.model.audio.clip_seconds, c.optimizer.lr, c.loss, c.data.num_negatives) == (8.0, 1e-4, "modular", 3)
-    with pytest.raises(ValueError, match="no field"):
-        compare.load_config(demo, "plain", ["optimizer.lrr=1"])
-    with pytest.raises(ValueError, match="key=value"):
-        compare.load_config(demo, "plain", ["optimizer.lr"])
+    base = ["--corpus", str(tmp_path), "--workdir", str(tmp_path / "w"), "--config", str(demo), "--steps", "2"]
+    for flag in ("--set", "--set3"):
+        with pytest.raises(SystemExit) as e:
+            compare.main([*base, flag, "data.nonexistent_key=3"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "'data.nonexistent_key', which is no config field" in err, err
+    with pytest.raises(SystemExit):
+        compare.main([*base, "--set", "optimizer.lrr=1"])
+    assert "the closest are optimizer.lr" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -150,7 +150,7 @@ def read_state(workdir: Path, step: int):
 
     config = ckpt_lib.read_config(workdir)
     mesh = jax.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1])
-    abstract = state_lib.abstract_state(config, mesh)
+    abstract = state_lib.setup(config, mesh).abstract
     with ocp.CheckpointManager(
         (workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
     ) as m:
@@ -184,16 +184,6 @@ def tiny(helpers, tone_records):
     sharded over all 8 devices (mesh fsdp 8, text tower too). Replicated, each simulated device would
     run the whole AdamW update of the 30,522-row word embedding, under the tests' unoptimised XLA code:
     a tiny CompA training ran at 13-19 instead of 48-55 samples/s (2-core x86, 2026-11-30)."""
-    import importlib.util
+    from repo_configs import load_config  # tests/repo_configs.py
 
-    spec = importlib.util.spec_from_file_location("tiny_config", helpers.REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    def get(loss):
-        c = module.get_config(loss)
-        c.data.train = str(tone_records)
-        c.mesh.fsdp, c.fsdp_text = 8, True
-        return c
-
-    return get
+    return lambda loss: load_config("tiny", loss, f"data.train={tone_records}", "mesh.fsdp=8", "fsdp_text=true")

@@ -25,10 +25,10 @@ def main(workdir: str, csv: str, fsdp: int) -> None:
     config.evaluators = [dict(name="retrieval", kwargs=dict(data=csv))]
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-    abstract = state_lib.abstract_state(config, mesh)
+    parts = state_lib.setup(config, mesh)
     tokenizer = init_lib.run_tokenizer(config, workdir)
     iterator = loop._data_iterator(config, mesh, tokenizer)
-    state = checkpointer.restore(abstract, iterator.grain_iterator)
+    state = checkpointer.restore(parts.abstract, iterator.grain_iterator)
     checkpointer.close()
     digest = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state, state.model_state)):
@@ -38,8 +38,7 @@ def main(workdir: str, csv: str, fsdp: int) -> None:
         for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
         if x.sharding.spec != jax.sharding.PartitionSpec()
     }
-    graphdef = state_lib.abstract_model(config)[0]
-    metrics = loop.evaluate(config, graphdef, state, tokenizer)
+    metrics = loop.evaluate(list(config.evaluators), parts.cfg, parts.graphdef, state, tokenizer)
     print(
         json.dumps(
             {

@@ -277,3 +277,14 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path):
     assert "No space left on device" in message and "previous checkpoint (step 2) is intact" in message
     state, _ = _restore(tmp_path, mesh)
     assert int(state["step"]) == 2
+
+
+def test_resume_classes_hold_for_a_field_set_to_its_default():
+    """Resuming a run saved with batch 8 and log_every 1, both now set on purpose to their defaults: the
+    fixed field is refused, the resumable one accepted; `overrides` (a record) is never a change."""
+    saved = json.loads(json.dumps(defaults().to_dict()))
+    saved.update(log_every=1, overrides=["log_every"])
+    saved["data"]["batch_size"] = 8
+    new = defaults()
+    new.overrides = ["data.batch_size", "log_every"]  # --config.data.batch_size=256 --config.log_every=50
+    assert ckpt_lib.config_changes(saved, new) == (["log_every: 1 -> 50"], ["data.batch_size: 8 -> 256"])

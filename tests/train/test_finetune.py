@@ -13,7 +13,6 @@ dropout defaults) and by laion_clap's own CLAP class; 2 steps per stage.
 """
 
 import contextlib
-import importlib.util
 import io
 import itertools
 import shutil
@@ -23,6 +22,7 @@ import sys
 import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 import numpy as np
 import pytest
+from repo_configs import load_config  # tests/repo_configs.py
 
 import clapcomp
 from clapcomp import cli
@@ -58,12 +58,7 @@ def _train(helpers, cache, config, workdir, data, *overrides, ok=True):
 
 def _stage2_config(helpers, data, init_path, tokenizer):
     """configs/compa_stage2.py as `clapcomp train --config.init.path=... --config.tokenizer=...` reads it."""
-    spec = importlib.util.spec_from_file_location("compa_stage2", helpers.REPO / "configs" / "compa_stage2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.data.train, config.init.path, config.tokenizer = str(data), str(init_path), str(tokenizer)
-    return config
+    return load_config("compa_stage2", None, f"data.train={data}", f"init.path={init_path}", f"tokenizer={tokenizer}")
 
 
 def _tone_wavs(out, sample_rate=8000):

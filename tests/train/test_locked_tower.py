@@ -4,14 +4,13 @@ the float32 rounding of the tower's output in another batch), and the embeddings
 evaluation; a cache of another tower, a tower that trains, and clips longer than the window are
 refused. A tiny CNN tower (configs/tiny.py with a 2-block CNN), four clips."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
+from repo_configs import load_config  # tests/repo_configs.py
 
 from clapcomp import audio as audio_lib
 from clapcomp.data.options import DataConfig
@@ -24,19 +23,11 @@ from clapcomp.train import distributed, locked_tower
 from clapcomp.train import state as state_lib
 from clapcomp.train import step as step_lib
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(freeze="audio_tower"):
     """configs/tiny.py (1-s clips at 8 kHz) with a 2-block CNN tower keeping 2 time spans."""
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("compa")
-    c.model.audio_tower = "cnn"
-    c.model.cnn.update(n_mels=16, channels=(4, 8), head="max", time_segments=2)
-    c.freeze = freeze
-    return c
+    return load_config("tiny", "compa", "model.audio_tower=cnn", "model.cnn.n_mels=16", "model.cnn.channels=(4, 8)",
+                       "model.cnn.head=max", "model.cnn.time_segments=2", f"freeze={freeze}")  # fmt: skip
 
 
 def _clip(rng, n, rate=8000):
@@ -59,8 +50,8 @@ def setup(tmp_path_factory):
     ])  # fmt: skip
     config.data.train = str(records)
     mesh = distributed.make_mesh()
-    graphdef, state = state_lib.init_state(config, mesh)
-    return config, mesh, graphdef, state, records
+    parts = state_lib.setup(config, mesh)
+    return config, mesh, parts.graphdef, state_lib.init_state(parts), records
 
 
 def _batch(config, records, cache=None):
@@ -85,7 +76,8 @@ def test_cached_outputs_give_the_loss_and_gradients_of_the_locked_tower(setup, t
     cache = locked_tower.write_cache(records, tmp_path / "cache", _model(setup), batch_size=2)
     stats = json.loads((tmp_path / "cache" / "stats.json").read_text())
     assert len(cache) == stats["count"] == 4 and stats["width"] == 16 and stats["num_records"] == 4
-    locked_tower.check(locked_tower.load(_with_cache(config, cache.path)), config, state.params, state.model_state)
+    loaded = locked_tower.load(str(cache.path), config.freeze)
+    locked_tower.check(loaded, state_lib.model_config(config), state.params, state.model_state)
     waves, pooled = _batch(config, records), _batch(config, records, cache)
     assert waves["waveform"].shape == (8, 8000) and pooled["audio_pooled"].shape == (8, 16)
 
@@ -124,12 +116,12 @@ def test_a_cache_of_another_tower_or_for_a_training_tower_is_refused(setup, tmp_
     with pytest.raises(
         ValueError, match=r"trains its audio tower \(config.freeze=''\); set config.freeze='audio_tower'"
     ):
-        locked_tower.load(_with_cache(_config(freeze=""), cache.path))
-    _, other = state_lib.init_state(_seed(config, 1), mesh)
+        locked_tower.load(str(cache.path), freeze="")
+    other = state_lib.init_state(state_lib.setup(_seed(config, 1), mesh))
     with pytest.raises(ValueError, match=r"another audio tower .*weights_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
-        locked_tower.check(cache, config, other.params, other.model_state)
-    wider = _config()
-    wider.model.cnn.time_segments = 1
+        locked_tower.check(cache, state_lib.model_config(config), other.params, other.model_state)
+    wider = state_lib.model_config(load_config("tiny", "compa", "model.audio_tower=cnn", "model.cnn.n_mels=16",
+                                               "model.cnn.channels=(4, 8)", "model.cnn.head=max"))  # fmt: skip
     with pytest.raises(ValueError, match=r"tower_config.time_segments: 2 -> 1"):
         locked_tower.check(cache, wider, state.params, state.model_state)
     unlocked = step_lib.loss_fn("compa", lock_audio_tower=False)

@@ -2,31 +2,30 @@
 parameters and a locked audio tower's BatchNorm statistics come out of a real train step bitwise
 unchanged, while what trains moves; the unfrozen run is the control that shows the check can fail."""
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
+from repo_configs import load_config  # tests/repo_configs.py
 
 from clapcomp.train import distributed
 from clapcomp.train import state as state_lib
 from clapcomp.train import step as step_lib
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _cnn_config(freeze):
     """configs/tiny.py with a 2-block CNN audio tower (BatchNorm on the mel bins and in every block)."""
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    c.model.audio_tower = "cnn"
-    c.model.cnn.update(n_mels=16, channels=(4, 8), head="max", dropout=0.0, spec_augment=False)
-    c.optimizer.warmup_steps = 0  # the first step updates
-    c.freeze = freeze
-    return c
+    return load_config(
+        "tiny",
+        None,
+        "model.audio_tower=cnn",
+        "model.cnn.n_mels=16",
+        "model.cnn.channels=(4, 8)",
+        "model.cnn.head=max",
+        "model.cnn.dropout=0.0",
+        "model.cnn.spec_augment=false",
+        "optimizer.warmup_steps=0",
+        f"freeze={freeze}",
+    )  # fmt: skip  (warmup 0: the first step updates)
 
 
 def _batch(cfg, n=8, seed=0):
@@ -40,10 +39,11 @@ def _one_step(freeze):
     """(state before, state after) of one train step, as numpy."""
     config = _cnn_config(freeze)
     mesh = distributed.make_mesh()
-    graphdef, state = state_lib.init_state(config, mesh)
+    parts = state_lib.setup(config, mesh)
+    state = state_lib.init_state(parts)
     before = jax.tree_util.tree_map(np.array, state)
-    train_step = step_lib.from_config(graphdef, config, mesh, state_lib.abstract_state(config, mesh))
-    after, metrics = train_step(state, _batch(state_lib.model_config(config)))
+    train_step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
+    after, metrics = train_step(state, _batch(parts.cfg))
     assert int(metrics["nonfinite"]) == 0
     return before, jax.tree_util.tree_map(np.array, after)
 

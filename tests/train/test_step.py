@@ -2,9 +2,6 @@
 the count of applied updates, so a skipped (NaN) step neither advances the schedule nor is logged
 with a rate that was never applied. References: optax's own schedule and a hand-computed SGD update."""
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,19 +10,11 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from repo_configs import load_config  # tests/repo_configs.py
 
 from clapcomp.train import distributed
 from clapcomp.train import state as state_lib
 from clapcomp.train import step as step_lib
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _batch(cfg, n, seed):
@@ -37,17 +26,17 @@ def _batch(cfg, n, seed):
 
 @pytest.fixture(scope="module")
 def setup():
-    config = _tiny_config()
+    config = load_config("tiny")
     mesh = distributed.make_mesh()
-    graphdef, state = state_lib.init_state(config, mesh)
-    return config, mesh, graphdef, state
+    parts = state_lib.setup(config, mesh)
+    return config, mesh, parts, state_lib.init_state(parts)
 
 
 def test_nan_step_does_not_advance_the_schedule(setup):
     """Steps: good, NaN (skipped), good. With SGD(schedule) the third step's update must be exactly
     -schedule(1) * grad: the rate of the skipped step's count, not schedule(2)."""
-    config, mesh, graphdef, state = setup
-    schedule = state_lib.learning_rate(config)
+    config, mesh, parts, state = setup
+    graphdef, schedule = parts.graphdef, parts.schedule
     tx = optax.sgd(schedule)
     replicated = NamedSharding(mesh, P())  # mesh fsdp = 1: every leaf is replicated
     state = jax.tree_util.tree_map(lambda x: x.copy(), state)  # the step donates its input
@@ -55,7 +44,7 @@ def test_nan_step_does_not_advance_the_schedule(setup):
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     loss_fn = step_lib.loss_fn("plain")
     step = step_lib.make_train_step(graphdef, tx, schedule, loss_fn, mesh, seed=config.seed, state_sharding=shardings)
-    cfg = state_lib.model_config(config)
+    cfg = parts.cfg
     good, later = _batch(cfg, 8, 0), _batch(cfg, 8, 1)
     bad = {**good, "waveform": good["waveform"] * np.nan}
 
@@ -91,13 +80,11 @@ def _at(tree, path):
 
 
 def test_config_step_logs_the_adamw_rate_it_applies(setup):
-    """The step `from_config` builds (clip + AdamW + warm-up/cosine): the logged rate is optax's
-    schedule at the optimizer's count, and a skipped step leaves that count unchanged."""
-    config, mesh, graphdef, state = setup
-    abstract = state_lib.abstract_state(config, mesh)
-    step = step_lib.from_config(graphdef, config, mesh, abstract)
-    cfg = state_lib.model_config(config)
-    good = _batch(cfg, 8, 0)
+    """The step `from_parts` builds from the config's objects (clip + AdamW + warm-up/cosine): the logged
+    rate is optax's schedule at the optimizer's count, and a skipped step leaves that count unchanged."""
+    config, mesh, parts, state = setup
+    step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
+    good = _batch(parts.cfg, 8, 0)
     state = jax.tree_util.tree_map(lambda x: x.copy(), state)  # the step donates its input
     expected = optax.warmup_cosine_decay_schedule(
         0.0, config.optimizer.lr, config.optimizer.warmup_steps, config.total_steps, 0.0
