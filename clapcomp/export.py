@@ -1,4 +1,4 @@
-"""Export a model for serving: `clapcomp export --model PATH --format hf|safetensors|stablehlo --out DIR`.
+"""Export a model for serving: `clapcomp export --model PATH --format hf|safetensors|stablehlo|onnx --out DIR`.
 
 Formats (each a directory):
 
@@ -22,6 +22,9 @@ Formats (each a directory):
            S = `--audio-samples` (default one clip); clips up to S samples get clapcomp's exact
            deterministic front end (repeat-pad, crop / fusion chunks).
     text:  (params, input_ids [b, L] i32, attention_mask [b, L] i32) -> [b, D] f32, L = max_length.
+- `onnx`: `audio.onnx` (waveform [B, T] f32 -> [B, D], front end and fusion inside, T = `--audio-samples`),
+  `text.onnx` (input_ids, attention_mask int64 [B, L] -> [B, D]), tokenizer.json, onnx.json; runs in
+  onnxruntime without JAX. See `clapcomp.convert.onnx` (needs the `[onnx]` extra to export).
 """
 
 from __future__ import annotations
@@ -135,10 +138,10 @@ def _load_source(path: str, step: int | None = None):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clapcomp export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model to export: any path clapcomp.load reads, or a LAION .pt")
-    parser.add_argument("--format", required=True, choices=("hf", "safetensors", "stablehlo"))
+    parser.add_argument("--format", required=True, choices=("hf", "safetensors", "stablehlo", "onnx"))
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--tokenizer", help="tokenizer.json to ship with the export (default: the model's)")
-    parser.add_argument("--audio-samples", type=int, help="stablehlo: waveform length S (default: one clip)")
+    parser.add_argument("--audio-samples", type=int, help="stablehlo / onnx: waveform length (default: one clip)")
     parser.add_argument("--platforms", default="cpu,cuda,tpu", help="stablehlo: comma-separated lowering platforms")
     parser.add_argument("--step", type=int, help="for a training workdir: this checkpoint step (default: the newest)")
     args = parser.parse_args(argv)
@@ -153,6 +156,10 @@ def main(argv: list[str]) -> int:
         files = save_hf(model, config, args.out, tokenizer)
     elif args.format == "safetensors":
         files = save_safetensors(model, config, args.out, tokenizer)
+    elif args.format == "onnx":
+        from clapcomp.convert.onnx import save_onnx
+
+        files = save_onnx(model, config, args.out, tokenizer, audio_samples=args.audio_samples)
     else:
         platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
         files = save_stablehlo(
