@@ -40,14 +40,12 @@ import numpy as np
 from clapcomp.convert.safetensors import FORMAT_VERSION, flat_params, save_safetensors, tensor_name, write_tokenizer
 
 LOADER_NAME = "clapcomp_stablehlo_loader.py"
-_ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
-                     "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ hf
 def save_hf(model, config, out: str | Path, tokenizer=None) -> list[Path]:
     """Write an HF ClapModel dir (see module doc); returns the files written."""
-    from clapcomp.convert.hf import save_hf_clap
+    from clapcomp.convert.hf import hf_tokenizer_config, save_hf_clap
 
     if not float(config.audio.clip_seconds).is_integer():
         raise ValueError(f"HF ClapFeatureExtractor needs whole-second clips; this model has clip_seconds="
@@ -59,12 +57,7 @@ def save_hf(model, config, out: str | Path, tokenizer=None) -> list[Path]:
     files = [out / "config.json", out / "preprocessor_config.json", out / "model.safetensors"]
     written = write_tokenizer(tokenizer, out)
     if written:
-        from tokenizers import Tokenizer as _Tokenizer
-
-        vocab = _Tokenizer.from_file(str(written[0])).get_vocab(with_added_tokens=True)
-        specials = {k: v for k, v in _ROBERTA_SPECIALS.items() if v in vocab}
-        tok_cfg = {"tokenizer_class": "RobertaTokenizer", "processor_class": "ClapProcessor",
-                   "model_max_length": config.text.max_length, **specials}  # fmt: skip
+        tok_cfg = hf_tokenizer_config(written[0], tokenizer.pad_id, config.text.max_length)
         (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
         files += [*written, out / "tokenizer_config.json"]
     return files
