@@ -29,8 +29,6 @@ $(TEST_STAMP): pyproject.toml constraints.txt | $(PY)
 	# LAION-CLAP's model classes, only as the reference of the .pt import test (its metadata pins numpy<2);
 	# aisfx: its pretrained CNN (CC BY 4.0) and model class (its metadata pins numpy==1.23 and librosa==0.9.2)
 	$(PIP) --no-deps laion-clap==1.1.7 torchlibrosa==0.1.0 aisfx==0.1.2
-	# the ONNX converter (the [onnx] extra has its real dependencies; see pyproject.toml)
-	$(PIP) --no-deps jax2onnx==0.13.0
 	# the TPU compiler, for the ahead-of-time compile test only: kept out of site-packages (found through
 	# TPU_LIBRARY_PATH), so nothing else in this venv probes for a TPU at start-up
 	$(PIP) --no-deps --target $(VENV)/libtpu libtpu==0.0.42.1
