@@ -335,10 +335,10 @@ def _resize_frames(mel: jax.Array, total: jax.Array, n_out: int) -> jax.Array:
     the product is split into two exact halves so only the final addition rounds.
     """
     scales = np.arange(mel.shape[1] + 1, dtype=np.float32) / np.float32(n_out)
-    scale = jnp.asarray(scales)[total][:, None]  # [B, 1]
-    bits = jax.lax.bitcast_convert_type(scale, jnp.int32)
-    scale_hi = jax.lax.bitcast_convert_type(bits & ~0xFFF, jnp.float32)  # top 12 significant bits
-    scale_lo = scale - scale_hi  # exact, the other 12 bits
+    # split in NumPy (no bitcast in the graph: ONNX has none): the top 12 significant bits, and the other 12 (exact)
+    highs = (scales.view(np.int32) & ~0xFFF).view(np.float32)
+    scale_hi = jnp.asarray(highs)[total][:, None]  # [B, 1]
+    scale_lo = jnp.asarray(scales - highs)[total][:, None]
     dst = jnp.arange(n_out, dtype=jnp.float32)[None, :] + jnp.float32(0.5)  # (2i + 1) / 2, exact
     # scale_hi * dst and scale_lo * dst are exact (<= 23 significant bits), so is "- 0.5"
     src = jnp.maximum((scale_hi * dst - jnp.float32(0.5)) + scale_lo * dst, 0.0)  # [B, n_out]

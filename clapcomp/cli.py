@@ -13,7 +13,7 @@ import sys
 COMMANDS = {
     "train": ("clapcomp.train.loop", "train a model from an ml_collections config"),
     "eval": ("clapcomp.evaluate.run", "evaluate a model on CompA / retrieval / zero-shot data"),
-    "export": ("clapcomp.export", "export a model as an HF ClapModel dir, safetensors or StableHLO"),
+    "export": ("clapcomp.export", "export a model as an HF ClapModel dir, safetensors, StableHLO or ONNX"),
     "embed": ("clapcomp.inference", "embed audio files and texts, print similarities"),
     "classify": ("clapcomp.use.classify", "label audio files: zero-shot prompt ensembles or a linear probe"),
     "search index": ("clapcomp.use.search:index_main", "build or update a FAISS search index over audio files"),

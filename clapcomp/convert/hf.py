@@ -459,6 +459,37 @@ def clap_to_hf_tensors(model, cfg: ClapConfig) -> dict[str, np.ndarray]:
     return out
 
 
+_ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
+                     "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
+_BERT_SPECIALS = {"cls_token": "[CLS]", "sep_token": "[SEP]", "unk_token": "[UNK]", "pad_token": "[PAD]",
+                  "mask_token": "[MASK]"}  # fmt: skip
+
+
+def hf_tokenizer_config(tokenizer_json: str | Path, pad_id: int, max_length: int) -> dict:
+    """tokenizer_config.json for a shipped tokenizer.json: the transformers class its model is.
+
+    A WordPiece file is a BERT tokenizer ([CLS] ... [SEP]), a BPE with RoBERTa's <s> a RoBERTa tokenizer;
+    any other file loads as the generic `PreTrainedTokenizerFast`. The class matters: transformers rebuilds a
+    slow-style class's vocabulary (a RobertaTokenizer over a WordPiece vocab appends <s>, </s>, <pad> as new
+    ids past the embedding table: IndexError in the pipeline), and its special tokens drive the padding.
+    `model_input_names` leaves out BERT's token_type_ids, which ClapModel does not take.
+    """
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    vocab = tok.get_vocab(with_added_tokens=True)
+    kind = json.loads(Path(tokenizer_json).read_text()).get("model", {}).get("type")
+    if kind == "WordPiece":
+        name, specials = "BertTokenizer", _BERT_SPECIALS
+    elif kind == "BPE" and "<s>" in vocab:
+        name, specials = "RobertaTokenizer", _ROBERTA_SPECIALS
+    else:
+        name, specials = "PreTrainedTokenizerFast", {"pad_token": tok.id_to_token(pad_id)}
+    specials = {k: v for k, v in specials.items() if v in vocab}
+    return {"tokenizer_class": name, "processor_class": "ClapProcessor", "model_max_length": max_length,
+            "model_input_names": ["input_ids", "attention_mask"], **specials}  # fmt: skip
+
+
 def save_hf_clap(model, cfg: ClapConfig, directory: str | Path) -> Path:
     """Write config.json, preprocessor_config.json and model.safetensors loadable by transformers."""
     from safetensors.numpy import save_file

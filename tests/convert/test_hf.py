@@ -81,3 +81,27 @@ def test_bad_layouts_are_named(hf_dir, tmp_path):
     save_file(bad, str(tmp_path / "model.safetensors"))
     with pytest.raises(KeyError, match=r"text_model\.pooler\.dense\.bias"):
         load_hf_clap(tmp_path)
+
+
+def test_tokenizer_config_of_another_model_type_loads_as_the_file_says(tmp_path):
+    """Neither WordPiece nor RoBERTa's BPE (here a WordLevel vocab): the generic fast class, same ids as ours."""
+    from tokenizers import Tokenizer as T
+    from tokenizers import models, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    from clapcomp.convert.hf import hf_tokenizer_config
+    from clapcomp.tokenizer import Tokenizer
+
+    vocab = {"<pad>": 0, "<unk>": 1, "a": 2, "dog": 3, "barks": 4}
+    tok = T(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    ours = Tokenizer.from_file(tmp_path / "tokenizer.json", max_length=8)
+    cfg = hf_tokenizer_config(tmp_path / "tokenizer.json", ours.pad_id, 8)
+    assert (cfg["tokenizer_class"], cfg["pad_token"]) == ("PreTrainedTokenizerFast", "<pad>")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    texts = ["a dog barks", "dog cat"]
+    ref = hf(texts, padding="max_length", max_length=8, return_tensors="np")
+    np.testing.assert_array_equal(ours(texts)[0], ref["input_ids"])
+    assert "token_type_ids" not in ref
