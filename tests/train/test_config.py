@@ -133,7 +133,7 @@ def test_overrides_are_parsed_as_ml_collections_config_flags_parses_them(helpers
 def test_unknown_keys_are_errors_naming_the_closest_fields(helpers, tmp_path):
     tiny = helpers.REPO / "configs" / "tiny.py"
     with pytest.raises(ValueError, match=r"override 'data.nonexistent_key', which is no config field; data has "
-                       r"batch_size, num_negatives, num_positives, tower_cache, train, workers"):  # fmt: skip
+                       r"batch_size, num_negatives, num_positives, tower_cache, train, weights, workers"):  # fmt: skip
         config_lib.load(tiny, overrides=["data.nonexistent_key=3"])
     with pytest.raises(ValueError, match=r"'model.text.dropuot'.*closest are model.text.dropout, "):
         config_lib.load(tiny, overrides=["model.text.dropuot=0.1"])
