@@ -24,8 +24,8 @@ Runners: locally the DirectRunner in multi-process mode (`workers` processes); a
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import shlex
 import tempfile
 import time
@@ -40,7 +40,7 @@ from clapcomp.data.records import SHARD_SUFFIX, encode_record
 from clapcomp.data.sources import expand_inputs
 from clapcomp.decode import Limits
 
-STATS_PART = "_beam_stats.pickle"  # the merged BuildStats, handed from the pipeline to the driver
+STATS_PART = "_beam_stats.json"  # the merged BuildStats, handed from the pipeline to the driver (JSON: no pickle)
 
 
 def build_beam(
@@ -113,7 +113,7 @@ def build_beam(
         )
         _ = converted | "stats" >> beam.CombineGlobally(MergeStats()) | "hand over" >> beam.Map(_write_stats, out_dir)
     with FileSystems.open(FileSystems.join(out_dir, STATS_PART)) as f:
-        stats = pickle.loads(f.read())
+        stats = _stats_from_json(f.read())
     FileSystems.delete([FileSystems.join(out_dir, STATS_PART)])
     names = sorted(os.path.basename(m.path) for m in FileSystems.match([FileSystems.join(out_dir, "*" + SHARD_SUFFIX)])[0].metadata_list)  # fmt: skip
     stopped = over_budget(stats, max_error_rate, min_items_for_rate, out_dir)
@@ -188,5 +188,17 @@ class MergeStats(beam.CombineFn):
 
 
 def _write_stats(stats: BuildStats, out_dir: str) -> None:
+    state = {**vars(stats), "negatives_per_row": sorted(stats.negatives_per_row.items())}
     with FileSystems.create(FileSystems.join(out_dir, STATS_PART)) as f:
-        f.write(pickle.dumps(stats))
+        f.write(json.dumps(state).encode())
+
+
+def _stats_from_json(data: bytes) -> BuildStats:
+    """The merged stats `_write_stats` handed over: every count of `BuildStats`, nothing executable."""
+    state = json.loads(data)
+    stats = BuildStats(state.pop("n_examples"))
+    stats.skipped.update(state.pop("skipped"))
+    stats.negatives_per_row.update(dict(state.pop("negatives_per_row")))
+    for name, value in state.items():
+        setattr(stats, name, value)
+    return stats
