@@ -63,8 +63,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.tokenizer_sha256 = ""
     c.data = dict(train="", weights="", batch_size=256, num_negatives=0, num_positives=0, workers=8, tower_cache="")
     c.loss = "plain"
-    c.optimizer = dict(lr=1e-4, warmup_steps=1600, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
+    c.optimizer = dict(lr=1e-4, warmup_steps=1600, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0,
+                       lr_mults=[], layer_decay=dict(audio=1.0, text=1.0))  # fmt: skip
     c.freeze = ""
+    c.unlock_last = dict(audio=-1, text=-1)
     c.total_steps = 20_000
     c.evaluators = []
     c.eval_every = 0
@@ -76,6 +78,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.max_consecutive_nonfinite = 20
     c.preempt_check_every = 10
     c.overrides = []  # filled by load(): the fields set on purpose
+    c.lr_groups = []  # filled by the trainer: the resolved learning-rate multiplier per parameter group
     return c
 
 
@@ -192,11 +195,22 @@ FIELDS: dict[str, tuple[str, str]] = {
     "optimizer.b2": (_FIXED, "Adam beta2"),
     "optimizer.eps": (_FIXED, "Adam epsilon"),
     "optimizer.grad_clip": (_FIXED, "global gradient-norm clip (0: none)"),
+    "optimizer.lr_mults": (
+        _FIXED,
+        "[(regex, mult), ...] on the parameter path, first match wins; 0: frozen (optim.py)",
+    ),
+    "optimizer.layer_decay.audio": (
+        _FIXED,
+        "layer-wise LR decay of the audio tower: block l of L at d**(L+1-l); 1: none",
+    ),
+    "optimizer.layer_decay.text": (_FIXED, "layer-wise LR decay of the text tower (as layer_decay.audio)"),
     "freeze": (
         _FIXED,
         f"'' | {' | '.join(FREEZE)}: no updates to that tower and its projection; audio_tower: "
         "LiT, the audio tower alone, run in inference mode",
     ),
+    "unlock_last.audio": (_FIXED, "only the audio tower's last N blocks (and what follows them) train; -1: all"),
+    "unlock_last.text": (_FIXED, "only the text tower's last N blocks (and what follows them) train; -1: all"),
     "total_steps": (_RESUME, "optimizer steps of the run"),
     "evaluators": (_RESUME, "[dict(name=<clapcomp.evaluate.run.EVALUATORS key>, label=..., kwargs=dict(...))]"),
     "eval_every": (_RESUME, "steps between evaluations; 0: only at the end (with evaluators)"),
@@ -210,6 +224,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_consecutive_nonfinite": (_RESUME, "stop after this many skipped (NaN/inf) steps in a row"),
     "preempt_check_every": (_RESUME, "multi-process: steps between the collective preemption checks"),
     "overrides": ("record", "set by load(): the fields set on purpose (the file's changes, every key=value)"),
+    "lr_groups": ("record", "set by the trainer: [[path prefix, LR multiplier], ...] as resolved (optim.groups)"),
 }
 
 

@@ -41,6 +41,7 @@ from clapcomp.audio import prepare_waveforms
 from clapcomp.data.tower_cache import TowerCache, waveform_digest
 from clapcomp.inference import Clap
 from clapcomp.models.configs import ClapConfig
+from clapcomp.train import optim
 from clapcomp.train import state as state_lib
 
 log = logging.getLogger("clapcomp.train")
@@ -89,7 +90,7 @@ def load(tower_cache: str, freeze: str) -> TowerCache | None:
     (config.freeze) locks the audio tower."""
     if not tower_cache:
         return None
-    if not state_lib.audio_tower_locked(freeze):
+    if not optim.audio_tower_locked(freeze):
         raise ValueError(
             f"config.data.tower_cache={tower_cache!r} holds a locked audio tower's outputs, but this run "
             f"trains its audio tower (config.freeze={freeze!r}); set config.freeze='audio_tower' (LiT) or "

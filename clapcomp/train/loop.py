@@ -76,6 +76,9 @@ def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
     config = init_lib.prepare(config, workdir)  # architecture from the checkpoint; checked before compiling
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     parts = state_lib.setup(config, mesh)  # model config + graphdef, optimizer + schedule, shardings
+    config.lr_groups = parts.lr_groups  # recorded in config.json
+    log.info("learning-rate multiplier per parameter group:\n%s",
+             "\n".join(f"  {m:<10.6g} {prefix or '(all)'}" for prefix, m in parts.lr_groups))  # fmt: skip
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
         accepted = ckpt_lib.check_resume_config(workdir, config) if checkpointer.steps() else []

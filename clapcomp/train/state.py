@@ -20,7 +20,6 @@ on read). Every function here but `setup` and `model_config` takes objects, not 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
@@ -33,11 +32,11 @@ from jax.sharding import PartitionSpec as P
 
 from clapcomp.models.clap import ClapModel
 from clapcomp.models.configs import ClapConfig
-from clapcomp.train.config import FREEZE
+from clapcomp.train import optim
+from clapcomp.train.optim import path_name
 
 FSDP_MIN_SIZE = 2**18  # 262,144 elements: RoBERTa-base's 768x768 and larger matrices
 MAX_LOGIT_SCALE = float(np.log(100.0))
-_NO_DECAY = re.compile(r"(norm|bias|logit_scale|^bn|\.bn\d*\.|embeddings?_?ln)", re.IGNORECASE)
 
 
 @struct.dataclass
@@ -61,55 +60,6 @@ def split_model(model: ClapModel):
     """model -> (graphdef, params pure dict, model_state pure dict)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-
-
-def path_name(path) -> str:
-    """A key path -> "text_tower.layers.0.query.kernel"."""
-    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
-# ----------------------------------------------------------------------------- optimizer
-
-
-def learning_rate(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
-    """Linear warmup to `lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
-    warmup = min(warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), 0.0)
-
-
-def make_optimizer(params, schedule: optax.Schedule, *, grad_clip: float, b1: float, b2: float, eps: float,
-                   weight_decay: float, freeze: str = "") -> optax.GradientTransformation:  # fmt: skip
-    """Global-norm clipping + Adam(W) at `schedule`; no decay on norms, biases, the logit scale and 1-D
-    tensors. `params`: the parameter tree (arrays or ShapeDtypeStructs). `freeze` = "audio" | "text":
-    that tower and its projection get zero updates; "audio_tower": the audio tower alone (LiT's locked
-    tower; the train step also runs it in inference mode)."""
-    decay_mask = jax.tree_util.tree_map_with_path(
-        lambda path, x: x.ndim >= 2 and not _NO_DECAY.search(path_name(path)), params
-    )
-    tx = optax.chain(
-        optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity(),
-        optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
-    )
-    if not freeze:
-        return tx
-    frozen = frozen_params(freeze)
-    labels = {
-        k: jax.tree_util.tree_map(lambda _, k=k: "frozen" if k in frozen else "train", v) for k, v in params.items()
-    }
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-def frozen_params(freeze: str) -> tuple[str, ...]:
-    """The top-level parameter groups `config.freeze` keeps fixed."""
-    if freeze not in ("", *FREEZE):
-        raise ValueError(f"config.freeze must be '' or one of {list(FREEZE)}, got {freeze!r}")
-    return FREEZE.get(freeze, ())
-
-
-def audio_tower_locked(freeze: str) -> bool:
-    """Whether the train step runs the audio tower in inference mode: BatchNorm on its running
-    statistics (left unchanged), no dropout or SpecAugment, no gradient through it."""
-    return "audio_tower" in frozen_params(freeze)
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -161,7 +111,7 @@ def state_shardings(abstract: TrainState, mesh: Mesh, fsdp_text: bool) -> TrainS
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """A run's objects, built once (`setup`): the model config and graphdef, the optimizer and its
-    schedule, and the TrainState as ShapeDtypeStructs with the mesh's shardings."""
+    schedule, and the TrainState as ShapeDtypeStructs with the mesh's shardings; the resolved parameter groups."""
 
     cfg: ClapConfig
     graphdef: Any
@@ -169,6 +119,7 @@ class Setup:
     schedule: optax.Schedule
     abstract: TrainState
     seed: int
+    lr_groups: list  # [[path prefix, learning-rate multiplier], ...] (clapcomp.train.optim.groups)
 
     @property
     def shardings(self) -> TrainState:
@@ -179,13 +130,10 @@ def setup(config, mesh: Mesh) -> Setup:
     """The objects `config` describes (model, optimizer + schedule, shardings on `mesh`), nothing allocated."""
     cfg = model_config(config)
     graphdef, params, model_state = abstract_model(cfg)
-    o = config.optimizer
-    schedule = learning_rate(o.lr, o.warmup_steps, config.total_steps)
-    tx = make_optimizer(params, schedule, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2, eps=o.eps,
-                        weight_decay=o.weight_decay, freeze=config.freeze)  # fmt: skip
-    return Setup(
-        cfg, graphdef, tx, schedule, abstract_state(params, model_state, tx, mesh, config.fsdp_text), config.seed
-    )
+    schedule = optim.learning_rate(config.optimizer.lr, config.optimizer.warmup_steps, config.total_steps)
+    tx, mults = optim.from_config(config, params, schedule)
+    abstract = abstract_state(params, model_state, tx, mesh, config.fsdp_text)
+    return Setup(cfg, graphdef, tx, schedule, abstract, config.seed, optim.groups(mults))
 
 
 def _state_from(tx: optax.GradientTransformation, params, model_state) -> TrainState:

@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from clapcomp import losses
 from clapcomp.data.options import fields
+from clapcomp.train import optim
 from clapcomp.train import state as state_lib
 from clapcomp.train.config import LOSSES
 from clapcomp.train.distributed import BATCH
@@ -170,6 +171,6 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
 def from_parts(parts: state_lib.Setup, mesh: Mesh, *, loss: str, freeze: str = ""):
     """`make_train_step` of a run's objects (`state_lib.setup`) with the loss `loss` (config.loss) and the
     audio tower locked when `freeze` (config.freeze) says so."""
-    fn = loss_fn(loss, lock_audio_tower=state_lib.audio_tower_locked(freeze))
+    fn = loss_fn(loss, lock_audio_tower=optim.audio_tower_locked(freeze))
     return make_train_step(parts.graphdef, parts.tx, parts.schedule, fn, mesh, seed=parts.seed,
                            state_sharding=parts.shardings)  # fmt: skip

@@ -56,10 +56,9 @@ def records_for(corpus: Path, workdir: Path, sample_rate: int) -> Path:
 def tower_cache_for(config, records: Path, workdir: Path) -> str:
     """`config.data.tower_cache` for the runs of `config`: with a locked audio tower, its outputs on
     `records` (written into WORKDIR/tower_cache/ once, then found there); else ''."""
-    from clapcomp.train import locked_tower
-    from clapcomp.train import state as state_lib
+    from clapcomp.train import locked_tower, optim
 
-    if not state_lib.audio_tower_locked(config.freeze):
+    if not optim.audio_tower_locked(config.freeze):
         return ""
     t0 = time.perf_counter()
     path = locked_tower.cache_for_config(config, records, workdir / "tower_cache")

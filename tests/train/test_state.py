@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from repo_configs import load_config  # tests/repo_configs.py
 
-from clapcomp.train import distributed
+from clapcomp.train import distributed, optim
 from clapcomp.train import state as state_lib
 from clapcomp.train import step as step_lib
 
@@ -105,4 +105,4 @@ def test_unknown_freeze_names_the_choices():
     with pytest.raises(
         ValueError, match=r"config.freeze must be '' or one of \['audio', 'text', 'audio_tower'\], got 'cnn'"
     ):
-        state_lib.frozen_params("cnn")
+        optim.frozen_params("cnn")
