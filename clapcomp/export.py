@@ -120,11 +120,11 @@ def save_stablehlo(model, config, out: str | Path, tokenizer=None, *, audio_samp
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _load_source(path: str, step: int | None = None):
+def _load_source(path: str, step: int | None = None, raw_weights: bool = False):
     """Any model `clapcomp.load` reads (HF dir, clapcomp export, LAION .pt, ...) -> (model, config, tokenizer)."""
     from clapcomp.inference import load
 
-    clap = load(path, step=step)
+    clap = load(path, step=step, raw_weights=raw_weights)
     return clap.model, clap.config, clap.tokenizer
 
 
@@ -137,8 +137,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--audio-samples", type=int, help="stablehlo / onnx: waveform length (default: one clip)")
     parser.add_argument("--platforms", default="cpu,cuda,tpu", help="stablehlo: comma-separated lowering platforms")
     parser.add_argument("--step", type=int, help="for a training workdir: this checkpoint step (default: the newest)")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="for a training workdir with config.ema_decay: the trained weights, not their EMA")  # fmt: skip
     args = parser.parse_args(argv)
-    model, config, tokenizer = _load_source(args.model, args.step)
+    model, config, tokenizer = _load_source(args.model, args.step, args.raw_weights)
     if args.tokenizer:
         from clapcomp.tokenizer import Tokenizer
 

@@ -399,9 +399,10 @@ def read_only_manager(directory: str | Path):
         absl_log.removeFilter(notice)
 
 
-def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | None = None):
+def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | None = None, raw_weights: bool = False):
     """A training workdir's checkpoint `step` (default: the newest) -> (ClapConfig, graphdef, params,
-    model_state). A step that cannot be read raises CheckpointError: never a quiet older model.
+    model_state). A step that cannot be read raises CheckpointError: never a quiet older model. A run
+    with `config.ema_decay` gives the EMA of the weights, unless `raw_weights`; which one is logged.
 
     For inference, export and `init.kind="checkpoint"`; arrays are laid out on `mesh` (default: one
     local device)."""
@@ -425,10 +426,13 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
         older = [s for s in steps if s < step]
         hint = f" Pass an older step explicitly (step={older[-1]} / --step {older[-1]})." if older else ""
         raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be read ({_first_line(e)}).{hint}") from e
-    return parts.cfg, parts.graphdef, restored.params, restored.model_state
+    ema = restored.ema is not None and not raw_weights
+    log.info("%s: checkpoint step %d, %s weights", workdir, step, "EMA" if ema else "raw")
+    return parts.cfg, parts.graphdef, restored.ema if ema else restored.params, restored.model_state
 
 
-def load_model(workdir: str | Path, *, step: int | None = None):
-    """A training workdir -> (ClapConfig, ClapModel) with the weights of `step` (default: the newest)."""
-    cfg, graphdef, params, model_state = load_weights(workdir, step=step)
+def load_model(workdir: str | Path, *, step: int | None = None, raw_weights: bool = False):
+    """A training workdir -> (ClapConfig, ClapModel) with the weights of `step` (default: the newest);
+    their EMA if the run kept one, unless `raw_weights`."""
+    cfg, graphdef, params, model_state = load_weights(workdir, step=step, raw_weights=raw_weights)
     return cfg, nnx.merge(graphdef, params, model_state)

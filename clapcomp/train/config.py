@@ -67,6 +67,7 @@ def defaults() -> ml_collections.ConfigDict:
                        lr_mults=[], layer_decay=dict(audio=1.0, text=1.0))  # fmt: skip
     c.freeze = ""
     c.unlock_last = dict(audio=-1, text=-1)
+    c.ema_decay = 0.0
     c.total_steps = 20_000
     c.evaluators = []
     c.eval_every = 0
@@ -211,6 +212,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     ),
     "unlock_last.audio": (_FIXED, "only the audio tower's last N blocks (and what follows them) train; -1: all"),
     "unlock_last.text": (_FIXED, "only the text tower's last N blocks (and what follows them) train; -1: all"),
+    "ema_decay": (_FIXED, "EMA of the weights, used by evaluators, export and load (0: none; e.g. 0.999)"),
     "total_steps": (_RESUME, "optimizer steps of the run"),
     "evaluators": (_RESUME, "[dict(name=<clapcomp.evaluate.run.EVALUATORS key>, label=..., kwargs=dict(...))]"),
     "eval_every": (_RESUME, "steps between evaluations; 0: only at the end (with evaluators)"),

@@ -213,8 +213,8 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
 
 
 def evaluate(evaluators: list[dict], cfg, graphdef, state, tokenizer) -> dict:
-    """Runs `evaluators` (config.evaluators) on the current weights of a model of ClapConfig `cfg`;
-    returns {"eval/<label>/<metric>": value}.
+    """Runs `evaluators` (config.evaluators) on the current weights of a model of ClapConfig `cfg` (their
+    EMA when the state has one); returns {"eval/<label>/<metric>": value}.
 
     Every process evaluates the same full copy of the weights on its first local device."""
     from flax import nnx
@@ -222,7 +222,8 @@ def evaluate(evaluators: list[dict], cfg, graphdef, state, tokenizer) -> dict:
     from clapcomp.evaluate.run import EVALUATORS, headline
     from clapcomp.inference import Clap
 
-    params, model_state = (multihost_utils.process_allgather(t, tiled=True) for t in (state.params, state.model_state))
+    weights = state.params if state.ema is None else state.ema
+    params, model_state = (multihost_utils.process_allgather(t, tiled=True) for t in (weights, state.model_state))
     model = nnx.merge(graphdef, params, model_state)
     embedder = Clap.from_model(model, cfg, tokenizer)
     out = {}

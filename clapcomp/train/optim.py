@@ -161,6 +161,21 @@ def make_optimizer(params, schedule: optax.Schedule, mults: dict[str, float], *,
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+def check_ema_decay(decay: float) -> float:
+    """`config.ema_decay`, checked: 0 (no EMA) or in (0, 1)."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"config.ema_decay = {decay}: expected 0 (no EMA) or 0 < decay < 1, e.g. 0.999")
+    return float(decay)
+
+
+def ema_update(ema, params, decay: float):
+    """One step of the exponential moving average of the weights: decay * ema + (1 - decay) * params
+    (None stays None: no EMA)."""
+    if ema is None:
+        return None
+    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
 def from_config(config, params, schedule: optax.Schedule) -> tuple[optax.GradientTransformation, dict[str, float]]:
     """(the optimizer, the per-parameter multipliers) that `config` describes for `params`."""
     o = config.optimizer

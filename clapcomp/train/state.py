@@ -42,13 +42,15 @@ MAX_LOGIT_SCALE = float(np.log(100.0))
 @struct.dataclass
 class TrainState:
     """step [] int32; params / model_state: nested dicts of arrays; opt_state: optax state;
-    nonfinite_run [] int32: how many steps in a row were skipped for a NaN/inf loss or gradient."""
+    nonfinite_run [] int32: how many steps in a row were skipped for a NaN/inf loss or gradient;
+    ema: the exponential moving average of `params` (same tree; None without `config.ema_decay`)."""
 
     step: jax.Array
     params: Any
     model_state: Any
     opt_state: Any
     nonfinite_run: jax.Array
+    ema: Any = None
 
 
 def model_config(config) -> ClapConfig:
@@ -102,6 +104,7 @@ def state_shardings(abstract: TrainState, mesh: Mesh, fsdp_text: bool) -> TrainS
         model_state=jax.tree_util.tree_map(rep, abstract.model_state),
         opt_state=jax.tree_util.tree_map_with_path(for_opt, abstract.opt_state),
         nonfinite_run=rep(abstract.nonfinite_run),
+        ema=None if abstract.ema is None else jax.tree_util.tree_map_with_path(for_param, abstract.ema),
     )
 
 
@@ -120,6 +123,7 @@ class Setup:
     abstract: TrainState
     seed: int
     lr_groups: list  # [[path prefix, learning-rate multiplier], ...] (clapcomp.train.optim.groups)
+    ema_decay: float = 0.0  # config.ema_decay: 0, no EMA of the weights
 
     @property
     def shardings(self) -> TrainState:
@@ -132,17 +136,19 @@ def setup(config, mesh: Mesh) -> Setup:
     graphdef, params, model_state = abstract_model(cfg)
     schedule = optim.learning_rate(config.optimizer.lr, config.optimizer.warmup_steps, config.total_steps)
     tx, mults = optim.from_config(config, params, schedule)
-    abstract = abstract_state(params, model_state, tx, mesh, config.fsdp_text)
-    return Setup(cfg, graphdef, tx, schedule, abstract, config.seed, optim.groups(mults))
+    ema_decay = optim.check_ema_decay(config.ema_decay)
+    abstract = abstract_state(params, model_state, tx, mesh, config.fsdp_text, ema=ema_decay > 0)
+    return Setup(cfg, graphdef, tx, schedule, abstract, config.seed, optim.groups(mults), ema_decay)
 
 
-def _state_from(tx: optax.GradientTransformation, params, model_state) -> TrainState:
+def _state_from(tx: optax.GradientTransformation, params, model_state, ema: bool) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
         opt_state=tx.init(params),
         nonfinite_run=jnp.zeros((), jnp.int32),
+        ema=jax.tree_util.tree_map(jnp.copy, params) if ema else None,  # the average starts at the initial weights
     )
 
 
@@ -152,9 +158,11 @@ def abstract_model(cfg: ClapConfig):
     return split_model(model)
 
 
-def abstract_state(params, model_state, tx: optax.GradientTransformation, mesh: Mesh, fsdp_text: bool) -> TrainState:
-    """The TrainState of abstract `params` / `model_state` as `jax.ShapeDtypeStruct`s carrying `mesh`'s shardings."""
-    abstract = jax.eval_shape(lambda p, m: _state_from(tx, p, m), params, model_state)
+def abstract_state(params, model_state, tx: optax.GradientTransformation, mesh: Mesh, fsdp_text: bool, *,
+                   ema: bool = False) -> TrainState:  # fmt: skip
+    """The TrainState of abstract `params` / `model_state` (with an EMA of the params if `ema`) as
+    `jax.ShapeDtypeStruct`s carrying `mesh`'s shardings."""
+    abstract = jax.eval_shape(lambda p, m: _state_from(tx, p, m, ema), params, model_state)
     shardings = state_shardings(abstract, mesh, fsdp_text)
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
@@ -168,13 +176,14 @@ def init_state(parts: Setup, model: ClapModel | None = None) -> TrainState:
 
         def create():
             _, params, model_state = split_model(ClapModel(parts.cfg, rngs=nnx.Rngs(parts.seed)))
-            return _state_from(parts.tx, params, model_state)
+            return _state_from(parts.tx, params, model_state, parts.ema_decay > 0)
 
         return jax.jit(create, out_shardings=shardings)()
     _, params, model_state = split_model(model)
     params = place(params, shardings.params)
     model_state = place(model_state, shardings.model_state)
-    return jax.jit(lambda p, m: _state_from(parts.tx, p, m), out_shardings=shardings)(params, model_state)
+    ema = parts.ema_decay > 0
+    return jax.jit(lambda p, m: _state_from(parts.tx, p, m, ema), out_shardings=shardings)(params, model_state)
 
 
 def place(tree, shardings):

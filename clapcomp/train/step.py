@@ -123,12 +123,14 @@ def applied_updates(opt_state) -> jax.Array:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, loss_fn: LossFn,
-                    mesh: Mesh, *, seed: int, state_sharding: state_lib.TrainState):  # fmt: skip
+                    mesh: Mesh, *, seed: int, state_sharding: state_lib.TrainState,
+                    ema_decay: float = 0.0):  # fmt: skip
     """The jitted `train_step(state, batch) -> (state, metrics)` of the module doc, for `mesh`.
 
     `tx` must apply `schedule` (e.g. `optax.adamw(schedule)`); `state_sharding` is the TrainState's
     NamedShardings (e.g. `state_lib.Setup.shardings`): state in and out keep them, the state is
     donated, every batch array is split on dim 0 over all devices. Metrics are replicated scalars.
+    With `state.ema` (config.ema_decay = `ema_decay`), each applied update also advances the EMA of the weights.
     """
 
     def train_step(state: state_lib.TrainState, batch: dict):
@@ -152,6 +154,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
             model_state=keep(model_state, state.model_state),
             opt_state=keep(opt_state, state.opt_state),
             nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
+            ema=keep(optim.ema_update(state.ema, params, ema_decay), state.ema),
         )
         metrics = {
             "loss": loss,
@@ -173,4 +176,4 @@ def from_parts(parts: state_lib.Setup, mesh: Mesh, *, loss: str, freeze: str = "
     audio tower locked when `freeze` (config.freeze) says so."""
     fn = loss_fn(loss, lock_audio_tower=optim.audio_tower_locked(freeze))
     return make_train_step(parts.graphdef, parts.tx, parts.schedule, fn, mesh, seed=parts.seed,
-                           state_sharding=parts.shardings)  # fmt: skip
+                           state_sharding=parts.shardings, ema_decay=parts.ema_decay)  # fmt: skip

@@ -117,18 +117,27 @@ def _batch(cfg, n=8, seed=0):
                 lengths=np.full(n, cfg.audio.clip_samples, np.int32), input_ids=ids, attention_mask=np.ones_like(ids))  # fmt: skip
 
 
-def test_frozen_groups_stay_bit_identical_and_keep_no_moments():
-    config = load_config("tiny", None, "optimizer.warmup_steps=0", "unlock_last.audio=1",
+@pytest.fixture(scope="module")
+def grouped_run():
+    """(Setup, [params before, after step 1, 2, 3] as numpy, the final state) of three real train steps of
+    configs/tiny.py with frozen and decayed groups and an EMA of the weights."""
+    config = load_config("tiny", None, "optimizer.warmup_steps=0", "unlock_last.audio=1", "ema_decay=0.9",
                          "optimizer.lr_mults=[('^logit_scale$', 0)]", "optimizer.layer_decay.text=0.5")  # fmt: skip
     mesh = distributed.make_mesh()
     parts = state_lib.setup(config, mesh)
     state = state_lib.init_state(parts)
-    before = jax.tree_util.tree_map(np.array, state.params)
+    history = [jax.tree_util.tree_map(np.array, state.params)]
     train_step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
-    for seed in range(2):  # the second step: Adam moments of a frozen group would now move it
+    for seed in range(3):  # from the second step on, Adam moments of a frozen group would move it
         state, metrics = train_step(state, _batch(parts.cfg, seed=seed))
         assert int(metrics["nonfinite"]) == 0
-    after = jax.tree_util.tree_map(np.array, state.params)
+        history.append(jax.tree_util.tree_map(np.array, state.params))
+    return parts, history, state
+
+
+def test_frozen_groups_stay_bit_identical_and_keep_no_moments(grouped_run):
+    parts, history, state = grouped_run
+    before, after = history[0], history[-1]
     frozen = {prefix for prefix, m in parts.lr_groups if m == 0}
     assert frozen == {"audio_tower.bn0", "audio_tower.patch_embed", "audio_tower.stages.0", "logit_scale"}
     n_frozen = n_trained = 0
@@ -145,20 +154,42 @@ def test_frozen_groups_stay_bit_identical_and_keep_no_moments():
     assert n_frozen and len(mu) == 1 and len(jax.tree_util.tree_leaves(mu[0])) == n_trained
 
 
+def test_ema_equals_a_numpy_running_average_of_the_steps_params(grouped_run):
+    _, history, state = grouped_run
+    want = jax.tree_util.tree_map(lambda x: x.astype(np.float64), history[0])  # the average starts at the init
+    for params in history[1:]:
+        want = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p.astype(np.float64), want, params)
+    got = jax.tree_util.tree_map(np.asarray, state.ema)
+    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=state_lib.path_name(path))
+    kernel = history[-1]["text_projection"]["linear1"]["kernel"]  # control: the EMA is not the weights
+    assert np.abs(state.ema["text_projection"]["linear1"]["kernel"] - kernel).max() > 1e-4
+
+
 @pytest.mark.slow  # trains twice
 def test_resume_with_groups_is_bitwise_identical_and_groups_are_recorded(tmp_path, tiny, helpers):
+    from flax import nnx
+
+    from clapcomp import load
     from clapcomp.train import loop
 
     config = tiny("plain")
     config.unlock_last.audio, config.optimizer.layer_decay.text = 1, 0.5
     config.optimizer.lr_mults = [("^audio_projection\\.", 0.25)]
+    config.ema_decay = 0.9
     config.total_steps, config.ckpt_every = 4, 2
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     loop.train(config, straight)
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / "checkpoints" / "4")  # as if killed after step 2's checkpoint
     loop.train(config, resumed)
-    helpers.assert_states_bitwise_equal(helpers.read_state(straight, 4), helpers.read_state(resumed, 4))
+    final = helpers.read_state(straight, 4)
+    assert final.ema is not None  # the EMA is checkpointed and part of the bitwise comparison
+    helpers.assert_states_bitwise_equal(final, helpers.read_state(resumed, 4))
+    for raw_weights, want in ((False, final.ema), (True, final.params)):  # load: the EMA unless told otherwise
+        model = load(resumed, raw_weights=raw_weights).model
+        got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        helpers.assert_states_bitwise_equal(jax.tree_util.tree_map(np.asarray, got), want)
     recorded = dict(map(tuple, json.loads((resumed / "config.json").read_text())["lr_groups"]))
     assert recorded["audio_projection"] == 0.25 and recorded["audio_tower.stages.0"] == 0.0
     assert recorded["text_tower.layers"] == 0.5 and recorded["text_tower.embed_norm"] == 0.25
