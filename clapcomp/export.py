@@ -120,11 +120,11 @@ def save_stablehlo(model, config, out: str | Path, tokenizer=None, *, audio_samp
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _load_source(path: str, step: int | None = None, raw_weights: bool = False):
+def _load_source(path: str, step: int | None = None, best: bool = False, raw_weights: bool = False):
     """Any model `clapcomp.load` reads (HF dir, clapcomp export, LAION .pt, ...) -> (model, config, tokenizer)."""
     from clapcomp.inference import load
 
-    clap = load(path, step=step, raw_weights=raw_weights)
+    clap = load(path, step=step, best=best, raw_weights=raw_weights)
     return clap.model, clap.config, clap.tokenizer
 
 
@@ -139,8 +139,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step", type=int, help="for a training workdir: this checkpoint step (default: the newest)")
     parser.add_argument("--raw-weights", action="store_true",
                         help="for a training workdir with config.ema_decay: the trained weights, not their EMA")  # fmt: skip
+    parser.add_argument("--best", action="store_true",
+                        help="for a training workdir with config.keep_best: the best checkpoint, not the newest")  # fmt: skip
     args = parser.parse_args(argv)
-    model, config, tokenizer = _load_source(args.model, args.step, args.raw_weights)
+    model, config, tokenizer = _load_source(args.model, args.step, args.best, args.raw_weights)
     if args.tokenizer:
         from clapcomp.tokenizer import Tokenizer
 

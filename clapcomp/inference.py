@@ -81,11 +81,13 @@ def load(
     tokenizer: Tokenizer | str | Path | None = None,
     max_batch: int = 16,
     step: int | None = None,
+    best: bool = False,
     raw_weights: bool = False,
 ) -> Clap:
     """Load a model directory for inference (see `LAYOUTS`); the tokenizer from `tokenizer` or `path`.
-    For a training workdir: `step`, that checkpoint instead of the newest; the EMA of the weights when the
-    run kept one (config.ema_decay), or the trained weights themselves with `raw_weights`."""
+    For a training workdir: `step`, that checkpoint instead of the newest, or `best`, the best by the run's
+    config.keep_best; the EMA of the weights when the run kept one (config.ema_decay), or the trained
+    weights themselves with `raw_weights`. Which step and weights it loads is logged (clapcomp.train, INFO)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; clapcomp.load expects a model directory or a LAION .pt file")
@@ -95,10 +97,12 @@ def load(
         known = "; ".join(f"{lay.name}: {lay.description}" for lay in LAYOUTS)
         raise ValueError(f"unknown model layout at {path} (found {found}); clapcomp.load understands: {known}")
     module, function = layout.loader.split(":")
-    if (step is not None or raw_weights) and layout.name != "clapcomp-workdir":
-        what = f"step={step}" if step is not None else "raw_weights=True"
+    kwargs = ({} if step is None else {"step": step}) | {
+        k: True for k, v in (("best", best), ("raw_weights", raw_weights)) if v
+    }
+    if kwargs and layout.name != "clapcomp-workdir":
+        what = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ValueError(f"{what} selects from a training workdir's checkpoints; {path} is a {layout.name}")
-    kwargs = ({} if step is None else {"step": step}) | ({"raw_weights": True} if raw_weights else {})
     config, model = getattr(importlib.import_module(module), function)(path, **kwargs)
     return Clap(model, config, _tokenizer(tokenizer, path, config), max_batch=max_batch)
 

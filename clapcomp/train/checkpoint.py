@@ -5,6 +5,7 @@ Layout of a workdir:
     <workdir>/checkpoints/<step>/state    TrainState (Orbax PyTree: step, params, model_state,
                                           opt_state, nonfinite_run)
     <workdir>/checkpoints/<step>/data     the grain iterator position (one JSON per process)
+    <workdir>/checkpoints/<step>/metrics  with `config.keep_best`: the evaluators' metrics of that step
     <workdir>/restore_log.jsonl           what a restore skipped or accepted (one JSON per event)
 
 Saves are asynchronous (the device->host copy blocks, the writes run in the background) and atomic
@@ -21,6 +22,11 @@ restore:
 - transient I/O (permission, I/O errors) -> retried with back-off, then `TransientCheckpointError`;
 - anything else -> `CheckpointError` with the original error; nothing is skipped.
 It never starts from scratch over existing checkpoints: when none can be read, it raises.
+
+Kept: the newest `config.keep_checkpoints` steps (for resume) and, with `config.keep_best =
+"eval/<label>/<metric>"`, also the evaluated step with the best value of that metric (the highest, or the
+lowest with `keep_best_mode="min"`): Orbax's LatestN + BestN preservation policies. `load_weights(...,
+best=True)` (`clapcomp.load(workdir, best=True)`) reads that step.
 """
 
 from __future__ import annotations
@@ -84,19 +90,31 @@ def _first_line(e: BaseException) -> str:
 
 
 class Checkpointer:
-    """Keep-N async checkpoints of (TrainState, data iterator) under `<workdir>/checkpoints`."""
+    """Keep-N async checkpoints of (TrainState, data iterator) under `<workdir>/checkpoints`, plus the best
+    by `keep_best` (a key of the metrics `save` gets; "": none) in `keep_best_mode` ("max" | "min")."""
 
-    def __init__(self, workdir: str | Path, *, keep: int, retries: int = 3, backoff_s: float = 1.0):
+    def __init__(self, workdir: str | Path, *, keep: int, keep_best: str = "", keep_best_mode: str = "max",
+                 retries: int = 3, backoff_s: float = 1.0):  # fmt: skip
         import orbax.checkpoint as ocp
+        from orbax.checkpoint import checkpoint_managers as policies
 
         self.workdir = Path(workdir)
         self.directory = self.workdir / "checkpoints"
         self.retries, self.backoff_s = retries, backoff_s
         self.skipped_corrupt: list[int] = []
         self.restored_skips: dict = {}  # the skip counters saved with the restored step
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True
-        )
+        self.keep_best = keep_best
+        check_keep_best_mode(keep_best_mode)
+        keeping = dict(max_to_keep=keep)
+        if keep_best:
+            worst = float("inf") if keep_best_mode == "min" else float("-inf")
+            metric = lambda metrics: metrics.get(keep_best, worst)  # a step saved without evaluation: {}
+            best = policies.BestN(
+                get_metric_fn=metric, reverse=keep_best_mode == "min", n=1, keep_checkpoints_without_metrics=False
+            )
+            keeping = dict(preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(n=keep), best]),
+                           best_fn=metric, best_mode=keep_best_mode)  # fmt: skip
+        options = ocp.CheckpointManagerOptions(**keeping, enable_async_checkpointing=True, cleanup_tmp_directories=True)
         self._ocp = ocp
         handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()  # the other items: Orbax's (and grain's) own
         state_handler = _state_handler(ocp)
@@ -107,9 +125,11 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state: state_lib.TrainState, iterator, *, skips: dict | None = None) -> None:
+    def save(self, step: int, state: state_lib.TrainState, iterator, *, skips: dict | None = None,
+             metrics: dict | None = None) -> None:  # fmt: skip
         """Starts an async save of `state`, `iterator` (and the data pipeline's skip counters
-        `skips`, {reason: n}) as checkpoint `step` (returns once the
+        `skips`, {reason: n}; the evaluators' `metrics` of this state, with `keep_best`) as checkpoint
+        `step` (returns once the
         arrays are on the host). A failure (e.g. a full disk) raises CheckpointError; earlier
         checkpoints are untouched because Orbax only renames a step directory once complete.
         The first save after a restore that skipped corrupt steps keeps those as
@@ -121,7 +141,7 @@ class Checkpointer:
         if skips is not None:
             items["skips"] = self._ocp.args.JsonSave(skips)
         try:
-            self.manager.save(step, args=self._ocp.args.Composite(**items), force=True)
+            self.manager.save(step, args=self._ocp.args.Composite(**items), force=True, metrics=metrics)
         except Exception as e:
             raise self._save_error(step, e) from e
 
@@ -399,10 +419,12 @@ def read_only_manager(directory: str | Path):
         absl_log.removeFilter(notice)
 
 
-def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | None = None, raw_weights: bool = False):
-    """A training workdir's checkpoint `step` (default: the newest) -> (ClapConfig, graphdef, params,
-    model_state). A step that cannot be read raises CheckpointError: never a quiet older model. A run
-    with `config.ema_decay` gives the EMA of the weights, unless `raw_weights`; which one is logged.
+def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | None = None, best: bool = False,
+                 raw_weights: bool = False):  # fmt: skip
+    """A training workdir's checkpoint `step` (default: the newest; `best`: the best by `config.keep_best`)
+    -> (ClapConfig, graphdef, params, model_state). A step that cannot be read raises CheckpointError:
+    never a quiet older model. A run with `config.ema_decay` gives the EMA of the weights, unless
+    `raw_weights`. Which step and weights it loads is logged.
 
     For inference, export and `init.kind="checkpoint"`; arrays are laid out on `mesh` (default: one
     local device)."""
@@ -416,7 +438,11 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first or pass another workdir")
-    if step is None:
+    if best and step is not None:
+        raise ValueError(f"pass step={step} or best=True, not both")
+    if best:
+        step = best_step(manager, config, workdir)
+    elif step is None:
         step = steps[-1]
     elif step not in steps:
         raise CheckpointError(f"{workdir}/checkpoints has no step {step}; it holds steps {steps}")
@@ -427,12 +453,33 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
         hint = f" Pass an older step explicitly (step={older[-1]} / --step {older[-1]})." if older else ""
         raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be read ({_first_line(e)}).{hint}") from e
     ema = restored.ema is not None and not raw_weights
-    log.info("%s: checkpoint step %d, %s weights", workdir, step, "EMA" if ema else "raw")
+    log.info("%s: checkpoint step %d (%s), %s weights", workdir, step, f"best by {config.keep_best}" if best else
+             "newest" if step == steps[-1] else "asked for", "EMA" if ema else "raw")  # fmt: skip
     return parts.cfg, parts.graphdef, restored.ema if ema else restored.params, restored.model_state
 
 
-def load_model(workdir: str | Path, *, step: int | None = None, raw_weights: bool = False):
-    """A training workdir -> (ClapConfig, ClapModel) with the weights of `step` (default: the newest);
-    their EMA if the run kept one, unless `raw_weights`."""
-    cfg, graphdef, params, model_state = load_weights(workdir, step=step, raw_weights=raw_weights)
+def check_keep_best_mode(mode: str) -> None:
+    if mode not in ("max", "min"):
+        raise ValueError(f"config.keep_best_mode must be 'max' or 'min', got {mode!r}")
+
+
+def best_step(manager, config, workdir) -> int:
+    """The kept step with the best `config.keep_best` metric (saved with it), for `load_weights(best=True)`."""
+    if not config.get("keep_best"):
+        raise CheckpointError(f"{workdir} was trained without config.keep_best; pass step= or load the newest")
+    scored = [
+        (s, m[config.keep_best]) for s in manager.all_steps() if (m := manager.metrics(s)) and config.keep_best in m
+    ]
+    if not scored:
+        raise CheckpointError(
+            f"no checkpoint under {workdir} holds the metric {config.keep_best} (no evaluation saved yet)"
+        )
+    pick = max if config.get("keep_best_mode", "max") == "max" else min
+    return pick(scored, key=lambda sv: sv[1])[0]
+
+
+def load_model(workdir: str | Path, *, step: int | None = None, best: bool = False, raw_weights: bool = False):
+    """A training workdir -> (ClapConfig, ClapModel) with the weights of `step` (default: the newest;
+    `best`: the best by config.keep_best); their EMA if the run kept one, unless `raw_weights`."""
+    cfg, graphdef, params, model_state = load_weights(workdir, step=step, best=best, raw_weights=raw_weights)
     return cfg, nnx.merge(graphdef, params, model_state)

@@ -76,6 +76,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.ckpt_every = 1000
     c.keep_checkpoints = 3
+    c.keep_best = ""
+    c.keep_best_mode = "max"
     c.max_consecutive_nonfinite = 20
     c.preempt_check_every = 10
     c.overrides = []  # filled by load(): the fields set on purpose
@@ -223,6 +225,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "log_every": (_RESUME, "steps between log lines"),
     "ckpt_every": (_RESUME, "steps between checkpoints"),
     "keep_checkpoints": (_RESUME, "newest checkpoints kept"),
+    "keep_best": (_RESUME, "'eval/<label>/<metric>': also keep the best evaluated checkpoint (every eval saves)"),
+    "keep_best_mode": (_RESUME, "keep_best: 'max' (higher is better) | 'min'"),
     "max_consecutive_nonfinite": (_RESUME, "stop after this many skipped (NaN/inf) steps in a row"),
     "preempt_check_every": (_RESUME, "multi-process: steps between the collective preemption checks"),
     "overrides": ("record", "set by load(): the fields set on purpose (the file's changes, every key=value)"),

@@ -79,7 +79,9 @@ def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
     config.lr_groups = parts.lr_groups  # recorded in config.json
     log.info("learning-rate multiplier per parameter group:\n%s",
              "\n".join(f"  {m:<10.6g} {prefix or '(all)'}" for prefix, m in parts.lr_groups))  # fmt: skip
-    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+    _check_keep_best(config)
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best,
+                                         keep_best_mode=config.keep_best_mode)  # fmt: skip
     try:
         accepted = ckpt_lib.check_resume_config(workdir, config) if checkpointer.steps() else []
         tokenizer = init_lib.run_tokenizer(config, workdir)
@@ -144,19 +146,22 @@ def _run(state, train_step, iterator, keys, checkpointer, reporter, guard, run_e
         preempted = guard.requested(done, after=metrics)
         saving = done % ckpt_every == 0 or done == total_steps or preempted
         evaluating = run_eval and eval_every and (done % eval_every == 0 or done == total_steps)
+        saving = saving or (evaluating and bool(checkpointer.keep_best))  # the best is one of the evaluated states
         # The data position now is exactly `done` batches: the counters and a save see that.
         skips = {**iterator.skip_totals(), **iterator.source_totals()} if saving or reporter.logs(done) else None
         pending = (done, metrics, _data_counters(skips or {}))
         if saving or evaluating:  # never save (or evaluate) a state whose metrics were not checked
             last, pending = reporter.report(*pending), None
+        evals = run_eval(state) if evaluating and not preempted else None
         if saving:
-            checkpointer.save(done, state, iterator.grain_iterator, skips=skips)
+            checkpointer.save(done, state, iterator.grain_iterator, skips=skips,
+                              metrics=_best_metrics(evals, checkpointer.keep_best))  # fmt: skip
         if preempted:
             log.warning("stop requested (signal): saved checkpoint %d, exiting", done)
             checkpointer.wait()
             return {**last, "preempted": True}
-        if evaluating:
-            last.update(reporter.write(done, run_eval(state)))
+        if evals is not None:
+            last.update(reporter.write(done, evals))
         if done < total_steps:  # the next batch goes to the device while this step runs
             batch = _next_batch(iterator, keys)
     checkpointer.wait()
@@ -168,6 +173,31 @@ def _run(state, train_step, iterator, keys, checkpointer, reporter, guard, run_e
 def _data_counters(totals: dict) -> dict:
     """The iterator's totals as logged: data/skipped/<reason>, data/source/<name>/samples|skipped (mixtures)."""
     return {(f"data/{k}" if k.startswith("source/") else f"data/skipped/{k}"): v for k, v in totals.items()}
+
+
+def _check_keep_best(config) -> None:
+    """config.keep_best names an evaluator's label ("eval/<label>/<metric>"), evaluated during the run."""
+    ckpt_lib.check_keep_best_mode(config.keep_best_mode)
+    if not config.keep_best:
+        return
+    labels = [ev.get("label", ev["name"]) for ev in config.evaluators]
+    parts = config.keep_best.split("/")
+    if len(parts) != 3 or parts[0] != "eval" or parts[1] not in labels or not config.eval_every:
+        raise ValueError(
+            f"config.keep_best={config.keep_best!r}: expected 'eval/<label>/<metric>' with <label> one of the "
+            f"evaluators' labels {labels} and config.eval_every > 0 (eval_every={config.eval_every})"
+        )
+
+
+def _best_metrics(evals: dict | None, keep_best: str) -> dict | None:
+    """The metrics saved with a checkpoint for keep-best: None without keep_best, {} for a step not evaluated."""
+    if not keep_best or evals is None:
+        return {} if keep_best else None
+    if keep_best not in evals:
+        raise ValueError(
+            f"config.keep_best={keep_best!r} is no metric the evaluators report; they report {sorted(evals)}"
+        )
+    return evals
 
 
 def _next_batch(iterator, keys) -> dict:

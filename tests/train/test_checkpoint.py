@@ -288,3 +288,26 @@ def test_resume_classes_hold_for_a_field_set_to_its_default():
     new = defaults()
     new.overrides = ["data.batch_size", "log_every"]  # --config.data.batch_size=256 --config.log_every=50
     assert ckpt_lib.config_changes(saved, new) == (["log_every: 1 -> 50"], ["data.batch_size: 8 -> 256"])
+
+
+@pytest.mark.parametrize(("mode", "pick"), [("max", max), ("min", min)])
+def test_keep_best_keeps_the_newest_and_the_best_evaluated_step(tmp_path, mode, pick):
+    """keep=2 + keep_best: steps 1..7 saved, 2, 4, 6 evaluated; kept: 6, 7 and the best of 2, 4, 6."""
+    import ml_collections
+
+    mesh = distributed.make_mesh()
+    scores = {2: 0.9, 4: 0.3, 6: 0.5}
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=2, keep_best="eval/r/m", keep_best_mode=mode)
+    it = _iterator()
+    for s in range(1, 8):
+        metrics = {"eval/r/m": scores[s], "eval/r/other": -scores[s]} if s in scores else {}
+        ck.save(s, _state(s, mesh), it, metrics=metrics)
+        ck.wait()
+    best = pick(scores, key=scores.get)
+    assert ck.steps() == sorted({6, 7, best})
+    ck.close()
+    config = ml_collections.ConfigDict(dict(keep_best="eval/r/m", keep_best_mode=mode))
+    manager = ckpt_lib.read_only_manager(tmp_path / "checkpoints")
+    assert ckpt_lib.best_step(manager, config, tmp_path) == best
+    with pytest.raises(ckpt_lib.CheckpointError, match="trained without config.keep_best"):
+        ckpt_lib.best_step(manager, ml_collections.ConfigDict(dict(keep_best="")), tmp_path)

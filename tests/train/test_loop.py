@@ -131,3 +131,31 @@ def test_single_process_reads_its_flag_every_step_and_bad_interval_is_refused():
         guard.restore()
     with pytest.raises(ValueError, match="preempt_check_every must be >= 1, got 0"):
         loop.PreemptionGuard(every=0)
+
+
+@pytest.mark.slow
+def test_keep_best_keeps_the_best_evaluated_step_and_load_reads_it(tmp_path, tiny, tone_benchmark, helpers):
+    """Evaluated every step, checkpointing only at the end (keep 1): the kept steps are the last and the
+    one with the highest t2a mAP@10 in metrics.jsonl (of equal scores the newest, as Orbax's stable sort
+    keeps); clapcomp.load(workdir, best=True) holds that step's weights."""
+    from flax import nnx
+
+    from clapcomp import load
+
+    key = "eval/tones/t2a_mAP@10"
+    tiny.total_steps, tiny.ckpt_every, tiny.keep_checkpoints, tiny.eval_every = 5, 100, 1, 1
+    tiny.evaluators = [dict(name="retrieval", label="tones", kwargs=dict(data=str(tone_benchmark)))]
+    tiny.keep_best = key
+    workdir = tmp_path / "run"
+    loop.train(tiny, workdir)
+    scores = {r["step"]: r[key] for r in _rows(workdir) if key in r}
+    assert sorted(scores) == [1, 2, 3, 4, 5]
+    best = max(s for s in scores if scores[s] == max(scores.values()))
+    assert _saved(workdir) == sorted({5, best})
+    got = nnx.to_pure_dict(nnx.state(load(workdir, best=True).model, nnx.Param))
+    helpers.assert_states_bitwise_equal(
+        jax.tree_util.tree_map(np.asarray, got), helpers.read_state(workdir, best).params
+    )
+    tiny.keep_best = "eval/nope/x"
+    with pytest.raises(ValueError, match=r"keep_best='eval/nope/x': expected 'eval/<label>/<metric>'"):
+        loop.train(tiny, tmp_path / "refused")
