@@ -1,4 +1,4 @@
-"""`config.freeze` (clapcomp.train.state.make_optimizer + the train step): a frozen group's
+"""`config.freeze` (clapcomp.train.optim.make_optimizer + the train step): a frozen group's
 parameters and a locked audio tower's BatchNorm statistics come out of a real train step bitwise
 unchanged, while what trains moves; the unfrozen run is the control that shows the check can fail."""
 
