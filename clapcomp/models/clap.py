@@ -20,6 +20,7 @@ from clapcomp import audio
 from clapcomp.models.cnn import Cnn
 from clapcomp.models.configs import ClapConfig
 from clapcomp.models.htsat import HTSAT
+from clapcomp.models.layers import split
 from clapcomp.models.text import TextEncoder
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -107,7 +108,7 @@ class ClapModel(nnx.Module):
         """
         if train and key is None:
             raise ValueError("embed_audio(train=True) needs a PRNG `key`")
-        crop_key, tower_key = (None, None) if key is None else tuple(jax.random.split(key))
+        crop_key, tower_key = split(key, 2)
         mel, is_longer = audio.features(waveform, lengths, self.cfg.audio, key=crop_key if train else None)
         return self.embed_mel(mel, is_longer, train=train, key=tower_key)
 

@@ -30,14 +30,7 @@ from flax import nnx
 
 from clapcomp.audio import spec_augment
 from clapcomp.models.configs import CnnConfig
-from clapcomp.models.htsat import dropout
-
-_BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum 0.1
-_EPS = 1e-5  # PyTorch BatchNorm default
-
-
-def _batch_norm(features: int, dtype, rngs):
-    return nnx.BatchNorm(features, momentum=_BN_MOMENTUM, epsilon=_EPS, use_fast_variance=False, dtype=dtype, rngs=rngs)
+from clapcomp.models.layers import batch_norm, dropout, split
 
 
 class ConvBlock(nnx.Module):
@@ -46,10 +39,10 @@ class ConvBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, kernel: int, *, dtype, rngs: nnx.Rngs):
         conv = functools.partial(nnx.Conv, kernel_size=(kernel, kernel), padding="SAME", use_bias=False,
                                  dtype=dtype, param_dtype=jnp.float32, rngs=rngs)  # fmt: skip
-        self.conv1, self.bn1 = conv(cin, cout), _batch_norm(cout, dtype, rngs)
+        self.conv1, self.bn1 = conv(cin, cout), batch_norm(cout, dtype=dtype, rngs=rngs)
         self.double = kernel == 3
         if self.double:
-            self.conv2, self.bn2 = conv(cout, cout), _batch_norm(cout, dtype, rngs)
+            self.conv2, self.bn2 = conv(cout, cout), batch_norm(cout, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, pool: str | None, train: bool):
         x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
@@ -89,7 +82,7 @@ class Cnn(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype
         if cfg.input_norm:
-            self.bn0 = _batch_norm(cfg.n_mels, jnp.float32, rngs)
+            self.bn0 = batch_norm(cfg.n_mels, dtype=jnp.float32, rngs=rngs)
         cins = (1,) + tuple(cfg.channels[:-1])
         self.blocks = nnx.List(
             [ConvBlock(i, o, cfg.kernel_size, dtype=dtype, rngs=rngs) for i, o in zip(cins, cfg.channels, strict=True)]
@@ -112,7 +105,7 @@ class Cnn(nnx.Module):
             )
         if train and key is None:
             raise ValueError("Cnn(train=True) needs a PRNG key for SpecAugment and dropout")
-        keys = [None] * (len(self.blocks) + 1) if not train else list(jax.random.split(key, len(self.blocks) + 1))
+        keys = split(key if train else None, len(self.blocks) + 1)
         x = jnp.asarray(mel, jnp.float32)
         if cfg.input_norm:
             x = self.bn0(x, use_running_average=not train)
@@ -122,12 +115,12 @@ class Cnn(nnx.Module):
         last = len(self.blocks) - 1
         for i, (block, k) in enumerate(zip(self.blocks, keys[1:], strict=True)):
             x = block(x, pool=cfg.pool if (i < last or cfg.pool_last) else None, train=train)
-            x = dropout(x, cfg.dropout, k) if train else x
+            x = dropout(x, cfg.dropout, k)
         return jnp.mean(x.astype(jnp.float32), axis=2)
 
     def _fc1(self, x, key=None):
         """relu(fc1(x)) with PANNs' dropout 0.5 on both sides when `key` is given."""
-        k1, k2 = (None, None) if key is None else tuple(jax.random.split(key))
+        k1, k2 = split(key, 2)
         x = dropout(x, 0.5, k1)
         return dropout(jax.nn.relu(self.fc1(x.astype(self.dtype)).astype(jnp.float32)), 0.5, k2)
 
@@ -141,13 +134,13 @@ class Cnn(nnx.Module):
         """mel [B, 1, F, M] f32 (is_longer unused: no fusion) -> [B, pooled_size] f32 (see module doc)."""
         if train and key is None:
             raise ValueError("Cnn(train=True) needs a PRNG key for SpecAugment and dropout")
-        k_map, k_head = tuple(jax.random.split(key)) if train else (None, None)
+        k_map, k_head = split(key if train else None, 2)
         x = self.time_map(mel, train=train, key=k_map)
         s = self.cfg.time_segments
         if s == 1:
             return self._pool(x, k_head)
         bounds = span_bounds(x.shape[1], s)
-        keys = [None] * s if k_head is None else list(jax.random.split(k_head, s))
+        keys = split(k_head, s)
         return jnp.concatenate(
             [self._pool(x[:, a:b], k) for a, b, k in zip(bounds[:-1], bounds[1:], keys, strict=True)], axis=-1
         )

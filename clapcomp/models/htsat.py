@@ -8,7 +8,7 @@ LAION-CLAP's option; HF has none) -> Swin stages (window attention with
 relative position bias, shifted windows, patch merging) -> LayerNorm -> mean over tokens.
 
 Feature maps are kept channels-last (`[B, H, W, C]`); H is the folded frequency axis, W time.
-Training randomness (SpecAugment, dropout, drop-path) comes only from the `key` argument.
+Training randomness (SpecAugment, dropout, drop-path) comes only from the `key` argument (`models.layers`).
 Drop-path is applied to both residual branches as in LAION-CLAP / the Swin paper (HF applies it only to
 the attention branch; this only matters in training).
 """
@@ -26,9 +26,8 @@ from flax import nnx
 from clapcomp.audio import spec_augment
 from clapcomp.models import remat
 from clapcomp.models.configs import HTSATConfig
+from clapcomp.models.layers import TORCH_EPS, batch_norm, dropout, split
 
-_BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum 0.1
-_EPS = 1e-5  # PyTorch BatchNorm / LayerNorm default
 _MASK_VALUE = -100.0  # HF / Swin shifted-window mask value
 
 
@@ -110,29 +109,8 @@ def window_attention(q, k, v, bias, *, dropout_rate: float = 0.0, key=None):
     q, k, v = (t.transpose(0, 1, 3, 2, 4) for t in (q, k, v))  # [B, nW, heads, N, d]
     scores = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores / math.sqrt(q.shape[-1]) + bias, axis=-1)
-    if key is not None and dropout_rate > 0.0:
-        probs = dropout(probs, dropout_rate, key)
+    probs = dropout(probs, dropout_rate, key)
     return jnp.matmul(probs.astype(v.dtype), v).transpose(0, 1, 3, 2, 4)
-
-
-def dropout(x: jax.Array, rate: float, key) -> jax.Array:
-    """Inverted dropout; identity when `key` is None or rate is 0."""
-    if key is None or rate <= 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def drop_path(x: jax.Array, rate: float, key) -> jax.Array:
-    """Stochastic depth: drop whole samples of a residual branch [B, ...]; identity without `key`."""
-    if key is None or rate <= 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def _split(key, n: int):
-    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 # ----------------------------------------------------------------------------- modules
@@ -142,9 +120,7 @@ class AFF(nnx.Module):
     def __init__(self, channels: int, ratio: int, *, dtype, rngs: nnx.Rngs):
         inter = int(channels // ratio)
         conv = functools.partial(nnx.Conv, kernel_size=(1, 1), dtype=dtype, rngs=rngs)
-        bn = functools.partial(
-            nnx.BatchNorm, momentum=_BN_MOMENTUM, epsilon=_EPS, use_fast_variance=False, dtype=dtype, rngs=rngs
-        )
+        bn = functools.partial(batch_norm, dtype=dtype, rngs=rngs)
         self.local_conv1, self.local_bn1 = conv(channels, inter), bn(inter)
         self.local_conv2, self.local_bn2 = conv(inter, channels), bn(channels)
         self.global_conv1, self.global_bn1 = conv(channels, inter), bn(inter)
@@ -180,7 +156,7 @@ class PatchEmbed(nnx.Module):
         pad = (p - s) // 2
         self.fusion = cfg.enable_fusion
         self.proj = nnx.Conv(1, cfg.embed_dim, (p, p), strides=(s, s), padding=[(pad, pad)] * 2, dtype=dtype, rngs=rngs)
-        self.norm = nnx.LayerNorm(cfg.embed_dim, epsilon=_EPS, dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(cfg.embed_dim, epsilon=TORCH_EPS, dtype=dtype, rngs=rngs)
         if self.fusion:
             self.mel_conv = nnx.Conv(
                 1, cfg.embed_dim, (p, 3 * p), strides=(s, 3 * s), padding=[(pad, pad)] * 2, dtype=dtype, rngs=rngs
@@ -241,7 +217,7 @@ class SwinBlock(nnx.Module):
         bias = bias.transpose(2, 0, 1)[None, None]  # [1, 1, heads, N, N]
         if shift:
             bias = bias + jnp.asarray(shifted_window_mask(hp, wp, win, shift))[None, :, None]
-        k_probs, k_out = _split(key, 2)
+        k_probs, k_out = split(key, 2)
         out = window_attention(q, k, v, bias, dropout_rate=self.attn_drop, key=k_probs)
         out = dropout(self.out(out.reshape(windows.shape)), self.attn_drop, k_out)
         x = window_reverse(out, win, hp, wp)
@@ -250,17 +226,17 @@ class SwinBlock(nnx.Module):
         return x[:, :h, :w]
 
     def __call__(self, x, *, key=None):
-        k_attn, k_mlp, k_path1, k_path2 = _split(key, 4)
-        x = x + drop_path(self._attend(self.norm1(x), k_attn), self.path_rate, k_path1)
+        k_attn, k_mlp, k_path1, k_path2 = split(key, 4)
+        x = x + dropout(self._attend(self.norm1(x), k_attn), self.path_rate, k_path1, per_sample=True)
         h = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
-        return x + drop_path(dropout(h, self.drop, k_mlp), self.path_rate, k_path2)
+        return x + dropout(dropout(h, self.drop, k_mlp), self.path_rate, k_path2, per_sample=True)
 
 
 class PatchMerging(nnx.Module):
     """[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C]: 2x2 neighbours concatenated (HF order), LN, linear."""
 
     def __init__(self, dim: int, *, dtype, rngs):
-        self.norm = nnx.LayerNorm(4 * dim, epsilon=_EPS, dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(4 * dim, epsilon=TORCH_EPS, dtype=dtype, rngs=rngs)
         self.reduction = nnx.Linear(4 * dim, 2 * dim, use_bias=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
@@ -287,7 +263,7 @@ class SwinStage(nnx.Module):
 
     def __call__(self, x, *, key=None):
         call = remat.blockwise(lambda block, x, k: block(x, key=k), self.remat, "htsat.remat")
-        for block, k in zip(self.blocks, _split(key, len(self.blocks)), strict=True):
+        for block, k in zip(self.blocks, split(key, len(self.blocks)), strict=True):
             x = call(block, x, k)
         return x if self.downsample is None else self.downsample(x)
 
@@ -316,9 +292,7 @@ class HTSAT(nnx.Module):
                 f"the last stage sees a {last}x{last} grid, smaller than window_size "
                 f"{cfg.window_size}: use fewer stages, a smaller window or a larger spec_size"
             )
-        self.bn0 = nnx.BatchNorm(
-            cfg.n_mels, momentum=_BN_MOMENTUM, epsilon=_EPS, use_fast_variance=False, dtype=jnp.float32, rngs=rngs
-        )
+        self.bn0 = batch_norm(cfg.n_mels, dtype=jnp.float32, rngs=rngs)
         self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
         if cfg.ape:  # one learned vector per grid cell: tells every token where it sits in the folded image
             init = nnx.initializers.truncated_normal(0.02)
@@ -331,7 +305,7 @@ class HTSAT(nnx.Module):
                 for i in range(len(cfg.depths))
             ]
         )
-        self.norm = nnx.LayerNorm(cfg.hidden_size, epsilon=_EPS, dtype=jnp.float32, rngs=rngs)
+        self.norm = nnx.LayerNorm(cfg.hidden_size, epsilon=TORCH_EPS, dtype=jnp.float32, rngs=rngs)
 
     def to_image(self, mel: jax.Array) -> jax.Array:
         """Normalised mel [B, C, F, M] -> folded image [B, spec_size, spec_size, C] (HF reshape_mel2img)."""
@@ -374,7 +348,7 @@ class HTSAT(nnx.Module):
             )
         if train and key is None:
             raise ValueError("HTSAT(train=True) needs a PRNG key for SpecAugment, dropout and drop-path")
-        k_spec, k_stages = _split(key if train else None, 2)
+        k_spec, k_stages = split(key if train else None, 2)
         x = self.bn0(jnp.asarray(mel, jnp.float32), use_running_average=not train)
         if train and cfg.spec_augment:
             x = spec_augment(x, k_spec)
@@ -382,6 +356,6 @@ class HTSAT(nnx.Module):
         x = self.patch_embed(x, jnp.asarray(is_longer, bool).reshape(-1), train=train)
         if cfg.ape:
             x = x + self.absolute_pos_embed[...].astype(x.dtype)
-        for stage, k in zip(self.stages, _split(k_stages, len(self.stages)), strict=True):
+        for stage, k in zip(self.stages, split(k_stages, len(self.stages)), strict=True):
             x = stage(x, key=k)
         return self.norm(x.astype(jnp.float32))

@@ -23,6 +23,7 @@ from flax import nnx
 
 from clapcomp.models import remat
 from clapcomp.models.configs import TextConfig
+from clapcomp.models.layers import dropout, split
 
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -31,20 +32,6 @@ _ACTIVATIONS = {
     "tanh": jnp.tanh,
 }
 _POOLINGS = ("pooler", "mean", "cls")
-
-
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when `key` is None (eval) or `rate` is 0."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def _key(key: jax.Array | None, *path: int) -> jax.Array | None:
-    for i in path:
-        key = None if key is None else jax.random.fold_in(key, i)
-    return key
 
 
 class _Layer(nnx.Module):
@@ -68,18 +55,19 @@ class _Layer(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array, key: jax.Array | None) -> jax.Array:
         """x [B, L, H] f32, mask [B, L] bool (True = real token) -> [B, L, H] f32."""
         b, seq, h = x.shape
+        k_probs, k_attn, k_ffn = split(key, 3)
         heads = lambda t: t.reshape(b, seq, self.num_heads, h // self.num_heads)
         xc = x.astype(self.dtype)
         q, k, v = heads(self.query(xc)), heads(self.key(xc)), heads(self.value(xc))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         scores = scores * (h // self.num_heads) ** -0.5
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-        probs = _dropout(jax.nn.softmax(scores, axis=-1), self.attn_dropout, _key(key, 0))
+        probs = dropout(jax.nn.softmax(scores, axis=-1), self.attn_dropout, k_probs)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, seq, h)
-        attn = _dropout(self.attn_out(ctx).astype(jnp.float32), self.dropout, _key(key, 1))
+        attn = dropout(self.attn_out(ctx).astype(jnp.float32), self.dropout, k_attn)
         x = self.attn_norm(x + attn)
         y = self.ffn_out(self.act(self.ffn_in(x.astype(self.dtype))))
-        y = _dropout(y.astype(jnp.float32), self.dropout, _key(key, 2))
+        y = dropout(y.astype(jnp.float32), self.dropout, k_ffn)
         return self.ffn_norm(x + y)
 
 
@@ -137,11 +125,12 @@ class TextEncoder(nnx.Module):
             + self.token_type_embeddings(jnp.zeros_like(input_ids))
             + self.position_embeddings(pos)
         )
-        x = _dropout(self.embed_norm(x), self.cfg.dropout, _key(key, 1_000_000))
+        k_embed, *k_layers = split(key, len(self.layers) + 1)
+        x = dropout(self.embed_norm(x), self.cfg.dropout, k_embed)
         mask = attention_mask.astype(bool)
         call = remat.blockwise(lambda layer, x, mask, k: layer(x, mask, k), self.cfg.remat, "text.remat")
-        for i, layer in enumerate(self.layers):
-            x = call(layer, x, mask, _key(key, i))
+        for layer, k in zip(self.layers, k_layers, strict=True):
+            x = call(layer, x, mask, k)
         return self._pool(x, mask)
 
     def _pool(self, x: jax.Array, mask: jax.Array) -> jax.Array:
