@@ -210,8 +210,8 @@ class SwinBlock(nnx.Module):
         if shift:
             x = jnp.roll(x, (-shift, -shift), axis=(1, 2))
         windows = window_partition(x, win)  # [B, nW, N, C]
-        split = windows.shape[:3] + (self.heads, c // self.heads)
-        q, k, v = (proj(windows).reshape(split) for proj in (self.query, self.key, self.value))
+        per_head = windows.shape[:3] + (self.heads, c // self.heads)
+        q, k, v = (proj(windows).reshape(per_head) for proj in (self.query, self.key, self.value))
         n = win * win
         bias = self.rel_bias[...][relative_position_index(win).reshape(-1)].reshape(n, n, self.heads)
         bias = bias.transpose(2, 0, 1)[None, None]  # [1, 1, heads, N, N]

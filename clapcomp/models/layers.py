@@ -7,9 +7,10 @@ is n Nones and `dropout(x, rate, None)` is x, so inference code paths carry no k
 Why not `nnx.Dropout` + `nnx.Rngs`: those keep a counter inside the module that each call advances,
 which makes the forward pass depend on how often it ran before; here the key is an argument.
 
-Normalisation. Checkpoints come from PyTorch (LAION-CLAP, HF, PANNs): `batch_norm` is
-`torch.nn.BatchNorm` (momentum 0.1, eps 1e-5, biased batch variance in the update), `TORCH_EPS` the
-LayerNorm / BatchNorm epsilon PyTorch uses by default.
+Normalisation. Checkpoints come from PyTorch (LAION-CLAP, HF, PANNs): `batch_norm` has
+`torch.nn.BatchNorm`'s constants (momentum 0.1, eps 1e-5; flax moves the running variance towards the
+biased batch variance, PyTorch towards the unbiased one), `TORCH_EPS` is PyTorch's default LayerNorm /
+BatchNorm epsilon.
 """
 
 from __future__ import annotations
