@@ -163,6 +163,17 @@ def reading(per_seed: list[dict]) -> str:
     )
 
 
+def write_outputs(per_seed: list[dict], seeds: list[int], out: Path, *, seconds: float) -> dict:
+    """results.json, the PNG charts (the mean over the seeds with their spread, titled with the seeds:
+    the table's numbers) and demo.json into `out`; returns demo.json's content."""
+    from clapcomp.evaluate.report import write_report
+
+    write_report(per_seed, out, seeds=seeds)
+    summary = {"seeds": seeds, "per_seed": [_numbers(r) for r in per_seed], "seconds": seconds}
+    (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="clapcomp demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=Path("runs/demo"))
@@ -178,12 +189,8 @@ def main(argv: list[str]) -> int:
         run_seed(a.workdir / f"seed{seed}", seed, n_train=a.n_train, n_eval=a.n_eval, steps=a.steps) for seed in seeds
     ]
 
-    from clapcomp.evaluate.report import write_report
-
     out = a.workdir / "report"
-    write_report(per_seed[-1], out)
-    summary = {"seeds": seeds, "per_seed": [_numbers(r) for r in per_seed], "seconds": time.perf_counter() - t0}
-    (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary = write_outputs(per_seed, seeds, out, seconds=time.perf_counter() - t0)
     _stage("result (held-apart synthetic benchmarks, percent; pairs scored Winoground-style)")
     print(format_table(per_seed))
     print("\n" + reading(per_seed))

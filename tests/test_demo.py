@@ -56,6 +56,44 @@ def test_reading_applies_the_demo_bar(compa, verdict):
     assert f"from 17.0 to {compa[0]:.1f} on order" in text
 
 
+def test_charts_draw_the_tables_means_and_spread_titled_with_the_seeds(tmp_path, monkeypatch):
+    """With several seeds the order chart's bars are the printed table's means, the error bars its
+    spread, and the title names the seeds (it used to draw the last seed's numbers, untitled)."""
+    from clapcomp.evaluate import report
+
+    def run(order, attribute, r1):
+        r = _result(order, attribute, r1)
+        for bench in ("order", "attribute"):
+            r[bench].update(benchmark="compa")
+            r[bench]["pairs"]["n"] = 200
+        r["retrieval"]["benchmark"] = "retrieval"
+        return r
+
+    seeds = [{"plain CLAP": run(10, 20, 30), "CompA": run(40, 50, 31)},
+             {"plain CLAP": run(30, 20, 34), "CompA": run(60, 70, 33)},
+             {"plain CLAP": run(17, 26, 31), "CompA": run(85, 61, 30)}]  # fmt: skip
+    drawn = {}
+
+    def save(plt, fig, out_dir, stem):
+        drawn[stem] = fig
+        return real(plt, fig, out_dir, stem)
+
+    real = report._save
+    monkeypatch.setattr(report, "_save", save)
+    summary = demo.write_outputs(seeds, [0, 1, 2], tmp_path, seconds=1.0)
+    assert summary["seeds"] == [0, 1, 2] and len(summary["per_seed"]) == 3
+    table = {line.split("  ")[0]: line.split() for line in demo.format_table(seeds).splitlines()[2:]}
+    fig = drawn["order_scores"]
+    assert "seeds 0, 1, 2" in fig._suptitle.get_text()
+    ax = fig.axes[0]
+    for i, model in enumerate(("plain CLAP", "CompA")):
+        bars = next(c for c in ax.containers if c.get_label() == model)
+        group = bars.patches[report.SCORES.index("group")].get_height()
+        spread = bars.errorbar.lines[2][0].get_segments()[report.SCORES.index("group")]
+        assert f"{group:.1f}" == table["order group"][2 + 3 * i]
+        assert f"{(spread[1][1] - spread[0][1]) / 2:.1f}" == table["order group"][4 + 3 * i]
+
+
 @pytest.mark.slow
 def test_tiny_demo_end_to_end_then_again_gives_the_same_table(tmp_path):
     """`clapcomp demo` as a user runs it (its own process, one CPU device) on a tiny budget: the whole

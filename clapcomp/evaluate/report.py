@@ -1,9 +1,11 @@
 """Evaluation report: one JSON with every number and PNG plots a person would rather look at.
 
-`results` maps model name -> benchmark name -> the dict an evaluator returned (its "benchmark"
-key says which kind: "compa", "retrieval" or "zeroshot"), e.g.
+A run maps model name -> benchmark name -> the dict an evaluator returned (its "benchmark" key says
+which kind: "compa", "retrieval" or "zeroshot"), e.g.
 {"plain CLAP": {"order": {...}, "attribute": {...}}, "CompA": {...}}. Models are drawn side by
-side in every bar chart; CompA charts carry the chance level as a dashed line.
+side in every bar chart; CompA charts carry the chance level as a dashed line. Several runs (one per
+seed) are drawn as the mean of every number with its spread over the runs (population std, as
+`clapcomp demo` prints it) as error bars, and every chart is titled with the seeds.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +21,77 @@ import numpy as np
 SCORES = ("text", "audio", "group")
 
 
-def write_report(results: dict[str, dict[str, dict]], out_dir) -> list[Path]:
-    """Write `results.json` and the PNG plots into out_dir; returns the written paths."""
+def write_report(runs: Sequence[dict[str, dict[str, dict]]], out_dir, *, seeds: Sequence[int] = ()) -> list[Path]:
+    """Write `results.json` and the PNG plots of `runs` (one per seed) into out_dir; returns the written paths.
+
+    results.json holds the run itself when there is one, else {"seeds": [...], "per_seed": [run, ...]}.
+    `seeds` (one per run, or empty) names the runs in the chart titles.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not results:
+    if not runs or not all(runs):
         raise ValueError("no results to report")
+    if seeds and len(seeds) != len(runs):
+        raise ValueError(f"{len(seeds)} seeds for {len(runs)} runs; give one seed per run (or none)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "results.json"]
-    paths[0].write_text(json.dumps(_clean(results), indent=2, allow_nan=False) + "\n")
+    doc = runs[0] if len(runs) == 1 else {"seeds": list(seeds), "per_seed": list(runs)}
+    paths[0].write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
 
+    results, spread = _mean_and_spread(runs)
+    tag = _seeds_tag(seeds, len(runs))
     models = list(results)
     benches = list(dict.fromkeys(b for m in models for b in results[m]))
     for bench in benches:
         per_model = {m: results[m][bench] for m in models if bench in results[m]}
+        errs = {m: spread[m][bench] for m in per_model} if len(runs) > 1 else None
         kind = next(iter(per_model.values()))["benchmark"]
         if kind == "compa":
-            paths.append(_save(plt, _compa_bars(plt, bench, per_model), out_dir, f"{bench}_scores"))
-            paths.append(_save(plt, _breakdown(plt, bench, per_model), out_dir, f"{bench}_breakdown"))
+            paths.append(_save(plt, _compa_bars(plt, bench, per_model, errs, tag), out_dir, f"{bench}_scores"))
+            paths.append(_save(plt, _breakdown(plt, bench, per_model, errs, tag), out_dir, f"{bench}_breakdown"))
+            last = f" · seed {seeds[-1]}" if seeds else ""
             for model, res in per_model.items():
-                if res.get("sample"):
-                    fig = _heatmap(plt, f"{bench} · {model}", res["sample"])
+                if res.get("sample"):  # one run's similarities: the last seed's
+                    fig = _heatmap(plt, f"{bench} · {model}{last}", res["sample"])
                     paths.append(_save(plt, fig, out_dir, f"{bench}_similarity_{model}"))
         elif kind == "retrieval":
-            paths.append(_save(plt, _retrieval_bars(plt, bench, per_model), out_dir, f"{bench}_retrieval"))
+            paths.append(_save(plt, _retrieval_bars(plt, bench, per_model, errs, tag), out_dir, f"{bench}_retrieval"))
         elif kind == "zeroshot":
-            fig = _grouped(plt, f"{bench}: zero-shot", ("top1", "mAP"), per_model)
+            fig = _grouped(plt, f"{bench}: zero-shot{tag}", ("top1", "mAP"), per_model, errors=errs)
             paths.append(_save(plt, fig, out_dir, f"{bench}_zeroshot"))
         else:
             raise ValueError(f"benchmark {bench!r} has unknown kind {kind!r}; expected compa, retrieval or zeroshot")
     return paths
+
+
+def _seeds_tag(seeds: Sequence[int], n: int) -> str:
+    """The title suffix naming what a chart shows: '', ' · seed 0' or ' · mean ± std of seeds 0, 1, 2'."""
+    if n == 1:
+        return f" · seed {seeds[0]}" if seeds else ""
+    return f" · mean ± std of {'seeds ' + ', '.join(map(str, seeds)) if seeds else f'{n} runs'}"
+
+
+def _mean_and_spread(runs: Sequence[dict]) -> tuple[dict, dict]:
+    """Leaf by leaf over the runs: (the last run with every number replaced by its mean over the runs,
+    the same tree of population standard deviations). A number only some runs hold (a breakdown group
+    one seed lacks) is averaged over those; anything not a number (samples, names) is the last run's."""
+
+    def walk(xs: list) -> tuple:
+        x = xs[-1]
+        if isinstance(x, dict):
+            pairs = {k: walk([r[k] for r in xs if isinstance(r, dict) and k in r]) for k in x}
+            return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}
+        numbers = [v for v in xs if isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))]
+        if numbers and len(numbers) == len(xs):
+            v = np.asarray(numbers, np.float64)
+            return float(v.mean()), float(v.std())
+        return x, None
+
+    return walk(list(runs))
 
 
 def _clean(x):
@@ -74,8 +114,11 @@ def _save(plt, fig, out_dir: Path, stem: str) -> Path:
     return path
 
 
-def _grouped(plt, title: str, metrics, per_model: dict, ax=None, chance: dict | None = None):
-    """Grouped bars: one group per metric, one bar per model; optional chance tick per metric."""
+def _grouped(
+    plt, title: str, metrics, per_model: dict, ax=None, chance: dict | None = None, errors: dict | None = None
+):
+    """Grouped bars: one group per metric, one bar per model (labelled with its value); optional chance
+    tick per metric; `errors` ({model: {metric: std}}, several runs) as error bars."""
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(4.0, 2.0 + 1.2 * len(metrics)), 3.6))
@@ -83,7 +126,8 @@ def _grouped(plt, title: str, metrics, per_model: dict, ax=None, chance: dict | 
     x = np.arange(len(metrics))
     for i, (model, res) in enumerate(per_model.items()):
         vals = [res.get(k, np.nan) for k in metrics]
-        bars = ax.bar(x + (i - (len(per_model) - 1) / 2) * width, vals, width, label=model)
+        err = None if errors is None else [errors[model].get(k) or 0.0 for k in metrics]
+        bars = ax.bar(x + (i - (len(per_model) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=model)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     if chance:
         for j, k in enumerate(metrics):
@@ -105,7 +149,7 @@ def _grouped(plt, title: str, metrics, per_model: dict, ax=None, chance: dict | 
     return fig if fig is not None else ax.figure
 
 
-def _compa_bars(plt, bench: str, per_model: dict):
+def _compa_bars(plt, bench: str, per_model: dict, errors: dict | None, tag: str):
     parts = [("pairs (all rows)", lambda r: r["pairs"])]
     if any("triplets" in r for r in per_model.values()):
         parts += [
@@ -115,14 +159,16 @@ def _compa_bars(plt, bench: str, per_model: dict):
     fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.8), squeeze=False)
     for ax, (name, get) in zip(axes[0], parts, strict=True):
         sub = {m: get(r) for m, r in per_model.items()}
+        err = None if errors is None else {m: get(e) or {} for m, e in errors.items()}
         chance = next((s["chance"] for s in sub.values() if s), None)
         n = next((s["n"] for s in sub.values() if s), 0)
-        _grouped(plt, f"{bench}: {name} (n={n})", SCORES, sub, ax=ax, chance=chance)
+        _grouped(plt, f"{bench}: {name} (n={n:.0f})", SCORES, sub, ax=ax, chance=chance, errors=err)
+    fig.suptitle(f"{bench}{tag}", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def _breakdown(plt, bench: str, per_model: dict):
+def _breakdown(plt, bench: str, per_model: dict, errors: dict | None, tag: str):
     kinds = list(dict.fromkeys(k for r in per_model.values() for k in r.get("breakdown", {})))
     fig, axes = plt.subplots(len(kinds) or 1, 1, figsize=(8, 3.4 * max(1, len(kinds))), squeeze=False)
     for ax, kind in zip(axes[:, 0], kinds, strict=False):  # no breakdown: one empty axis
@@ -131,11 +177,15 @@ def _breakdown(plt, bench: str, per_model: dict):
             m: {g: r["breakdown"].get(kind, {}).get(g, {}).get("group", np.nan) for g in labels}
             for m, r in per_model.items()
         }
+        err = None
+        if errors is not None:
+            err = {m: {g: (e.get("breakdown") or {}).get(kind, {}).get(g, {}).get("group") for g in labels}
+                   for m, e in errors.items()}  # fmt: skip
         counts = {
             g: max(r["breakdown"].get(kind, {}).get(g, {}).get("n", 0) for r in per_model.values()) for g in labels
         }
-        _grouped(plt, f"{bench}: group score by {kind.replace('_', ' ')}", labels, sub, ax=ax)
-        ax.set_xticks(np.arange(len(labels)), [f"{g}\n(n={counts[g]})" for g in labels], fontsize=7)
+        _grouped(plt, f"{bench}: group score by {kind.replace('_', ' ')}{tag}", labels, sub, ax=ax, errors=err)
+        ax.set_xticks(np.arange(len(labels)), [f"{g}\n(n={counts[g]:.0f})" for g in labels], fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -156,16 +206,12 @@ def _heatmap(plt, title: str, sample: dict):
     return fig
 
 
-def _retrieval_bars(plt, bench: str, per_model: dict):
+def _retrieval_bars(plt, bench: str, per_model: dict, errors: dict | None, tag: str):
     metrics = ("R@1", "R@5", "R@10", "mAP@10")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, direction in zip(axes, ("text_to_audio", "audio_to_text"), strict=True):
-        _grouped(
-            plt,
-            f"{bench}: {direction.replace('_', ' ')}",
-            metrics,
-            {m: r[direction] for m, r in per_model.items()},
-            ax=ax,
-        )
+        err = None if errors is None else {m: e[direction] for m, e in errors.items()}
+        sub = {m: r[direction] for m, r in per_model.items()}
+        _grouped(plt, f"{bench}: {direction.replace('_', ' ')}{tag}", metrics, sub, ax=ax, errors=err)
     fig.tight_layout()
     return fig

@@ -138,6 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from clapcomp.evaluate.report import write_report
 
-        paths = write_report(results, args.out)
+        paths = write_report([results], args.out)
         print(f"wrote {len(paths)} files to {args.out}: " + ", ".join(p.name for p in paths))
     return 0

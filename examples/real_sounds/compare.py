@@ -154,7 +154,7 @@ def main(argv: list[str]) -> int:
         print(f"\n== seed {seed}, held-apart test split ({(time.perf_counter() - t0) / 60:.1f} min so far)")
         print(format_table(per_seed[-1:], list(per_seed[-1])), flush=True)
     out = a.workdir / "report"
-    write_report(per_seed[-1], out)
+    write_report(per_seed, out, seeds=seeds)
     summary = {"seeds": seeds, "steps": a.steps, "stage3_steps": a.stage3_steps, "config": str(a.config), "set": a.set,
                "set3": a.set3, "corpus": str(a.corpus),
                "per_seed": [_numbers(r) for r in per_seed], "seconds": time.perf_counter() - t0}  # fmt: skip
