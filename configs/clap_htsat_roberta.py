@@ -6,8 +6,8 @@ Run (one host; on a pod run the same command on every worker, see launch/):
 
 Arguments: `dtype` = float32 | bfloat16 (`configs/clap_htsat_roberta.py:dtype=bfloat16`; a bare `bf16`
 also works); parameters stay float32. `remat` = none | nothing_saveable | dots_saveable | ... (a
-clapcomp.models.remat policy for every block of both towers). On TPU pods (README "Proven for TPU
-pods", compiled with benchmarks/tpu_aot.py, CompA K=3, bf16): v5e at 128 samples per chip needs
+clapcomp.models.remat policy for every block of both towers). On TPU pods (docs/tpu-pods.md,
+compiled with benchmarks/tpu_aot.py, CompA K=3, bf16): v5e at 128 samples per chip needs
 `dtype=bfloat16,remat=nothing_saveable` (9.03 GiB of 16; +31 % FLOPs); v5p at 256 per chip fits
 without remat (63.3 GiB of 95). Every other field: clapcomp/train/config.py.
 """

@@ -173,7 +173,7 @@ def test_overrides_record_what_was_set_even_to_its_default():
 
 
 def test_pod_config_sets_one_remat_policy_for_both_towers():
-    """configs/clap_htsat_roberta.py:remat=... (the README's v5e-pod setting) reaches both towers' configs."""
+    """configs/clap_htsat_roberta.py:remat=... (docs/tpu-pods.md's v5e-pod setting) reaches both towers' configs."""
     from clapcomp.train import state as state_lib
 
     cfg = state_lib.model_config(load_config("clap_htsat_roberta", "dtype=bfloat16,remat=nothing_saveable"))
