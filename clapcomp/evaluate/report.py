@@ -78,16 +78,17 @@ def _seeds_tag(seeds: Sequence[int], n: int) -> str:
 def _mean_and_spread(runs: Sequence[dict]) -> tuple[dict, dict]:
     """Leaf by leaf over the runs: (the last run with every number replaced by its mean over the runs,
     the same tree of population standard deviations). A number only some runs hold (a breakdown group
-    one seed lacks) is averaged over those; anything not a number (samples, names) is the last run's."""
+    one seed lacks) is averaged over those; a NaN (None in a results.json) in any run makes the mean
+    NaN; anything not a number (samples, names) is the last run's."""
 
     def walk(xs: list) -> tuple:
         x = xs[-1]
         if isinstance(x, dict):
             pairs = {k: walk([r[k] for r in xs if isinstance(r, dict) and k in r]) for k in x}
             return {k: m for k, (m, _) in pairs.items()}, {k: s for k, (_, s) in pairs.items()}
-        numbers = [v for v in xs if isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))]
-        if numbers and len(numbers) == len(xs):
-            v = np.asarray(numbers, np.float64)
+        is_number = [isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) for v in xs]
+        if any(is_number) and all(n or v is None for n, v in zip(is_number, xs, strict=True)):
+            v = np.asarray([np.nan if v is None else v for v in xs], np.float64)  # None: NaN read back from JSON
             return float(v.mean()), float(v.std())
         return x, None
 

@@ -119,3 +119,16 @@ def test_one_run_has_no_error_bars_and_a_seed_needs_a_run(tmp_path, monkeypatch)
     assert figs["order_scores"]["suptitle"] == "order · seed 4"
     with pytest.raises(ValueError, match="2 seeds for 1 runs"):
         report.write_report([results], tmp_path, seeds=[0, 1])
+
+
+def test_mean_and_spread_leaf_by_leaf():
+    runs = [{"m": {"a": 1.0, "n": 4, "nan": None, "names": ["x"]}},
+            {"m": {"a": 3.0, "n": 6, "nan": 2.0, "names": ["y"], "flag": True, "only_last": 5.0}}]  # fmt: skip
+    mean, std = report._mean_and_spread(runs)
+    assert mean["m"]["a"] == 2.0 and std["m"]["a"] == 1.0 and mean["m"]["n"] == 5.0
+    assert np.isnan(mean["m"]["nan"]) and mean["m"]["names"] == ["y"] and std["m"]["names"] is None
+    assert (
+        (mean["m"]["only_last"], std["m"]["only_last"]) == (5.0, 0.0)
+        and mean["m"]["flag"] is True
+        and std["m"]["flag"] is None
+    )
