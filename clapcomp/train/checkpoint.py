@@ -46,6 +46,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from clapcomp.models import lora as lora_lib
 from clapcomp.train import state as state_lib
 from clapcomp.train.config import RESTORE_MODES, defaults, fields_of, flat
 
@@ -480,6 +481,7 @@ def best_step(manager, config, workdir) -> int:
 
 def load_model(workdir: str | Path, *, step: int | None = None, best: bool = False, raw_weights: bool = False):
     """A training workdir -> (ClapConfig, ClapModel) with the weights of `step` (default: the newest;
-    `best`: the best by config.keep_best); their EMA if the run kept one, unless `raw_weights`."""
+    `best`: the best by config.keep_best); their EMA if the run kept one, unless `raw_weights`. A LoRA run's
+    adapters are merged into the weights (W + scale * A @ B): the model is a plain ClapModel."""
     cfg, graphdef, params, model_state = load_weights(workdir, step=step, best=best, raw_weights=raw_weights)
-    return cfg, nnx.merge(graphdef, params, model_state)
+    return cfg, lora_lib.merge(nnx.merge(graphdef, params, model_state))

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clapcomp.models.configs import ClapConfig
+from clapcomp.models.lora import DEFAULT_TARGETS
 
 if TYPE_CHECKING:
     import ml_collections
@@ -68,6 +69,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.freeze = ""
     c.unlock_last = dict(audio=-1, text=-1)
     c.ema_decay = 0.0
+    c.lora = dict(rank=0, alpha=1.0, targets=DEFAULT_TARGETS, train_heads=False)
     c.total_steps = 20_000
     c.evaluators = []
     c.eval_every = 0
@@ -215,6 +217,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "unlock_last.audio": (_FIXED, "only the audio tower's last N blocks (and what follows them) train; -1: all"),
     "unlock_last.text": (_FIXED, "only the text tower's last N blocks (and what follows them) train; -1: all"),
     "ema_decay": (_FIXED, "EMA of the weights, used by evaluators, export and load (0: none; e.g. 0.999)"),
+    "lora.rank": (_FIXED, "LoRA adapters of this rank on the tower projections; only they train (0: no LoRA)"),
+    "lora.alpha": (_FIXED, "LoRA scale = alpha / rank"),
+    "lora.targets": (_FIXED, "regex searched in each tower nnx.Linear's module path (models/lora.py DEFAULT_TARGETS)"),
+    "lora.train_heads": (_FIXED, "with LoRA, the projection heads and the logit scale train too"),
     "total_steps": (_RESUME, "optimizer steps of the run"),
     "evaluators": (_RESUME, "[dict(name=<clapcomp.evaluate.run.EVALUATORS key>, label=..., kwargs=dict(...))]"),
     "eval_every": (_RESUME, "steps between evaluations; 0: only at the end (with evaluators)"),

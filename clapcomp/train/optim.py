@@ -11,7 +11,9 @@ Every parameter gets one learning-rate multiplier (`multipliers`), the product o
   multiplier is d ** (L + 1 - l). 1 (the default): no decay;
 - `config.unlock_last`: {"audio": N, "text": M}: only the last N blocks of the tower, and what follows
   them, train; its input side and earlier blocks get 0. -1 (the default): the whole tower trains;
-- `config.freeze`: the towers / projections it names get 0 (`clapcomp.train.config.FREEZE`).
+- `config.freeze`: the towers / projections it names get 0 (`clapcomp.train.config.FREEZE`);
+- `config.lora.rank` > 0: every parameter but the LoRA adapters (and, with `config.lora.train_heads`,
+  the projection heads and the logit scale) gets 0 (`clapcomp.models.lora`).
 
 A multiplier of 0 is a frozen group: `optax.multi_transform` gives it `optax.set_to_zero()`, so its
 parameters stay bit-identical and it keeps no Adam moments. The others share one clip + AdamW chain
@@ -29,6 +31,7 @@ import re
 import jax
 import optax
 
+from clapcomp.models import lora as lora_lib
 from clapcomp.train.config import FREEZE
 
 _NO_DECAY = re.compile(r"(norm|bias|logit_scale|^bn|\.bn\d*\.|embeddings?_?ln)", re.IGNORECASE)
@@ -81,10 +84,11 @@ def layer_ids(names: list[str], tower: str) -> tuple[dict[str, int], int]:
     return ids, n_blocks
 
 
-def multipliers(params, *, lr_mults=(), layer_decay=None, unlock_last=None, freeze: str = "") -> dict[str, float]:
+def multipliers(params, *, lr_mults=(), layer_decay=None, unlock_last=None, freeze: str = "",
+                lora_heads: bool | None = None) -> dict[str, float]:  # fmt: skip
     """{parameter path: learning-rate multiplier} (module doc). `params`: the parameter tree (arrays or
     ShapeDtypeStructs); `lr_mults`: [(regex, mult), ...]; `layer_decay` / `unlock_last`: {"audio": ..,
-    "text": ..} (missing: 1 / -1)."""
+    "text": ..} (missing: 1 / -1); `lora_heads`: None without LoRA, else whether the heads train."""
     names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     rules = []
     for rule in lr_mults:
@@ -115,6 +119,10 @@ def multipliers(params, *, lr_mults=(), layer_decay=None, unlock_last=None, free
         for n, layer in ids.items():
             out[n] *= decay ** (n_blocks + 1 - layer)
             if last >= 0 and layer <= n_blocks - last:
+                out[n] = 0.0
+    if lora_heads is not None:
+        for n in names:
+            if not (lora_lib.is_adapter(n) or (lora_heads and lora_lib.is_head(n))):
                 out[n] = 0.0
     return out
 
@@ -180,7 +188,8 @@ def from_config(config, params, schedule: optax.Schedule) -> tuple[optax.Gradien
     """(the optimizer, the per-parameter multipliers) that `config` describes for `params`."""
     o = config.optimizer
     mults = multipliers(params, lr_mults=o.lr_mults, layer_decay=dict(o.layer_decay),
-                        unlock_last=dict(config.unlock_last), freeze=config.freeze)  # fmt: skip
+                        unlock_last=dict(config.unlock_last), freeze=config.freeze,
+                        lora_heads=config.lora.train_heads if config.lora.rank > 0 else None)  # fmt: skip
     tx = make_optimizer(params, schedule, mults, grad_clip=o.grad_clip, b1=o.b1, b2=o.b2, eps=o.eps,
                         weight_decay=o.weight_decay)  # fmt: skip
     return tx, mults

@@ -30,6 +30,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from clapcomp.models import lora as lora_lib
 from clapcomp.models.clap import ClapModel
 from clapcomp.models.configs import ClapConfig
 from clapcomp.train import optim
@@ -37,6 +38,7 @@ from clapcomp.train.optim import path_name
 
 FSDP_MIN_SIZE = 2**18  # 262,144 elements: RoBERTa-base's 768x768 and larger matrices
 MAX_LOGIT_SCALE = float(np.log(100.0))
+LORA_STREAM = 0x10A  # folded into the seed for the LoRA adapters' initial A
 
 
 @struct.dataclass
@@ -124,6 +126,7 @@ class Setup:
     seed: int
     lr_groups: list  # [[path prefix, learning-rate multiplier], ...] (clapcomp.train.optim.groups)
     ema_decay: float = 0.0  # config.ema_decay: 0, no EMA of the weights
+    lora: lora_lib.LoRAConfig = lora_lib.NO_LORA  # config.lora: rank 0, no adapters
 
     @property
     def shardings(self) -> TrainState:
@@ -132,13 +135,28 @@ class Setup:
 
 def setup(config, mesh: Mesh) -> Setup:
     """The objects `config` describes (model, optimizer + schedule, shardings on `mesh`), nothing allocated."""
-    cfg = model_config(config)
-    graphdef, params, model_state = abstract_model(cfg)
+    cfg, lora = model_config(config), lora_config(config)
+    graphdef, params, model_state = abstract_model(cfg, lora)
     schedule = optim.learning_rate(config.optimizer.lr, config.optimizer.warmup_steps, config.total_steps)
     tx, mults = optim.from_config(config, params, schedule)
     ema_decay = optim.check_ema_decay(config.ema_decay)
     abstract = abstract_state(params, model_state, tx, mesh, config.fsdp_text, ema=ema_decay > 0)
-    return Setup(cfg, graphdef, tx, schedule, abstract, config.seed, optim.groups(mults), ema_decay)
+    return Setup(cfg, graphdef, tx, schedule, abstract, config.seed, optim.groups(mults), ema_decay, lora)
+
+
+def lora_config(config) -> lora_lib.LoRAConfig:
+    """The `LoRAConfig` of `config.lora` (rank 0: none)."""
+    if config.lora.rank < 0:
+        raise ValueError(f"config.lora.rank = {config.lora.rank}: expected 0 (no LoRA) or a rank >= 1, e.g. 4")
+    return lora_lib.LoRAConfig(int(config.lora.rank), float(config.lora.alpha), str(config.lora.targets))
+
+
+def adapt(model: ClapModel, lora: lora_lib.LoRAConfig, seed: int) -> ClapModel:
+    """`model` with `lora`'s adapters (B = 0: it computes what it computed), or `model` itself at rank 0.
+    The adapters' A come from their own stream of `seed`, so adding them changes no other weight."""
+    if lora.rank == 0:
+        return model
+    return lora_lib.wrap(model, lora, nnx.Rngs(params=jax.random.fold_in(jax.random.key(seed), LORA_STREAM)))
 
 
 def _state_from(tx: optax.GradientTransformation, params, model_state, ema: bool) -> TrainState:
@@ -152,9 +170,10 @@ def _state_from(tx: optax.GradientTransformation, params, model_state, ema: bool
     )
 
 
-def abstract_model(cfg: ClapConfig):
-    """(graphdef, abstract params, abstract model_state) of a ClapModel of `cfg`, without allocating anything."""
-    model = nnx.eval_shape(lambda: ClapModel(cfg, rngs=nnx.Rngs(0)))
+def abstract_model(cfg: ClapConfig, lora: lora_lib.LoRAConfig = lora_lib.NO_LORA):
+    """(graphdef, abstract params, abstract model_state) of a ClapModel of `cfg` with `lora`'s adapters,
+    without allocating anything."""
+    model = nnx.eval_shape(lambda: adapt(ClapModel(cfg, rngs=nnx.Rngs(0)), lora, 0))
     return split_model(model)
 
 
@@ -170,16 +189,17 @@ def abstract_state(params, model_state, tx: optax.GradientTransformation, mesh: 
 def init_state(parts: Setup, model: ClapModel | None = None) -> TrainState:
     """The TrainState on `parts`' mesh: random weights from `parts.seed`, or `model`'s weights (a model of
     the same architecture, e.g. from `clapcomp.train.init.load_init_model`; dtype and front end stay
-    `parts.cfg`'s)."""
+    `parts.cfg`'s). With `parts.lora`, the adapters are added to those weights (B = 0)."""
     shardings = parts.shardings
     if model is None:
 
         def create():
-            _, params, model_state = split_model(ClapModel(parts.cfg, rngs=nnx.Rngs(parts.seed)))
+            model = adapt(ClapModel(parts.cfg, rngs=nnx.Rngs(parts.seed)), parts.lora, parts.seed)
+            _, params, model_state = split_model(model)
             return _state_from(parts.tx, params, model_state, parts.ema_decay > 0)
 
         return jax.jit(create, out_shardings=shardings)()
-    _, params, model_state = split_model(model)
+    _, params, model_state = split_model(adapt(model, parts.lora, parts.seed))
     params = place(params, shardings.params)
     model_state = place(model_state, shardings.model_state)
     ema = parts.ema_decay > 0
