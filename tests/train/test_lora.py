@@ -14,7 +14,7 @@ from flax import nnx
 import clapcomp
 from clapcomp import cli
 from clapcomp.models import lora
-from clapcomp.train import distributed, loop
+from clapcomp.train import distributed, loop, optim
 from clapcomp.train import state as state_lib
 
 TEXTS = ["a low tone followed by a high tone", "a high tone", "a very high tone with a middle tone"]
@@ -24,6 +24,27 @@ HF_TEXT = dict(family="roberta", pooling="pooler", pad_token_id=1, type_vocab_si
 
 def _flat(tree) -> dict:
     return {state_lib.path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_wrapped_paths_keep_their_layer_ids_and_only_adapters_get_a_rate():
+    """The layer-decay regexes see through the wrapping: an adapter and its base weight sit in the block of
+    the plain model's weight; with LoRA the multipliers are the decay formula's on adapters, 0 elsewhere."""
+    from repo_configs import load_config  # tests/repo_configs.py
+
+    config = load_config("tiny", None, "model.text.num_layers=3", "optimizer.layer_decay.text=0.5", "lora.rank=2")
+    plain = state_lib.abstract_model(state_lib.model_config(config))[1]
+    wrapped = state_lib.abstract_model(state_lib.model_config(config), state_lib.lora_config(config))[1]
+    names = list(_flat(wrapped))
+    plain_ids, n = optim.layer_ids(list(_flat(plain)), "text_tower")
+    ids, n_wrapped = optim.layer_ids(names, "text_tower")
+    assert n == n_wrapped == 3
+    for name, layer in ids.items():  # "...layers.1.query.lora_a" -> the id of "...layers.1.query.kernel"
+        base = name.replace(".base_module", "").replace(".lora_a", ".kernel").replace(".lora_b", ".kernel")
+        assert layer == plain_ids[base], name
+    mults = optim.multipliers(wrapped, layer_decay={"text": 0.5}, lora_heads=False)
+    for name, m in mults.items():
+        want = 0.5 ** (n + 1 - ids[name]) if name in ids else 1.0
+        assert m == (want if lora.is_adapter(name) else 0.0), name
 
 
 @pytest.mark.slow  # trains twice and exports
