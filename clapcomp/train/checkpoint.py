@@ -371,7 +371,8 @@ def save_config(workdir: str | Path, config) -> None:
 
 
 def read_config(workdir: str | Path):
-    """`<workdir>/config.json` -> ml_collections.ConfigDict."""
+    """`<workdir>/config.json` -> ml_collections.ConfigDict. A field the file lacks (written before the field
+    existed: `lora`, `ema_decay`, ...) takes its default, which keeps the old behaviour."""
     import ml_collections
 
     path = Path(workdir) / "config.json"
@@ -379,7 +380,18 @@ def read_config(workdir: str | Path):
         raise FileNotFoundError(
             f"{path} not found; is {workdir} a clapcomp training workdir (clapcomp train --workdir)?"
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(_with_defaults(json.loads(path.read_text()), defaults().to_dict()))
+
+
+def _with_defaults(saved: dict, default: dict) -> dict:
+    """`saved` with every key of `default` it lacks added, recursively (dict fields of both are merged)."""
+    out = dict(saved)
+    for k, v in default.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
 
 
 def _state_handler(ocp):

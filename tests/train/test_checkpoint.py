@@ -311,3 +311,15 @@ def test_keep_best_keeps_the_newest_and_the_best_evaluated_step(tmp_path, mode, 
     assert ckpt_lib.best_step(manager, config, tmp_path) == best
     with pytest.raises(ckpt_lib.CheckpointError, match="trained without config.keep_best"):
         ckpt_lib.best_step(manager, ml_collections.ConfigDict(dict(keep_best="")), tmp_path)
+
+
+def test_a_config_json_written_before_a_field_existed_reads_with_its_default(tmp_path):
+    saved = defaults().to_dict()
+    del saved["lora"], saved["ema_decay"], saved["model"]["projection_dim"]
+    saved["total_steps"], saved["model"]["text"]["dropout"] = 7, 0.3
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = ckpt_lib.read_config(tmp_path)
+    want = defaults()
+    assert config.lora.to_dict() == want.lora.to_dict() and config.ema_decay == want.ema_decay
+    assert config.model.projection_dim == want.model.projection_dim
+    assert config.total_steps == 7 and config.model.text.dropout == 0.3  # the file's values stay
