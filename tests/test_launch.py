@@ -229,3 +229,21 @@ def test_local_multiprocess_starts_n_processes_of_one_job(tmp_path):
         assert "XLA=--xla_force_host_platform_device_count=2" in env
     (coordinator,) = coordinators
     assert re.fullmatch(r"--coordinator=127\.0\.0\.1:\d+", coordinator)
+
+
+@pytest.mark.parametrize("args", [["setup"], ["train", "configs/tiny.py", "/mnt/b/run", "--config.note=a b"]])
+def test_without_dry_run_it_runs_what_dry_run_prints(tmp_path, args):
+    """A stand-in gcloud logs each call's words; they equal the dry run's gcloud lines (setup: git archive really runs)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "gcloud.log"
+    _executable(bin_dir / "gcloud", f'#!/usr/bin/env bash\necho "${{*@Q}}" >> {shlex.quote(str(log))}\n')
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    result = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    ran = [["gcloud", *shlex.split(line)] for line in log.read_text().splitlines()]
+    _, printed, _ = _dry_run(*args, TMPDIR=str(tmp_path))
+    assert ran == [c for c in printed if c[0] == "gcloud"]
+    if args == ["setup"]:
+        listing = subprocess.run(["tar", "-tzf", str(tmp_path / "clapcomp-src.tar.gz")], capture_output=True, text=True)
+        assert {"pyproject.toml", "constraints.txt", "launch/tpu_pod.sh"} <= set(listing.stdout.split())
