@@ -155,7 +155,9 @@ def compile_step(config, topology: str, per_chip_batch: int, tower: str = "both"
     mesh = Mesh(np.array(devices).reshape(len(devices) // fsdp, fsdp), AXES, axis_types=(AxisType.Auto,) * 2)
     parts = state_lib.setup(config, mesh)
     if tower == "both":
-        step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
+        step = step_lib.from_parts(
+            parts, mesh, loss=config.loss, freeze=config.freeze, accumulation_steps=config.accumulation_steps
+        )
     else:
         step = step_lib.make_train_step(parts.graphdef, parts.tx, parts.schedule, tower_loss(tower), mesh,
                                         seed=parts.seed, state_sharding=parts.shardings)  # fmt: skip

@@ -70,6 +70,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.unlock_last = dict(audio=-1, text=-1)
     c.ema_decay = 0.0
     c.lora = dict(rank=0, alpha=1.0, targets=DEFAULT_TARGETS, train_heads=False)
+    c.accumulation_steps = 1
     c.total_steps = 20_000
     c.evaluators = []
     c.eval_every = 0
@@ -221,6 +222,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "lora.alpha": (_FIXED, "LoRA scale = alpha / rank"),
     "lora.targets": (_FIXED, "regex searched in each tower nnx.Linear's module path (models/lora.py DEFAULT_TARGETS)"),
     "lora.train_heads": (_FIXED, "with LoRA, the projection heads and the logit scale train too"),
+    "accumulation_steps": (
+        _RESUME,
+        "micro-batches per step, the loss still on the whole batch (GradCache: docs/accumulation.md); "
+        "batch_size must be a multiple of it x devices",
+    ),
     "total_steps": (_RESUME, "optimizer steps of the run"),
     "evaluators": (_RESUME, "[dict(name=<clapcomp.evaluate.run.EVALUATORS key>, label=..., kwargs=dict(...))]"),
     "eval_every": (_RESUME, "steps between evaluations; 0: only at the end (with evaluators)"),

@@ -109,7 +109,9 @@ def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
             jax.process_count(),
             dict(mesh.shape),
         )
-        train_step = step_lib.from_parts(parts, mesh, loss=config.loss, freeze=config.freeze)
+        train_step = step_lib.from_parts(
+            parts, mesh, loss=config.loss, freeze=config.freeze, accumulation_steps=config.accumulation_steps
+        )
         keys = step_lib.batch_spec(config.loss, pooled=tower_cache is not None)
         evaluators = list(config.evaluators)
         run_eval = (lambda s: evaluate(evaluators, parts.cfg, parts.graphdef, s, tokenizer)) if evaluators else None

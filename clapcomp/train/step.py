@@ -15,6 +15,8 @@ No config is read inside the trace. Per step:
   texts  = embed_tokens(captions), and the hard negatives [B, K, L] or modular positives
            [B, P, L] / negatives [B, Q, L], flattened to rows of the same text tower
   loss   = clapcomp.losses (plain | compa | modular), sharded over the mesh's batch axes
+  (config.accumulation_steps A > 1: the same loss and gradient from A micro-batches, GradCache:
+   towers run on N/A samples at a time, the loss on all N; `make_loss_and_grads`)
   grads -> tx (clip -> Adam(W) with `schedule`) -> logit_scale clamped to [0, ln 100]
 If the loss or any gradient is NaN/inf, the update is dropped: parameters, optimizer state and
 BatchNorm statistics stay as they were, `metrics["nonfinite"]` is 1 and `state.nonfinite_run`
@@ -27,6 +29,7 @@ No host synchronisation happens inside.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -85,29 +88,52 @@ def _embed_audio(model, batch, key, lock_audio_tower: bool):
     return model.embed_pooled(jax.lax.stop_gradient(pooled))
 
 
-def compute_loss(model, batch, key, mesh: Mesh | None, *, loss: str, lock_audio_tower: bool = False):
-    """The contrastive loss `loss` of `model` on `batch` (train mode, randomness from `key`)."""
-    k_audio, k_text, k_neg, k_pos = jax.random.split(key, 4)
-    audio = _embed_audio(model, batch, k_audio, lock_audio_tower)
-    text = model.embed_tokens(batch["input_ids"], batch["attention_mask"], train=True, key=k_text)
-    scale = jnp.exp(model.logit_scale[...])
-    if loss == "plain":
-        return losses.contrastive_loss(audio, text, scale, mesh=mesh)
-    negatives = _embed_rows(model, batch["neg_input_ids"], batch["neg_attention_mask"], k_neg)
-    if loss == "compa":
-        return losses.contrastive_loss(audio, text, scale, negatives, batch["neg_mask"], mesh=mesh)
-    extra = _embed_rows(model, batch["pos_input_ids"], batch["pos_attention_mask"], k_pos)
-    positives = jnp.concatenate([text[:, None], extra], axis=1)  # the main caption is positive 0
-    positive_mask = jnp.concatenate([jnp.ones_like(batch["pos_mask"][:, :1]), batch["pos_mask"]], axis=1)
-    return losses.modular_loss(audio, positives, positive_mask, negatives, batch["neg_mask"], scale, mesh=mesh)
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """The train loss `name` ("plain" | "compa" | "modular") in its two halves, so the step can cache the
+    embeddings between them (GradCache): `embed` runs the towers, `on_embeddings` the contrastive loss on
+    all of them at once; calling it is the two in a row, (model, batch, key, mesh) -> [] float32.
+    `lock_audio_tower`: the audio tower runs in inference mode (see `_embed_audio`)."""
+
+    name: str
+    lock_audio_tower: bool = False
+
+    def embed(self, model, batch, key) -> dict[str, jax.Array]:
+        """The batch's embeddings (train mode, randomness from `key`): audio / text [B, D], negatives [B, K, D]
+        (compa, modular), positives [B, P, D] (modular)."""
+        k_audio, k_text, k_neg, k_pos = jax.random.split(key, 4)
+        out = {
+            "audio": _embed_audio(model, batch, k_audio, self.lock_audio_tower),
+            "text": model.embed_tokens(batch["input_ids"], batch["attention_mask"], train=True, key=k_text),
+        }
+        if self.name != "plain":
+            out["negatives"] = _embed_rows(model, batch["neg_input_ids"], batch["neg_attention_mask"], k_neg)
+        if self.name == "modular":
+            out["positives"] = _embed_rows(model, batch["pos_input_ids"], batch["pos_attention_mask"], k_pos)
+        return out
+
+    def on_embeddings(self, emb: dict[str, jax.Array], log_scale: jax.Array, batch, mesh: Mesh | None) -> jax.Array:
+        """The loss of `embed`'s output with logit scale exp(`log_scale`), sharded over `mesh`'s batch axes."""
+        audio, text, scale = emb["audio"], emb["text"], jnp.exp(log_scale)
+        if self.name == "plain":
+            return losses.contrastive_loss(audio, text, scale, mesh=mesh)
+        if self.name == "compa":
+            return losses.contrastive_loss(audio, text, scale, emb["negatives"], batch["neg_mask"], mesh=mesh)
+        positives = jnp.concatenate([text[:, None], emb["positives"]], axis=1)  # the main caption is positive 0
+        positive_mask = jnp.concatenate([jnp.ones_like(batch["pos_mask"][:, :1]), batch["pos_mask"]], axis=1)
+        return losses.modular_loss(audio, positives, positive_mask, emb["negatives"], batch["neg_mask"], scale,
+                                   mesh=mesh)  # fmt: skip
+
+    def __call__(self, model, batch, key, mesh: Mesh | None) -> jax.Array:
+        return self.on_embeddings(self.embed(model, batch, key), model.logit_scale[...], batch, mesh)
 
 
-def loss_fn(name: str, *, lock_audio_tower: bool = False) -> LossFn:
-    """The train loss `name` ("plain" | "compa" | "modular") as (model, batch, key, mesh) -> scalar;
+def loss_fn(name: str, *, lock_audio_tower: bool = False) -> Loss:
+    """The train loss `name` ("plain" | "compa" | "modular") as a `Loss`: (model, batch, key, mesh) -> scalar;
     `lock_audio_tower`: the audio tower runs in inference mode (see `_embed_audio`)."""
     if name not in LOSSES:
         raise ValueError(f"config.loss must be one of {LOSSES}, got {name!r}")
-    return functools.partial(compute_loss, loss=name, lock_audio_tower=lock_audio_tower)
+    return Loss(name, lock_audio_tower)
 
 
 def applied_updates(opt_state) -> jax.Array:
@@ -122,26 +148,104 @@ def applied_updates(opt_state) -> jax.Array:
     return counts[0]
 
 
+def _split(x: jax.Array, a: int) -> jax.Array:
+    """[N, ...] -> [A, N/A, ...]: micro-batch j holds rows j, j+A, j+2A, ..., so each device's contiguous
+    shard of the batch gives every micro-batch its own N/(A x devices) rows and nothing moves between devices."""
+    return jnp.moveaxis(x.reshape(x.shape[0] // a, a, *x.shape[1:]), 1, 0)
+
+
+def _merge(x: jax.Array) -> jax.Array:
+    """[A, N/A, ...] -> [N, ...], the inverse of `_split`: the rows back in batch order."""
+    return jnp.moveaxis(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def make_loss_and_grads(graphdef, loss_fn: LossFn, mesh: Mesh, accumulation_steps: int = 1):
+    """`(params, model_state, batch, key) -> (loss, model_state, grads)` of `loss_fn` on the global batch.
+
+    accumulation_steps A = 1: one `jax.value_and_grad` through towers and loss. A > 1 (GradCache, Gao et
+    al. 2021; `loss_fn` must be a `Loss`): the batch is split into A micro-batches of N/A (`_split`);
+    pass 1 embeds them one by one in a `lax.scan` with no gradient, so no activations are kept; the loss
+    and its gradient w.r.t. the N embeddings (and the logit scale) are computed on the whole batch at once,
+    sharded as at A = 1; pass 2 re-embeds each micro-batch with the same key (same dropout / crops /
+    SpecAugment) and model state and pulls its rows of the embedding gradient back through the towers
+    (`jax.vjp`), summing the parameter gradients. With no randomness and no batch statistics in training
+    mode this is the A = 1 gradient up to float32 rounding, for activations of N/A samples instead of N;
+    BatchNorm in training mode sees each micro-batch's own statistics (its running averages are updated
+    A times, in micro-batch order).
+    """
+    a = accumulation_steps
+    if a < 1:
+        raise ValueError(f"config.accumulation_steps must be >= 1, got {a}")
+
+    def embed(params, model_state, batch, key, fn):
+        model = nnx.merge(graphdef, params, model_state)
+        return fn(model, batch, key), nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+    def whole(params, model_state, batch, key):
+        (loss, model_state), grads = jax.value_and_grad(
+            lambda p: embed(p, model_state, batch, key, lambda m, b, k: loss_fn(m, b, k, mesh)), has_aux=True
+        )(params)
+        return loss, model_state, grads
+
+    if a == 1:
+        return whole
+    if not isinstance(loss_fn, Loss):
+        raise ValueError("accumulation_steps > 1 needs the loss as a clapcomp.train.step.Loss (embed + on_embeddings)")
+
+    def accumulated(params, model_state, batch, key):
+        n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        if n % (a * mesh.size):
+            raise ValueError(
+                f"the global batch of {n} does not split into accumulation_steps={a} micro-batches over the "
+                f"{mesh.size} devices; set config.data.batch_size to a multiple of {a * mesh.size}"
+            )
+        split = lambda x: jax.lax.with_sharding_constraint(_split(x, a), NamedSharding(mesh, P(None, *BATCH)))
+        micro, keys = jax.tree_util.tree_map(split, batch), jax.random.split(key, a)
+
+        def forward(state, xs):
+            emb, state = embed(params, state, *xs, loss_fn.embed)
+            return state, emb
+
+        new_model_state, emb = jax.lax.scan(forward, model_state, (micro, keys))
+        emb = jax.tree_util.tree_map(
+            lambda x: jax.lax.with_sharding_constraint(_merge(x), NamedSharding(mesh, BATCH)), emb
+        )
+        loss, (emb_grads, scale_grad) = jax.value_and_grad(loss_fn.on_embeddings, argnums=(0, 1))(
+            emb, params["logit_scale"], batch, mesh
+        )
+
+        def backward(carry, xs):
+            state, total = carry
+            mb, k, cotangent = xs
+            _, pull, state = jax.vjp(lambda p: embed(p, state, mb, k, loss_fn.embed), params, has_aux=True)
+            return (state, jax.tree_util.tree_map(jnp.add, total, pull(cotangent)[0])), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        cotangents = jax.tree_util.tree_map(split, emb_grads)
+        (_, grads), _ = jax.lax.scan(backward, (model_state, zeros), (micro, keys, cotangents))
+        grads = {**grads, "logit_scale": grads["logit_scale"] + scale_grad}
+        return loss, new_model_state, grads
+
+    return accumulated
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, loss_fn: LossFn,
                     mesh: Mesh, *, seed: int, state_sharding: state_lib.TrainState,
-                    ema_decay: float = 0.0):  # fmt: skip
+                    ema_decay: float = 0.0, accumulation_steps: int = 1):  # fmt: skip
     """The jitted `train_step(state, batch) -> (state, metrics)` of the module doc, for `mesh`.
 
     `tx` must apply `schedule` (e.g. `optax.adamw(schedule)`); `state_sharding` is the TrainState's
     NamedShardings (e.g. `state_lib.Setup.shardings`): state in and out keep them, the state is
     donated, every batch array is split on dim 0 over all devices. Metrics are replicated scalars.
     With `state.ema` (config.ema_decay = `ema_decay`), each applied update also advances the EMA of the weights.
+    `accumulation_steps`: the gradient of the whole batch from that many micro-batches (`make_loss_and_grads`).
     """
+    loss_and_grads = make_loss_and_grads(graphdef, loss_fn, mesh, accumulation_steps)
 
     def train_step(state: state_lib.TrainState, batch: dict):
         key = jax.random.fold_in(jax.random.key(seed), state.step)
 
-        def objective(params):
-            model = nnx.merge(graphdef, params, state.model_state)
-            value = loss_fn(model, batch, key, mesh)
-            return value, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
-
-        (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        loss, model_state, grads = loss_and_grads(state.params, state.model_state, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = state_lib.clamp_logit_scale(optax.apply_updates(state.params, updates))
 
@@ -171,9 +275,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
                    out_shardings=(state_sharding, replicated), donate_argnums=0)  # fmt: skip
 
 
-def from_parts(parts: state_lib.Setup, mesh: Mesh, *, loss: str, freeze: str = ""):
-    """`make_train_step` of a run's objects (`state_lib.setup`) with the loss `loss` (config.loss) and the
-    audio tower locked when `freeze` (config.freeze) says so."""
+def from_parts(parts: state_lib.Setup, mesh: Mesh, *, loss: str, freeze: str = "", accumulation_steps: int = 1):
+    """`make_train_step` of a run's objects (`state_lib.setup`) with the loss `loss` (config.loss), the
+    audio tower locked when `freeze` (config.freeze) says so and `accumulation_steps` (config.accumulation_steps)."""
     fn = loss_fn(loss, lock_audio_tower=optim.audio_tower_locked(freeze))
     return make_train_step(parts.graphdef, parts.tx, parts.schedule, fn, mesh, seed=parts.seed,
-                           state_sharding=parts.shardings, ema_decay=parts.ema_decay)  # fmt: skip
+                           state_sharding=parts.shardings, ema_decay=parts.ema_decay,
+                           accumulation_steps=accumulation_steps)  # fmt: skip

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from repo_configs import load_config  # tests/repo_configs.py
 
@@ -119,3 +119,64 @@ def test_unknown_loss_and_schedule_free_optimizer_are_refused(setup):
 def test_batch_spec_names_the_pipeline_fields_each_loss_needs(loss, pooled, keys):
     spec = step_lib.batch_spec(loss, pooled=pooled)
     assert list(spec) == keys and set(spec.values()) == {distributed.BATCH}
+
+
+def _full_batch(cfg, n, seed):
+    """Every field any loss reads: K = 2 negatives (the second one padding), P = 2 positives."""
+    rng = np.random.default_rng(seed)
+    ids = lambda *shape: rng.integers(1000, 2000, (*shape, cfg.text.max_length), dtype=np.int32)
+    neg_ids, pos_ids = ids(n, 2), ids(n, 2)
+    return {**_batch(cfg, n, seed), "neg_input_ids": neg_ids, "neg_attention_mask": np.ones_like(neg_ids),
+            "neg_mask": np.tile([True, False], (n, 1)), "pos_input_ids": pos_ids,
+            "pos_attention_mask": np.ones_like(pos_ids), "pos_mask": np.ones((n, 2), bool)}  # fmt: skip
+
+
+def _loss_and_grads(config, mesh, accumulation_steps, batch, pooled: bool):
+    parts = state_lib.setup(config, mesh)
+    state = state_lib.init_state(parts)
+    key = jax.random.key(3)
+    if pooled:  # a locked tower's cached outputs instead of waveforms (clapcomp.train.locked_tower)
+        model = nnx.merge(parts.graphdef, state.params, state.model_state)
+        width = jax.eval_shape(lambda w, n: model.pool_audio(w, n, key=key), batch["waveform"], batch["lengths"])
+        batch = {**batch, "audio_pooled": np.random.default_rng(5).standard_normal(width.shape, np.float32)}
+    fn = step_lib.loss_fn(config.loss, lock_audio_tower=True)
+    batch = {k: batch[k] for k in step_lib.batch_spec(config.loss, pooled=pooled)}
+    step = step_lib.make_loss_and_grads(parts.graphdef, fn, mesh, accumulation_steps)
+    return jax.jit(step)(state.params, state.model_state, batch, key)
+
+
+@pytest.mark.parametrize(
+    "loss, devices, pooled, overrides",
+    [
+        ("plain", 1, False, ("model.text.remat=nothing_saveable",)),
+        ("compa", 1, True, ()),
+        ("modular", 1, False, ()),
+        pytest.param("plain", 8, False, (), marks=pytest.mark.slow),
+        pytest.param("compa", 8, False, ("mesh.fsdp=2", "fsdp_text=true"), marks=pytest.mark.slow),
+        pytest.param("modular", 8, False, (), marks=pytest.mark.slow),
+    ],
+)
+def test_accumulated_gradient_equals_the_whole_batch_gradient(loss, devices, pooled, overrides):
+    """GradCache with A = 4 micro-batches against the A = 1 step on the same 32 samples: with the audio tower
+    locked (no batch statistics in training mode) and dropout off, the same loss, the same gradient (global
+    norm of the difference <= 1e-5 of the gradient's) and the same model state. Covers text remat, a batch of
+    cached tower outputs (pooled), and an FSDP-sharded text tower."""
+    config = load_config("tiny", loss, "freeze=audio_tower", *overrides)
+    mesh = jax.make_mesh((devices // config.mesh.fsdp, config.mesh.fsdp), distributed.AXES,
+                         devices=jax.devices()[:devices], axis_types=(AxisType.Auto,) * 2)  # fmt: skip
+    batch = _full_batch(state_lib.model_config(config), 32, 0)
+    loss1, state1, grads1 = _loss_and_grads(config, mesh, 1, batch, pooled)
+    loss4, state4, grads4 = _loss_and_grads(config, mesh, 4, batch, pooled)
+    assert float(loss4) == pytest.approx(float(loss1), rel=1e-5)
+    diff = jax.tree_util.tree_map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64), grads4, grads1)
+    assert float(optax.tree.norm(diff)) <= 1e-5 * float(optax.tree.norm(grads1))
+    assert float(optax.tree.norm(grads1["text_tower"])) > 0  # the text tower is trained: its gradient is compared
+    for a, b in zip(jax.tree_util.tree_leaves(state4), jax.tree_util.tree_leaves(state1), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_accumulation_refuses_a_batch_it_cannot_split(setup):
+    config, mesh, parts, state = setup
+    step = step_lib.make_loss_and_grads(parts.graphdef, step_lib.loss_fn("plain"), mesh, 3)
+    with pytest.raises(ValueError, match=r"global batch of 8 .* accumulation_steps=3 .* multiple of 24"):
+        step(state.params, state.model_state, _batch(parts.cfg, 8, 0), jax.random.key(0))
