@@ -178,3 +178,21 @@ def test_a_mixture_source_at_another_sample_rate_is_refused_by_name(tmp_path, ti
     with pytest.raises(ValueError, match=f"mixture source {other} holds audio at 16000 Hz but the model runs at 8000"):
         loop.train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("loss", ["plain", "compa"])
+def test_accumulation_logs_the_loss_and_grad_norm_of_the_whole_batch(tmp_path, tone_records, compile_cache, helpers,
+                                                                      loss):  # fmt: skip
+    """`clapcomp train --config.accumulation_steps=4 --config.freeze=audio` (locked audio tower: no batch
+    statistics in training mode) logs at step 1 the loss and grad_norm of the same run without accumulation."""
+    rows = {}
+    for a in (1, 4):
+        r = helpers.run_train(tmp_path / f"a{a}", tone_records, "--config.data.batch_size=16", "--config.total_steps=1",
+                              "--config.freeze=audio", f"--config.accumulation_steps={a}", cache=compile_cache,
+                              devices=4, config=f"configs/tiny.py:{loss}")  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows[a] = _losses(tmp_path / f"a{a}")[0]
+    assert json.loads((tmp_path / "a4" / "config.json").read_text())["accumulation_steps"] == 4
+    assert rows[4]["step"] == rows[1]["step"] == 1
+    assert rows[4]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
+    assert rows[4]["grad_norm"] == pytest.approx(rows[1]["grad_norm"], rel=1e-5)
