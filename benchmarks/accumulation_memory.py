@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from clapcomp.train import config as config_lib
-    from clapcomp.train import distributed
+    from clapcomp.train import distributed, optim
     from clapcomp.train import state as state_lib
     from clapcomp.train import step as step_lib
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     parts = state_lib.setup(config, mesh)
     batch = _sibling("tpu_aot").abstract_batch(config, parts.cfg, args.batch, mesh)
-    loss = step_lib.loss_fn(config.loss, lock_audio_tower=state_lib.audio_tower_locked(config.freeze))
+    loss = step_lib.loss_fn(config.loss, lock_audio_tower=optim.audio_tower_locked(config.freeze))
     params, model_state = parts.abstract.params, parts.abstract.model_state
     key = jax.random.key(0)
 
