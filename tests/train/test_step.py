@@ -150,7 +150,7 @@ def _loss_and_grads(config, mesh, accumulation_steps, batch, pooled: bool):
     [
         ("plain", 1, False, ("model.text.remat=nothing_saveable",)),
         ("compa", 1, True, ()),
-        ("modular", 1, False, ()),
+        ("modular", 1, False, ("lora.rank=4",)),
         pytest.param("plain", 8, False, (), marks=pytest.mark.slow),
         pytest.param("compa", 8, False, ("mesh.fsdp=2", "fsdp_text=true"), marks=pytest.mark.slow),
         pytest.param("modular", 8, False, (), marks=pytest.mark.slow),
@@ -160,7 +160,7 @@ def test_accumulated_gradient_equals_the_whole_batch_gradient(loss, devices, poo
     """GradCache with A = 4 micro-batches against the A = 1 step on the same 32 samples: with the audio tower
     locked (no batch statistics in training mode) and dropout off, the same loss, the same gradient (global
     norm of the difference <= 1e-5 of the gradient's) and the same model state. Covers text remat, a batch of
-    cached tower outputs (pooled), and an FSDP-sharded text tower."""
+    cached tower outputs (pooled), LoRA adapters, and an FSDP-sharded text tower."""
     config = load_config("tiny", loss, "freeze=audio_tower", *overrides)
     mesh = jax.make_mesh((devices // config.mesh.fsdp, config.mesh.fsdp), distributed.AXES,
                          devices=jax.devices()[:devices], axis_types=(AxisType.Auto,) * 2)  # fmt: skip
