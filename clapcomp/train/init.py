@@ -212,7 +212,7 @@ def prepare(config, workdir: str | Path | None = None):
     check_geometry(model)
     c.model = ml_collections.ConfigDict(model.to_dict())
     check_loss_and_data(c)
-    src = tokenizer_source(c, workdir)
+    src = tokenizer_source(c, workdir if resuming else None)  # a fresh run never takes a folder's tokenizer
     digest = sha256(src)
     if c.tokenizer_sha256 and c.tokenizer_sha256 != digest:
         raise ValueError(f"tokenizer {src} has sha256 {digest}, but config.tokenizer_sha256 pins {c.tokenizer_sha256}")
