@@ -56,13 +56,10 @@ def _token() -> str:
 
 
 def refuse_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], flag: str = "--out") -> None:
-    """ValueError when `out` is (or is inside) one of `inputs`; call before opening anything."""
+    """ValueError when `out` is one of `inputs` (symlinks and `..` resolved); call before opening anything."""
     target = _path(out).resolve()
     for given in inputs:
-        if given is None:
-            continue
-        src = _path(given).resolve()
-        if target == src or (src.is_dir() and src in target.parents):
+        if given is not None and _path(given).resolve() == target:
             raise ValueError(
                 f"{flag} {out} would overwrite the input {given}; write to another path (nothing was opened)"
             )
@@ -117,7 +114,9 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, purpose: str
     final.parent.mkdir(parents=True, exist_ok=True)
     with Lock(final.with_name(f".{final.name}.lock"), purpose=purpose or f"writing {final}"):
         if final.is_dir() and any(final.iterdir()) and not overwrite:
-            raise FileExistsError(f"{final} is not empty; pass another output folder (or --overwrite to replace it)")
+            raise FileExistsError(
+                f"{final} is not empty and holds files this command did not write; pass a new or empty output folder"
+            )
         tmp = final.with_name(f".{final.name}.tmp-{_token()}")
         tmp.mkdir()
         try:
@@ -132,6 +131,15 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, purpose: str
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
+
+
+def replaceable(folder: str | os.PathLike, names: Iterable[str], marker: str) -> bool:
+    """True when `folder` is absent, empty, or an earlier output of the same command: it holds the file
+    `marker` and nothing but entries named in `names` (`atomic_dir(overwrite=True)` may replace it)."""
+    root = _path(folder)
+    if not root.is_dir() or not any(root.iterdir()):
+        return True
+    return (root / marker).is_file() and {p.name for p in root.iterdir()} <= set(names)
 
 
 # ----------------------------------------------------------------------------- one writer per folder
@@ -211,7 +219,7 @@ class Lock:
         self.held = False
 
     def __enter__(self) -> Lock:
-        return self.acquire()
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
