@@ -25,6 +25,7 @@ change routes it through `etils.epath.Path` for gs://; local behaviour stays as 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -135,11 +136,13 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, purpose: str
 
 def replaceable(folder: str | os.PathLike, names: Iterable[str], marker: str) -> bool:
     """True when `folder` is absent, empty, or an earlier output of the same command: it holds the file
-    `marker` and nothing but entries named in `names` (`atomic_dir(overwrite=True)` may replace it)."""
+    `marker` and nothing but entries matching `names` (fnmatch patterns); `atomic_dir(overwrite=True)`
+    may replace it."""
     root = _path(folder)
     if not root.is_dir() or not any(root.iterdir()):
         return True
-    return (root / marker).is_file() and {p.name for p in root.iterdir()} <= set(names)
+    ours = all(any(fnmatch.fnmatchcase(p.name, n) for n in names) for p in root.iterdir())
+    return (root / marker).is_file() and ours
 
 
 # ----------------------------------------------------------------------------- one writer per folder

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
+
 SCORES = ("text", "audio", "group")
 
 
@@ -25,7 +27,9 @@ def write_report(runs: Sequence[dict[str, dict[str, dict]]], out_dir, *, seeds: 
     """Write `results.json` and the PNG plots of `runs` (one per seed) into out_dir; returns the written paths.
 
     results.json holds the run itself when there is one, else {"seeds": [...], "per_seed": [run, ...]}.
-    `seeds` (one per run, or empty) names the runs in the chart titles.
+    `seeds` (one per run, or empty) names the runs in the chart titles. The folder is written whole (a
+    temporary sibling renamed into place at the end): an earlier report there is replaced, a folder holding
+    other files is refused.
     """
     import matplotlib
 
@@ -36,11 +40,16 @@ def write_report(runs: Sequence[dict[str, dict[str, dict]]], out_dir, *, seeds: 
         raise ValueError("no results to report")
     if seeds and len(seeds) != len(runs):
         raise ValueError(f"{len(seeds)} seeds for {len(runs)} runs; give one seed per run (or none)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    with fs.atomic_dir(final, overwrite=fs.replaceable(final, ("results.json", "*.png"), "results.json")) as out_dir:
+        paths = _write(plt, runs, seeds, out_dir)
+    return [final / p.name for p in paths]
+
+
+def _write(plt, runs: Sequence[dict], seeds: Sequence[int], out_dir: Path) -> list[Path]:
     paths = [out_dir / "results.json"]
     doc = runs[0] if len(runs) == 1 else {"seeds": list(seeds), "per_seed": list(runs)}
-    paths[0].write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
+    fs.write_text(paths[0], json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
 
     results, spread = _mean_and_spread(runs)
     tag = _seeds_tag(seeds, len(runs))
