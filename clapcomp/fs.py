@@ -67,22 +67,31 @@ def refuse_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | N
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
-    """`open(path, mode)` that becomes visible only on a clean exit (temp sibling, fsync, rename).
-    An exception (or a kill) leaves the previous `path` untouched."""
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_file writes whole files: mode must be 'w' or 'wb', got {mode!r}")
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling path for a writer that takes a file name (safetensors, ArrayRecord); on
+    a clean exit it is fsynced and renamed to `path`. An exception (or a kill) leaves `path` untouched."""
     final = _path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{_token()}")
     try:
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """`open(path, mode)` that becomes visible only on a clean exit (see `atomic_path`)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes whole files: mode must be 'w' or 'wb', got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -104,6 +104,8 @@ def load(
     if kwargs and layout.name != "clapcomp-workdir":
         what = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ValueError(f"{what} selects from a training workdir's checkpoints; {path} is a {layout.name}")
+    if path.is_dir() and layout.name != "clapcomp-workdir":  # checkpoints: their own manifests, per step
+        fs.verify_manifest(path)  # an export's sha256.json; fs.CorruptFile (a ValueError) names the file
     config, model = getattr(importlib.import_module(module), function)(path, **kwargs)
     return Clap(model, config, _tokenizer(tokenizer, path, config), max_batch=max_batch)
 
