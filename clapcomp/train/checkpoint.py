@@ -45,6 +45,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -438,13 +439,15 @@ def lock_workdir(workdir: str | Path) -> fs.Lock | None:
     return lock
 
 
-def check_fresh_workdir(workdir: str | Path, config, tokenizer: Path, *, reuse: bool) -> None:
+def check_fresh_workdir(workdir: str | Path, config, tokenizer: Callable[[], Path], *, reuse: bool) -> None:
     """Before a fresh run (no checkpoint) writes into `workdir`: ForeignWorkdir when it holds another run's
     config.json (fields a resume could not change differ) or a tokenizer.json other than the run's
-    `tokenizer` (sha256 vs config.tokenizer_sha256), unless `reuse` (then process 0 replaces that
+    (`tokenizer()`, sha256 vs config.tokenizer_sha256), unless `reuse` (then process 0 replaces that
     tokenizer.json; config.json is rewritten at the start). The same run killed before its first
-    checkpoint (equal config and tokenizer) goes on."""
+    checkpoint (equal config and tokenizer) goes on. Runs before anything is created in `workdir`."""
     workdir = Path(workdir)
+    if (workdir / "checkpoints").is_dir() and any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
+        return  # a resume: check_resume_config compares the configs
     foreign = []
     if (workdir / "config.json").is_file():
         try:
@@ -455,7 +458,7 @@ def check_fresh_workdir(workdir: str | Path, config, tokenizer: Path, *, reuse: 
             foreign.append(f"a config.json of another run ({len(refused)} field(s) differ, e.g. {refused[0]})")
     tok = workdir / "tokenizer.json"
     if tok.is_file() and (digest := fs.sha256_file(tok)) != config.tokenizer_sha256:
-        foreign.append(f"a tokenizer.json with sha256 {digest[:12]}..., not this run's ({tokenizer})")
+        foreign.append(f"a tokenizer.json with sha256 {digest[:12]}..., not this run's ({tokenizer()})")
     if not foreign:
         return
     if not reuse:
@@ -466,7 +469,7 @@ def check_fresh_workdir(workdir: str | Path, config, tokenizer: Path, *, reuse: 
         )
     log.warning("--workdir-reuse: %s holds %s; replacing them with this run's", workdir, " and ".join(foreign))
     if jax.process_index() == 0 and tok.is_file():
-        fs.write_bytes(tok, Path(tokenizer).read_bytes())
+        fs.write_bytes(tok, tokenizer().read_bytes())
     multihost_utils.sync_global_devices("check_fresh_workdir")
 
 
