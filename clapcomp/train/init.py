@@ -27,12 +27,12 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import jax
 from flax import nnx
 
+from clapcomp import fs
 from clapcomp.models.configs import ClapConfig, TextConfig, check_geometry
 from clapcomp.train import config as config_lib
 from clapcomp.train import state as state_lib
@@ -360,10 +360,7 @@ def copy_tokenizer(config, workdir: str | Path) -> Path:
     workdir loads, evaluates, exports and seeds the next stage without the source directory."""
     dst = Path(workdir) / "tokenizer.json"
     if jax.process_index() == 0 and not dst.is_file():
-        src = tokenizer_source(config)
-        tmp = dst.with_suffix(".json.tmp")
-        tmp.write_bytes(src.read_bytes())
-        os.replace(tmp, dst)
+        fs.write_bytes(dst, tokenizer_source(config).read_bytes())
     return dst
 
 
