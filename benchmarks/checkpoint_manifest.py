@@ -6,6 +6,7 @@ A LAION-CLAP-size train state as plain float32 arrays: `--params` parameters (on
 embedding, the rest in 768 x 3072 matrices and one remainder) and the two AdamW moments of the same
 shapes (3 x 153.5 M x 4 B = 1.84 GB), on one CPU device. With the `Checkpointer` the trainer uses, it
 times, `--repeats` times each and alternating:
+  blocking `save()` alone: what the train loop waits for (the device -> host copy);
   save     `save()` + `wait()`: the whole asynchronous write, with the manifest (hashing runs in Orbax's
            post-finalisation hook, on the background thread) and without it (the hook a no-op);
   restore  `restore()` of that step: with the check (hashing runs beside Orbax's read, in a thread)
@@ -66,7 +67,16 @@ def main(argv: list[str]) -> int:
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
     gigabytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state)) / 1e9
     print(f"state: {3 * leaves} arrays, {gigabytes:.2f} GB; {jax.devices()[0].device_kind}", flush=True)
-    times = {k: [] for k in ("save_with", "save_without", "restore_with", "restore_without", "hash")}
+    names = (
+        "save_with",
+        "save_without",
+        "blocking_with",
+        "blocking_without",
+        "restore_with",
+        "restore_without",
+        "hash",
+    )
+    times = {k: [] for k in names}
     real_hook, real_verify = ckpt_lib.Checkpointer._write_manifest, ckpt_lib.Checkpointer._verify
     try:
         for r in range(args.repeats):
@@ -79,6 +89,7 @@ def main(argv: list[str]) -> int:
                 iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
                 t = time.perf_counter()
                 ck.save(1, state, iterator)
+                times[f"blocking_{tag}"].append(time.perf_counter() - t)
                 ck.wait()
                 times[f"save_{tag}"].append(time.perf_counter() - t)
                 t = time.perf_counter()
@@ -96,7 +107,7 @@ def main(argv: list[str]) -> int:
         ckpt_lib.Checkpointer._write_manifest, ckpt_lib.Checkpointer._verify = real_hook, real_verify
         shutil.rmtree(args.dir, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    for op in ("save", "restore"):
+    for op in ("blocking", "save", "restore"):
         a, b = med[f"{op}_with"], med[f"{op}_without"]
         print(f"{op:8s} with manifest {a:6.2f} s, without {b:6.2f} s: +{a - b:5.2f} s ({100 * (a - b) / b:+.1f}%)  "
               f"[all: {' '.join(f'{x:.2f}' for x in times[f'{op}_with'])} / "
