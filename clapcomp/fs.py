@@ -334,6 +334,8 @@ def write_manifest(folder: str | os.PathLike, name: str = MANIFEST, *, exclude: 
     """`<folder>/<name>`: {"sha256": {relative path: hex}, "bytes": {relative path: size}} over every file
     below `folder` but those named in `exclude` (written last, atomically); returns it."""
     root = _path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder: nothing to write a manifest for")
     paths = _files(root, name, exclude)
     rel = [p.relative_to(root).as_posix() for p in paths]
     manifest = {

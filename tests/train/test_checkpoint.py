@@ -148,6 +148,21 @@ def test_every_flipped_byte_is_detected_and_the_previous_step_restored(tmp_path,
     assert [e["step"] for e in _log_events(tmp_path)] == [4] * sum(1 for r in listed if (step_dir / r).stat().st_size)
 
 
+def test_back_to_back_async_saves_each_get_their_own_manifest(tmp_path):
+    """As the train loop saves: no wait between saves (Orbax's save waits for the previous one itself)."""
+    mesh = distributed.make_mesh()
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    it = _iterator()
+    for s in (2, 4, 6):
+        ck.save(s, _state(s, mesh), it)
+    ck.close()
+    for s in (2, 4, 6):
+        step_dir = tmp_path / "checkpoints" / str(s)
+        assert fs.verify_manifest(step_dir), s
+        listed = json.loads((step_dir / fs.MANIFEST).read_text())["sha256"]
+        assert any(k.startswith("state/") for k in listed) and "data/process_0-of-1.json" in listed
+
+
 def test_step_without_manifest_restores_unverified_with_a_warning(tmp_path, caplog):
     mesh = distributed.make_mesh()
     _save_steps(tmp_path, [2], mesh)
