@@ -404,10 +404,7 @@ class LLMNegatives:
             clean = _distinct(caption, [s.strip() for s in items if isinstance(s, str) and s.strip()])
             entry = self.cache[caption] = {"k": k, "negatives": clean}
             if self.cache_path:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.cache_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.cache, indent=1, ensure_ascii=False))
-                tmp.replace(self.cache_path)
+                fs.write_text(self.cache_path, json.dumps(self.cache, indent=1, ensure_ascii=False))
         return entry["negatives"][:k]
 
 
