@@ -2,6 +2,7 @@
 run with nothing saved past the limit, every save sees the data position of the batches the saved
 state consumed, and multi-process preemption polls gather only every `preempt_check_every` steps."""
 
+import hashlib
 import json
 
 import jax
@@ -188,13 +189,12 @@ def test_a_fresh_run_refuses_another_runs_files_unless_told_to_reuse_the_folder(
         loop.train(tiny, tmp_path)
     assert _files(tmp_path) == before  # nothing read from it, nothing written, the lock released
 
-    seen = {}
-
-    def fake_train(config, workdir, mesh, checkpointer, restore):  # what the loop would train with
-        seen["tokenizer"] = (workdir / "tokenizer.json").read_bytes()
-        return {}
-
-    monkeypatch.setattr(loop, "_train", fake_train)
+    monkeypatch.setattr(loop, "_run", lambda *args, **kwargs: {})  # the run set up (tokenizer read), no steps
     loop.train(tiny, tmp_path, workdir_reuse=True)
-    assert seen["tokenizer"] == open(tiny.tokenizer, "rb").read()  # the run's own, not the folder's
+    run_tokenizer = open(tiny.tokenizer, "rb").read()
+    assert (tmp_path / "tokenizer.json").read_bytes() == run_tokenizer  # the run's own replaced the folder's
+    assert (
+        json.loads((tmp_path / "config.json").read_text())["tokenizer_sha256"]
+        == hashlib.sha256(run_tokenizer).hexdigest()
+    )
     assert not (tmp_path / fs.LOCK_NAME).exists()
