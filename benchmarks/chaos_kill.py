@@ -360,7 +360,7 @@ def flip_case(args, reference: Path, root: Path) -> dict:
     rng = np.random.default_rng(args.seed)
     steps = finished_steps(workdir / "checkpoints")
     mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-    abstract = state_lib.abstract_state(ckpt_lib.read_config(workdir), mesh)
+    abstract = state_lib.setup(ckpt_lib.read_config(workdir), mesh).abstract
     rows = []
     for _ in range(args.flips):
         step = int(rng.choice(steps))
