@@ -15,11 +15,16 @@ that it ends bitwise equal to an uninterrupted run.
 3. compare: the final checkpoints' TrainState (step, params, BatchNorm statistics, optimizer state,
    non-finite counter) leaf by leaf with np.array_equal on the raw bytes, the grain iterator
    positions, and the loss / grad norm of every step each launch logged against the reference.
+4. flips (--flips N): in a copy of the reference run, N times one random bit of one random file of a
+   random checkpoint step (any file its sha256.json lists: array data, metadata, iterator position) is
+   flipped; each must be detected: `load_weights` of that step raises naming the file, and when the
+   step is the newest, the trainer's restore falls back to the previous step. The bytes are restored
+   after each flip.
 A kill counts as "during a checkpoint write" only if a temporary checkpoint directory of the killed
 process is still there after it died (the write was really cut). All launches share a persistent
 XLA compilation cache (DIR/xla_cache; the reference fills it), so relaunches load the compiled step.
 Every launch is bounded by --launch-timeout. Logs: DIR/logs/*.log. Prints a table and writes
-DIR/summary.json. Exit status: 0 all equal; 1 a difference, a launch that failed other than by our
+DIR/summary.json. Exit status: 0 all equal and every flip detected; 1 a difference or an undetected flip, a launch that failed other than by our
 SIGKILL or hung, or a relaunch that resumed from an older checkpoint than the newest one without
 the corrupt-checkpoint warning; 2 bad arguments; 3 the run completed before all kills landed
 (raise --steps).
@@ -333,6 +338,59 @@ def compare_metrics(reference: Path, chaos: Path) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- byte flips
+
+
+def flip_case(args, reference: Path, root: Path) -> dict:
+    """`args.flips` single-bit flips in random checkpoint files of a copy of `reference` (see module doc)."""
+    import logging
+    import shutil
+
+    import jax
+    from jax.sharding import Mesh
+
+    from clapcomp import fs
+    from clapcomp.train import checkpoint as ckpt_lib
+    from clapcomp.train import state as state_lib
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("clapcomp.train").setLevel(logging.ERROR)  # the fallback warnings: counted below
+    workdir = root / "flips"
+    shutil.copytree(reference, workdir)
+    rng = np.random.default_rng(args.seed)
+    steps = finished_steps(workdir / "checkpoints")
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+    abstract = state_lib.setup(ckpt_lib.read_config(workdir), mesh).abstract
+    rows = []
+    for _ in range(args.flips):
+        step = int(rng.choice(steps))
+        step_dir = workdir / "checkpoints" / str(step)
+        listed = json.loads((step_dir / fs.MANIFEST).read_text())["bytes"]
+        rel = str(rng.choice(sorted(r for r, n in listed.items() if n > 0)))
+        path = step_dir / rel
+        original = path.read_bytes()
+        offset, bit = int(rng.integers(len(original))), int(rng.integers(8))
+        flipped = bytearray(original)
+        flipped[offset] ^= 1 << bit
+        path.write_bytes(bytes(flipped))
+        try:
+            ckpt_lib.load_weights(workdir, mesh, step=step)
+            named = False
+        except ckpt_lib.CheckpointError as e:
+            named = str(path) in str(e)
+        fell_back = None
+        if step == steps[-1]:
+            ck = ckpt_lib.Checkpointer(workdir, keep=len(steps) + 1)
+            try:
+                fell_back = int(ck.restore(abstract, None, mode="params_only").step) == steps[-2]
+            finally:
+                ck.close()
+        path.write_bytes(original)
+        rows.append({"step": step, "file": rel, "offset": offset, "bit": bit, "named": named, "fell_back": fell_back})
+    detected = sum(r["named"] and r["fell_back"] is not False for r in rows)
+    return {"flips": len(rows), "detected": detected, "rows": rows}
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -360,6 +418,10 @@ def table(s: dict) -> str:
         ),
         ("data iterator position equal", "yes" if s["data_equal"] else "NO"),
         (
+            "flipped checkpoint bits detected (file named; newest step: fell back)",
+            f"{s['flips']['detected']} / {s['flips']['flips']}",
+        ),
+        (
             "seconds (reference / chaos / total)",
             " / ".join(f"{s['seconds'][k]:.0f}" for k in ("reference", "chaos", "total")),
         ),
@@ -380,6 +442,7 @@ def parse_args(argv):
     p.add_argument("--devices", type=int, default=2, help="simulated CPU devices")
     p.add_argument("--fsdp", type=int, default=2, help="mesh fsdp axis (parameters sharded over it)")
     p.add_argument("--launch-timeout", type=float, default=300.0, help="seconds before a launch counts as hung")
+    p.add_argument("--flips", type=int, default=20, help="single-bit flips in random checkpoint files to detect")
     args = p.parse_args(argv)
     args.steps = args.steps or max(12, args.kills + 4)
     if args.kills < 0 or args.steps < 1 or args.ckpt_every < 1:
@@ -481,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     t_chaos = time.monotonic()
     launches = chaos_launches(args, records, env, est)
     s = summarize(args, argv, launches)
+    s["flips"] = flip_case(args, root / "reference", root)
     s["seconds"] = {
         "reference": ref["seconds"],
         "chaos": time.monotonic() - t_chaos,
@@ -501,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         and s["resumed_from_newest"]
         and not s["errors"]
         and not s["hangs"]
+        and s["flips"]["detected"] == s["flips"]["flips"]
     )
     if not ok:
         return 1

@@ -10,10 +10,16 @@ clapcomp code. Usage:
 
 Both return L2-normalised float32 embeddings [B, D]. Resampling to `sample_rate` and tokenising
 (e.g. with the `tokenizers` package and the dir's tokenizer.json) are the caller's job.
+
+Trust: importing this file runs Python, and deserialising the functions runs compiled code, as HF's
+`trust_remote_code` does: use exports you made or trust. The sha256 of model.safetensors and of each
+function file, recorded in stablehlo.json at export, are checked before anything is parsed or
+deserialised (a mismatch raises ValueError naming the file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -25,9 +31,18 @@ _DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.in
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
 
 
-def read_safetensors(path) -> dict[str, np.ndarray]:
-    """Parse a .safetensors file (8-byte header size, JSON header, raw little-endian data) with numpy."""
+def checked_bytes(path, sha256: str | None) -> bytes:
+    """The bytes of `path`, after checking their sha256 against `sha256` (None: exports older than the check)."""
     data = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path}: sha256 {hashlib.sha256(data).hexdigest()} differs from {sha256} in stablehlo.json; "
+                         "the file changed since export: export again, or restore the file")  # fmt: skip
+    return data
+
+
+def read_safetensors(path, sha256: str | None = None) -> dict[str, np.ndarray]:
+    """Parse a .safetensors file (8-byte header size, JSON header, raw little-endian data) with numpy."""
+    data = checked_bytes(path, sha256)
     (size,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + size])
     out = {}
@@ -53,11 +68,10 @@ class StableHLOClap:
         self.audio_samples = int(self.manifest["audio_samples"])
         self.max_length = int(self.manifest["max_length"])
         self.pad_token_id = int(self.manifest["pad_token_id"])
-        self.params = {
-            k: jax.numpy.asarray(v) for k, v in read_safetensors(directory / self.manifest["params"]).items()
-        }
+        params = read_safetensors(directory / self.manifest["params"], self.manifest.get("params_sha256"))
+        self.params = {k: jax.numpy.asarray(v) for k, v in params.items()}
         self._fns = {
-            kind: jax.export.deserialize(bytearray((directory / spec["file"]).read_bytes()))
+            kind: jax.export.deserialize(bytearray(checked_bytes(directory / spec["file"], spec.get("sha256"))))
             for kind, spec in self.manifest["functions"].items()
         }
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
+
 MODELS = {"plain CLAP": "plain", "CompA": "compa"}
 HEADLINE = (
     ("order", "group"),
@@ -170,7 +172,7 @@ def write_outputs(per_seed: list[dict], seeds: list[int], out: Path, *, seconds:
 
     write_report(per_seed, out, seeds=seeds)
     summary = {"seeds": seeds, "per_seed": [_numbers(r) for r in per_seed], "seconds": seconds}
-    (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    fs.write_text(out / "demo.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -25,18 +25,25 @@ Formats (each a directory):
 - `onnx`: `audio.onnx` (waveform [B, T] f32 -> [B, D], front end and fusion inside, T = `--audio-samples`),
   `text.onnx` (input_ids, attention_mask int64 [B, L] -> [B, D]), tokenizer.json, onnx.json; runs in
   onnxruntime without JAX. See `clapcomp.convert.onnx` (needs the `[onnx]` extra to export).
+  stablehlo.json holds the sha256 of model.safetensors and of each function file; the loader checks them
+  before deserialising. Deserialising runs compiled code, and importing the loader runs Python: load
+  exports you made or trust, as with HF's `trust_remote_code`.
+
+The CLI writes the export into a temporary sibling of `--out` and renames it into place at the end,
+with `sha256.json` (every file's sha256 and size, checked by `clapcomp.load`). It refuses an `--out`
+that is the model itself or a training workdir (always), and a non-empty one unless `--overwrite`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.convert.safetensors import FORMAT_VERSION, flat_params, save_safetensors, tensor_name, write_tokenizer
 
 LOADER_NAME = "clapcomp_stablehlo_loader.py"
@@ -53,12 +60,12 @@ def save_hf(model, config, out: str | Path, tokenizer=None) -> list[Path]:
     out = Path(save_hf_clap(model, config, out))
     pre = json.loads((out / "preprocessor_config.json").read_text())
     pre["processor_class"] = "ClapProcessor"
-    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    fs.write_text(out / "preprocessor_config.json", json.dumps(pre, indent=2))
     files = [out / "config.json", out / "preprocessor_config.json", out / "model.safetensors"]
     written = write_tokenizer(tokenizer, out)
     if written:
         tok_cfg = hf_tokenizer_config(written[0], tokenizer.pad_id, config.text.max_length)
-        (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+        fs.write_text(out / "tokenizer_config.json", json.dumps(tok_cfg, indent=2))
         files += [*written, out / "tokenizer_config.json"]
     return files
 
@@ -105,17 +112,19 @@ def save_stablehlo(model, config, out: str | Path, tokenizer=None, *, audio_samp
         args = [jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype in inputs]
         exported = jax.export.export(jax.jit(fn), platforms=platforms)(params, *args)
         target = out / f"{kind}_embed.stablehlo"
-        target.write_bytes(exported.serialize())
+        fs.write_bytes(target, exported.serialize())
         manifest["functions"][kind] = {
             "file": target.name,
+            "sha256": fs.sha256_file(target),
             "inputs": [
                 {"name": n, "shape": ["b" if d is b else d for d in s], "dtype": np.dtype(t).name} for n, s, t in inputs
             ],
             "output": {"shape": ["b", config.projection_dim], "dtype": "float32"},
         }
         files.append(target)
-    (out / "stablehlo.json").write_text(json.dumps(manifest, indent=2))
-    shutil.copyfile(Path(__file__).with_name("_stablehlo_loader.py"), out / LOADER_NAME)
+    manifest["params_sha256"] = fs.sha256_file(out / "model.safetensors")
+    fs.write_text(out / "stablehlo.json", json.dumps(manifest, indent=2))
+    fs.write_bytes(out / LOADER_NAME, Path(__file__).with_name("_stablehlo_loader.py").read_bytes())
     return files + [out / "stablehlo.json", out / LOADER_NAME]
 
 
@@ -141,7 +150,11 @@ def main(argv: list[str]) -> int:
                         help="for a training workdir with config.ema_decay: the trained weights, not their EMA")  # fmt: skip
     parser.add_argument("--best", action="store_true",
                         help="for a training workdir with config.keep_best: the best checkpoint, not the newest")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (never a training workdir)")
     args = parser.parse_args(argv)
+    refusal = _refuse_out(Path(args.model), Path(args.out), args.overwrite)
+    if refusal:
+        parser.exit(2, f"clapcomp export: {refusal}; nothing was written\n")
     model, config, tokenizer = _load_source(args.model, args.step, args.best, args.raw_weights)
     if args.tokenizer:
         from clapcomp.tokenizer import Tokenizer
@@ -149,23 +162,39 @@ def main(argv: list[str]) -> int:
         tokenizer = Tokenizer.from_file(args.tokenizer, max_length=config.text.max_length)
     if tokenizer is None:
         print("note: the model has no tokenizer.json; the export will hold none (pass --tokenizer)", file=sys.stderr)
-    if args.format == "hf":
-        files = save_hf(model, config, args.out, tokenizer)
-    elif args.format == "safetensors":
-        files = save_safetensors(model, config, args.out, tokenizer)
-    elif args.format == "onnx":
-        from clapcomp.convert.onnx import save_onnx
+    with fs.atomic_dir(args.out, overwrite=args.overwrite, purpose="clapcomp export") as tmp:
+        if args.format == "hf":
+            files = save_hf(model, config, tmp, tokenizer)
+        elif args.format == "safetensors":
+            files = save_safetensors(model, config, tmp, tokenizer)
+        elif args.format == "onnx":
+            from clapcomp.convert.onnx import save_onnx
 
-        files = save_onnx(model, config, args.out, tokenizer, audio_samples=args.audio_samples)
-    else:
-        platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-        files = save_stablehlo(
-            model, config, args.out, tokenizer, audio_samples=args.audio_samples, platforms=platforms
-        )
+            files = save_onnx(model, config, tmp, tokenizer, audio_samples=args.audio_samples)
+        else:
+            platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+            files = save_stablehlo(model, config, tmp, tokenizer, audio_samples=args.audio_samples, platforms=platforms)
+        fs.write_manifest(tmp)
     print(f"wrote {args.format} export to {args.out}:")
-    for f in files:
-        print(f"  {f.name:32s} {f.stat().st_size:>14,d} bytes")
+    for name in [f.name for f in files] + [fs.MANIFEST]:
+        print(f"  {name:32s} {(Path(args.out) / name).stat().st_size:>14,d} bytes")
     return 0
+
+
+def _refuse_out(model: Path, out: Path, overwrite: bool) -> str | None:
+    """Why `--out` must not be written (None when it may): the model itself or a training workdir (holds
+    checkpoints/: `clapcomp.load` would find the export, not the run), or non-empty without --overwrite."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; pass a folder"
+    if (out / "checkpoints").exists():
+        return f"--out {out} holds checkpoints/ (a training workdir); an export there would shadow the run: pass another folder"
+    try:
+        fs.refuse_inputs(out, [model], flag="--out")
+    except ValueError as e:
+        return str(e)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        return f"--out {out} is not empty; pass a new folder, or --overwrite to replace its contents"
+    return None
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from clapcomp import fs
 from clapcomp.audio import prepare_waveforms
 from clapcomp.decode import DecodeError, Limits, check_header, probe, read_audio
 from clapcomp.models.configs import ClapConfig
@@ -103,6 +104,8 @@ def load(
     if kwargs and layout.name != "clapcomp-workdir":
         what = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ValueError(f"{what} selects from a training workdir's checkpoints; {path} is a {layout.name}")
+    if path.is_dir() and layout.name != "clapcomp-workdir":  # checkpoints: their own manifests, per step
+        fs.verify_manifest(path)  # an export's sha256.json; fs.CorruptFile (a ValueError) names the file
     config, model = getattr(importlib.import_module(module), function)(path, **kwargs)
     return Clap(model, config, _tokenizer(tokenizer, path, config), max_batch=max_batch)
 
@@ -261,8 +264,9 @@ def main(argv: list[str]) -> int:
         for name, row in zip(args.audio, sims, strict=True):
             print(f"{Path(name).name[:40]:40s}" + "".join(f"{v:9.4f}" for v in row))
     if args.out:
-        np.savez(args.out, audio_embeddings=audio_emb, text_embeddings=text_emb, similarity=sims,
-                 audio_files=np.asarray(args.audio, dtype=str), texts=np.asarray(args.text, dtype=str))  # fmt: skip
+        with fs.atomic_file(args.out, "wb") as f:  # np.savez to a path would also append ".npz"
+            np.savez(f, audio_embeddings=audio_emb, text_embeddings=text_emb, similarity=sims,
+                     audio_files=np.asarray(args.audio, dtype=str), texts=np.asarray(args.text, dtype=str))  # fmt: skip
         print(f"wrote {args.out}")
     return 0
 

@@ -198,6 +198,48 @@ def test_safetensors_mismatch_is_a_clear_error(tmp_path, made):
         st_format.load_exported(tmp_path / "st")
 
 
+def test_cli_refuses_the_model_a_workdir_and_a_full_folder_and_writes_a_checked_manifest(tmp_path, made, capsys):
+    from clapcomp import fs
+
+    cfg, model, tok = made
+    src = tmp_path / "src"
+    st_format.save_safetensors(model, cfg, src, tok)
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text("{}")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("keep")
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    for out, extra, why in [
+        (src, ["--overwrite"], "would overwrite the input"),
+        (workdir, ["--overwrite"], "holds checkpoints/ (a training workdir)"),
+        (full, [], "is not empty; pass a new folder, or --overwrite"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            export.main(["--model", str(src), "--format", "safetensors", "--out", str(out), *extra])
+        assert info.value.code == 2 and why in capsys.readouterr().err
+    assert snapshot() == before  # nothing written, nothing touched
+
+    assert export.main(["--model", str(src), "--format", "safetensors", "--out", str(full), "--overwrite"]) == 0
+    assert sorted(p.name for p in full.iterdir()) == [
+        "clapcomp.json",
+        "model.safetensors",
+        fs.MANIFEST,
+        "tokenizer.json",
+    ]
+    assert fs.verify_manifest(full)
+    data = bytearray((full / "model.safetensors").read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor: still a valid safetensors file
+    (full / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(fs.CorruptFile, match=r"model.safetensors: sha256 .* the bytes changed"):
+        __import__("clapcomp").load(full)
+
+
 FRESH = textwrap.dedent(
     """
     import sys
@@ -250,3 +292,15 @@ def test_stablehlo_runs_in_a_fresh_process_without_clapcomp(tmp_path, made):
     np.testing.assert_allclose(got["text3"], text, atol=1e-4)
     np.testing.assert_allclose(got["text1"], text[:1], atol=1e-4)  # unpadded input, padded by the loader
     assert np.asarray(__import__("clapcomp").load(out).embed_text(TEXTS)).shape == (3, cfg.projection_dim)
+
+    import importlib.util  # the loader checks each file's sha256 (stablehlo.json) before parsing or deserialising
+
+    spec = importlib.util.spec_from_file_location("loader", out / export.LOADER_NAME)
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    for name in ("audio_embed.stablehlo", "model.safetensors"):
+        original = (out / name).read_bytes()
+        (out / name).write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
+        with pytest.raises(ValueError, match=rf"{name}: sha256 .* differs from .* in stablehlo.json"):
+            loader.StableHLOClap(out)
+        (out / name).write_bytes(original)

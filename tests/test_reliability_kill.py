@@ -1,7 +1,8 @@
 """Kill anywhere: benchmarks/chaos_kill.py SIGKILLs a tiny CPU training run 3 times
 (seed 0 plans one kill at start-up, one inside an async checkpoint write, one during training steps),
 relaunches it after each, and the resumed run ends with parameters, optimizer state and BatchNorm
-statistics bitwise equal to an uninterrupted run's. The final states are re-read and compared here
+statistics bitwise equal to an uninterrupted run's; then single-bit flips in random checkpoint files
+are each detected (named by load_weights; the newest step falls back). The final states are re-read and compared here
 with the trainer tests' own helpers, independently of the script's comparison. Single kills at
 chosen points are in tests/train/test_resume.py.
 """
@@ -18,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clapcomp import fs
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "chaos_kill.py"
-KILLS, STEPS = 3, 12
+KILLS, STEPS, FLIPS = 3, 12, 4
 
 
 def _load(path: Path, name: str):
@@ -47,6 +50,8 @@ def chaos(tmp_path_factory):
             str(root),
             "--launch-timeout",
             "200",
+            "--flips",
+            str(FLIPS),
         ],
         capture_output=True,
         text=True,
@@ -54,6 +59,17 @@ def chaos(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, json.loads((root / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_every_flipped_checkpoint_bit_is_detected(chaos):
+    root, s = chaos
+    assert s["flips"]["flips"] == FLIPS and s["flips"]["detected"] == FLIPS
+    for row in s["flips"]["rows"]:  # the flipped file is named; a flip in the newest step falls back
+        assert row["named"] and row["fell_back"] in (None, True), row
+    copy = root / "flips" / "checkpoints"
+    for step in {row["step"] for row in s["flips"]["rows"]}:  # every flip was undone: the copy verifies again
+        assert fs.verify_manifest(copy / str(step))
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from clapcomp import fs
 from clapcomp.audio import AudioConfig
 from clapcomp.convert.weights import read_tensors
 from clapcomp.models.configs import ClapConfig, HTSATConfig, TextConfig
@@ -496,8 +497,8 @@ def save_hf_clap(model, cfg: ClapConfig, directory: str | Path) -> Path:
 
     hf_config = hf_config_from_clap(cfg)  # refuses what HF cannot hold before anything is written
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_from_clap(cfg), indent=2))
-    save_file(clap_to_hf_tensors(model, cfg), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    fs.write_text(directory / "config.json", json.dumps(hf_config, indent=2))
+    fs.write_text(directory / "preprocessor_config.json", json.dumps(preprocessor_config_from_clap(cfg), indent=2))
+    with fs.atomic_path(directory / "model.safetensors") as tmp:
+        save_file(clap_to_hf_tensors(model, cfg), str(tmp), metadata={"format": "pt"})
     return directory

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from clapcomp.audio import AudioConfig
+from clapcomp.convert.weights import torch_load
 from clapcomp.models.configs import ClapConfig, HTSATConfig, TextConfig
 
 # LAION name (after "audio_branch." / "text_branch." etc.) -> HF ClapModel name. Regex rows, first match.
@@ -59,15 +60,9 @@ DROPPED = re.compile(
 
 def read_laion_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """The state dict of a LAION-CLAP / CompA `.pt` as numpy (float32 / int), wrapper prefixes removed."""
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"{path} is a PyTorch checkpoint; reading it needs torch (pip install torch)") from e
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled code objects
-        raise ValueError(f"cannot read {path} with torch.load(weights_only=True): {e}. clapcomp only reads "
-                         "checkpoints made of plain tensors; re-save it as {'state_dict': model.state_dict()}") from e  # fmt: skip
+    ckpt = torch_load(path)  # torch>=2.6, weights_only
+    import torch
+
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(

@@ -28,10 +28,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
+
+from clapcomp import fs
 
 FORMAT = "clapcomp-onnx"
 OPSET = 23
@@ -146,12 +147,6 @@ def _int64_inputs(model, names: list[str]) -> None:
         inp.type.tensor_type.elem_type = TensorProto.INT64
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def audio_graph(model, config, samples: int, opset: int = OPSET):
     """audio.onnx's graph: waveform [B, samples] f32 -> audio_embeds [B, D], every row a whole clip."""
     import jax
@@ -192,8 +187,8 @@ def save_onnx(model, config, out: str | Path, tokenizer=None, *, audio_samples: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "audio.onnx", out / "text.onnx"]
-    _write(files[0], audio.SerializeToString())
-    _write(files[1], text.SerializeToString())
+    fs.write_bytes(files[0], audio.SerializeToString())
+    fs.write_bytes(files[1], text.SerializeToString())
     files += write_tokenizer(tokenizer, out)
     dim = config.projection_dim
     manifest = {
@@ -205,5 +200,5 @@ def save_onnx(model, config, out: str | Path, tokenizer=None, *, audio_samples: 
         "text": {"file": "text.onnx", "inputs": {n: ["B", length, "int64"] for n in ("input_ids", "attention_mask")},
                  "outputs": {"text_embeds": ["B", dim, "float32"]}},
     }  # fmt: skip
-    _write(out / "onnx.json", json.dumps(manifest, indent=2).encode())
+    fs.write_bytes(out / "onnx.json", json.dumps(manifest, indent=2).encode())
     return files + [out / "onnx.json"]

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from clapcomp.audio import AISFX_AUDIO, AudioConfig
+from clapcomp.convert.weights import torch_load
 from clapcomp.models.configs import CNN_PRESETS, CnnConfig
 
 AISFX_CREDIT = (
@@ -40,19 +41,6 @@ AISFX_CREDIT = (
 _BLOCK = re.compile(r"conv_block(\d+)\.(conv[12]\.weight|bn[12]\.(weight|bias|running_mean|running_var))$")
 _DROPPED = re.compile(r"(spectrogram_extractor|logmel_extractor|fc_audioset)\.|.*num_batches_tracked$")
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-def _torch_load(path: str | Path, safe_globals=()):
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"{path} is a PyTorch checkpoint; reading it needs torch (pip install torch)") from e
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled code objects
-        raise ValueError(f"cannot read {path} with torch.load(weights_only=True): {e}. clapcomp only reads "
-                         "checkpoints made of plain tensors; re-save it as {'state_dict': model.state_dict()}") from e  # fmt: skip
 
 
 def _numpy_state(state, prefix: str) -> dict[str, np.ndarray]:
@@ -68,7 +56,7 @@ def _numpy_state(state, prefix: str) -> dict[str, np.ndarray]:
 
 def read_panns_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """A PANNs `.pth` or LAION-CLAP PANN `.pt` -> the CNN's tensors (keys `conv_block1.conv1.weight`, ...)."""
-    ckpt = _torch_load(path)
+    ckpt = torch_load(path)
     state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds no state dict (got {type(ckpt).__name__})")
@@ -175,7 +163,7 @@ def _aisfx_safe_globals():
 def read_aisfx_checkpoint(path: str | Path | None = None) -> dict[str, np.ndarray]:
     """aisfx's `checkpoint.pth` -> its embedding network's tensors (`conv_block1.conv1.weight`, ...)."""
     path = Path(path) if path is not None else aisfx_checkpoint_path()
-    ckpt = _torch_load(path, _aisfx_safe_globals())
+    ckpt = torch_load(path, _aisfx_safe_globals())
     if not (isinstance(ckpt, tuple) and len(ckpt) == 2 and isinstance(ckpt[0], dict)):
         raise ValueError(f"{path} is not aisfx's (state_dict, datasets) checkpoint (got {type(ckpt).__name__})")
     state = {k: v for k, v in ckpt[0].items() if not k.startswith("fc.")}  # per-dataset classifiers

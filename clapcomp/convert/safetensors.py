@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
+
+from clapcomp import fs
 
 FORMAT = "clapcomp-safetensors"
 FORMAT_VERSION = 1
@@ -38,10 +39,10 @@ def save_safetensors(model, config, out: str | Path, tokenizer=None) -> list[Pat
     from safetensors.numpy import save_file
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(flat_params(model), str(out / "model.safetensors"), metadata={"format": FORMAT})
+    with fs.atomic_path(out / "model.safetensors") as tmp:
+        save_file(flat_params(model), str(tmp), metadata={"format": FORMAT})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
-    (out / "clapcomp.json").write_text(json.dumps(meta, indent=2))
+    fs.write_text(out / "clapcomp.json", json.dumps(meta, indent=2))
     return [out / "model.safetensors", out / "clapcomp.json", *write_tokenizer(tokenizer, out)]
 
 
@@ -90,5 +91,5 @@ def write_tokenizer(tokenizer, out: Path) -> list[Path]:
     if not src.is_file():
         raise ValueError(f"the tokenizer was not read from a file ({tokenizer.source}); cannot copy its tokenizer.json")
     if src.resolve() != (out / "tokenizer.json").resolve():
-        shutil.copyfile(src, out / "tokenizer.json")
+        fs.write_bytes(out / "tokenizer.json", src.read_bytes())
     return [out / "tokenizer.json"]

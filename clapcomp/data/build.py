@@ -35,6 +35,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.data.negatives import clean_negatives
 from clapcomp.data.reasons import REASONS, BadData
 from clapcomp.data.records import AUDIO_FORMATS, ShardWriter, call_with_timeout
@@ -151,6 +152,7 @@ def build(
 ) -> dict:
     """Convert `inputs` to ArrayRecord shards in `out_dir`; returns (and writes) the stats."""
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    fs.refuse_inputs(out_dir, [*inputs, manual_dir])
     items = iter_items(inputs, format, allow_outside_root=allow_outside_root, max_file_mb=max_file_mb,
                        tfds_name=tfds_name, manual_dir=manual_dir, tfds_split=tfds_split,
                        tfds_data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds"))  # fmt: skip
@@ -158,19 +160,20 @@ def build(
     kw = convert_options(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
                          max_file_mb=max_file_mb, max_decoded_samples=max_decoded_samples, timeout_s=timeout_s,
                          silence_threshold=silence_threshold, max_caption_chars=max_caption_chars)  # fmt: skip
-    stats, start, stopped = BuildStats(), time.time(), None
-    with ShardWriter(out_dir, shard_size=shard_size, audio_format=audio_format) as writer:
-        for item, cand in items:
-            outcome = convert(cand, **kw)
-            if outcome[0] == "written":
-                writer.write(outcome[1])
-            stats.count(item, outcome)
-            stopped = over_budget(stats, max_error_rate, min_items_for_rate, out_dir)
-            if stopped:
-                break
-    shards = [os.path.basename(s) for s in writer.shards]
-    return finish(out_dir, stats, shards, stopped, start, format=format, inputs=inputs, sample_rate=sample_rate,
-                  audio_format=audio_format)  # fmt: skip
+    with fs.lock_folder(out_dir, purpose="clapcomp data build"):  # one build per folder
+        stats, start, stopped = BuildStats(), time.time(), None
+        with ShardWriter(out_dir, shard_size=shard_size, audio_format=audio_format) as writer:
+            for item, cand in items:
+                outcome = convert(cand, **kw)
+                if outcome[0] == "written":
+                    writer.write(outcome[1])
+                stats.count(item, outcome)
+                stopped = over_budget(stats, max_error_rate, min_items_for_rate, out_dir)
+                if stopped:
+                    break
+        shards = [os.path.basename(s) for s in writer.shards]
+        return finish(out_dir, stats, shards, stopped, start, format=format, inputs=inputs, sample_rate=sample_rate,
+                      audio_format=audio_format)  # fmt: skip
 
 
 def iter_items(inputs: list[str], format: str, *, allow_outside_root: bool, max_file_mb: float, **tfds) -> Iterator:
@@ -241,9 +244,7 @@ def finish(out_dir: str, stats: BuildStats, shards: list[str], stopped: str | No
     """Writes (atomically) and returns stats.json; raises `BuildError` if the build `stopped`."""
     result = {**head, **stats.to_dict(), "shards": shards, "elapsed_s": round(time.time() - start, 3),
               "stopped": stopped}  # fmt: skip
-    with open(os.path.join(out_dir, "stats.json.tmp"), "w") as f:
-        json.dump(result, f, indent=1, ensure_ascii=False)
-    os.replace(os.path.join(out_dir, "stats.json.tmp"), os.path.join(out_dir, "stats.json"))
+    fs.write_json(os.path.join(out_dir, "stats.json"), result, indent=1, ensure_ascii=False)
     if stopped:
         raise BuildError(stopped)
     return result
@@ -312,7 +313,7 @@ def main(argv: list[str]) -> int:
             stats = build_beam(**kwargs, **runner_args)
         else:
             stats = build(**kwargs)
-    except (BuildError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (BuildError, ValueError, FileNotFoundError, FileExistsError, fs.LockHeld) as e:
         print(f"clapcomp data build: {e}", file=sys.stderr)
         return 1
     print(

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.decode import DecodeError, Limits, read_audio
 
 CONCAT_CONNECTIVES = ("followed by", "before", "and then", "after which")
@@ -508,6 +509,7 @@ def compose_one(
 
 
 KINDS = ("tree", "loudness", "counting")
+OUTPUTS = ("manifest.jsonl", "audio")  # what main writes: a folder holding only these is replaced whole
 
 
 def main(argv: list[str]) -> int:
@@ -527,12 +529,22 @@ def main(argv: list[str]) -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or set(kinds) - set(KINDS):
         ap.error(f"--kinds must name some of {', '.join(KINDS)}, got {args.kinds!r}")
+    try:
+        fs.refuse_inputs(args.out, [args.events, args.events.parent])
+    except ValueError as e:
+        ap.error(str(e))
     clips, labels = _load_events(args.events, args.sample_rate, Limits(max_seconds=args.max_seconds))
     if len(clips) < 2:
         raise SystemExit(f"{args.events} needs at least 2 event clips to compose")
     rng = np.random.default_rng(args.seed)
-    (args.out / "audio").mkdir(parents=True, exist_ok=True)
-    with (args.out / "manifest.jsonl").open("w") as f:
+    # Into a temporary sibling, renamed into place at the end: an earlier output survives a failed run.
+    with (
+        fs.atomic_dir(
+            args.out, overwrite=fs.replaceable(args.out, OUTPUTS, "manifest.jsonl"), purpose="clapcomp data compose"
+        ) as out,
+        (out / "manifest.jsonl").open("w") as f,
+    ):
+        (out / "audio").mkdir()
         for n in range(args.n):
             kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
             audio, ex = compose_one(
@@ -545,7 +557,7 @@ def main(argv: list[str]) -> int:
                 count_seconds=args.count_seconds,
             )
             rel = f"audio/{n:06d}.flac"
-            sf.write(str(args.out / rel), audio, args.sample_rate, format="FLAC")
+            sf.write(str(out / rel), audio, args.sample_rate, format="FLAC")
             f.write(json.dumps({"audio": rel, "kind": kind, **ex}) + "\n")
     print(f"wrote {args.n} composed examples to {args.out / 'manifest.jsonl'}")
     return 0

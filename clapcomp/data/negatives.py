@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
+
 log = logging.getLogger(__name__)
 
 _CONNECTIVE = re.compile(
@@ -402,10 +404,7 @@ class LLMNegatives:
             clean = _distinct(caption, [s.strip() for s in items if isinstance(s, str) and s.strip()])
             entry = self.cache[caption] = {"k": k, "negatives": clean}
             if self.cache_path:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.cache_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.cache, indent=1, ensure_ascii=False))
-                tmp.replace(self.cache_path)
+                fs.write_text(self.cache_path, json.dumps(self.cache, indent=1, ensure_ascii=False))
         return entry["negatives"][:k]
 
 
@@ -442,13 +441,19 @@ def _negatives(argv: list[str]) -> int:
         ap.error("--llm-url needs --llm-model")
     if args.manifest.suffix != ".jsonl":
         ap.error(f"--manifest must be a .jsonl file, got {args.manifest}")
+    cache = args.llm_cache or args.out.with_name(args.out.name + ".llm_cache.json")
+    try:  # before anything is opened: `--out m.jsonl --manifest m.jsonl` used to truncate the input to 0 bytes
+        fs.refuse_inputs(args.out, [args.manifest, args.vocabulary, cache if args.llm_url else None])
+        if args.llm_url:
+            fs.refuse_inputs(cache, [args.manifest, args.vocabulary], flag="--llm-cache")
+    except ValueError as e:
+        ap.error(str(e))
     vocab = None
     if args.vocabulary:
         vocab = [line.strip() for line in args.vocabulary.read_text().splitlines() if line.strip()]
     rules = NegativeGenerator(args.seed, vocab)
     llm = None
     if args.llm_url:
-        cache = args.llm_cache or args.out.with_name(args.out.name + ".llm_cache.json")
         try:
             llm = LLMNegatives(
                 args.llm_url, args.llm_model, api_key_env=args.llm_key_env, cache_path=cache,
@@ -466,8 +471,7 @@ def _negatives(argv: list[str]) -> int:
         "llm_failed": 0,
         "negatives_dropped_equal_to_positive": 0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.manifest.open() as fin, args.out.open("w") as fout:
+    with args.manifest.open() as fin, fs.atomic_file(args.out, "w") as fout:  # --out appears whole, or not at all
         for line in fin:
             if not line.strip():
                 continue

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.data import compose
 from clapcomp.data.negatives import NegativeGenerator, normalize
 
@@ -268,85 +269,92 @@ def synthesize(
     if audio_format not in ("flac", "wav"):
         raise ValueError(f"audio_format must be 'flac' or 'wav', got {audio_format!r}")
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ext = audio_format
-    rules = NegativeGenerator(seed, vocabulary=EVENTS)
-    renderings = []
+    final = Path(out_dir)  # written into a temporary sibling `out`, renamed into place at the end
+    with fs.atomic_dir(
+        final, overwrite=fs.replaceable(final, OUTPUTS, "synth.json"), purpose="clapcomp data synth"
+    ) as out:
+        ext = audio_format
+        rules = NegativeGenerator(seed, vocabulary=EVENTS)
+        renderings = []
 
-    def record(split, rel, events, place):
-        renderings.append({"split": split, "file": rel, "events": [[n, a, s] for n, a, s in events], "place": place})
+        def record(split, rel, events, place):
+            renderings.append(
+                {"split": split, "file": rel, "events": [[n, a, s] for n, a, s in events], "place": place}
+            )
 
-    for split, count, path in (("train", n_train, "train.jsonl"), ("retrieval", n_retrieval, "retrieval.jsonl")):
-        maker = _Maker(seed, split, sample_rate, clip_seconds)
-        with (out / path).open("w") as f:
-            for i in range(count):
-                audio, ex, events, place = _train_example(
-                    maker, i, rules, n_negatives, mix if split == "train" else MIX
-                )
-                rel = f"audio/{split}/{i:06d}.{ext}"
-                _write(out / rel, audio, sample_rate, ext)
-                row = {"audio": rel, **ex} if split == "train" else {"audio": rel, "caption": ex["caption"]}
-                f.write(json.dumps(row) + "\n")
-                record(split, rel, events, place)
+        for split, count, path in (("train", n_train, "train.jsonl"), ("retrieval", n_retrieval, "retrieval.jsonl")):
+            maker = _Maker(seed, split, sample_rate, clip_seconds)
+            with (out / path).open("w") as f:
+                for i in range(count):
+                    audio, ex, events, place = _train_example(
+                        maker, i, rules, n_negatives, mix if split == "train" else MIX
+                    )
+                    rel = f"audio/{split}/{i:06d}.{ext}"
+                    _write(out / rel, audio, sample_rate, ext)
+                    row = {"audio": rel, **ex} if split == "train" else {"audio": rel, "caption": ex["caption"]}
+                    f.write(json.dumps(row) + "\n")
+                    record(split, rel, events, place)
 
-    maker = _Maker(seed, "order", sample_rate, clip_seconds)
-    rows = []
-    for i in range(n_order):
-        rng = maker.rng(i)
-        x, y = _two(rng)
-        sx, sy, sp = (int(s) for s in rng.integers(0, 2**63 - 1, size=3))
-        ex_, ey_ = maker.event(x, {}, sx), maker.event(y, {}, sy)
-        files = [f"audio/order/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed", "triplet")]
-        _write(out / files[0], maker.place(compose.concat_audio(ex_, ey_), sp), sample_rate, ext)
-        _write(out / files[1], maker.place(compose.concat_audio(ey_, ex_), sp), sample_rate, ext)
-        row = [
-            f"{_phrase(x)} followed by {_phrase(y)}",
-            f"{_phrase(y)} followed by {_phrase(x)}",
-            files[0],
-            files[1],
-            "-",
-            "-",
-        ]
-        if i % 4 == 3:
-            _write(out / files[2], maker.place(compose.overlay_audio(ex_, ey_), sp), sample_rate, ext)
-            row[4:] = [f"{_phrase(x)} with {_phrase(y)}", files[2]]
-        rows.append(row)
-        for f in files[: 3 if i % 4 == 3 else 2]:
-            record("order", f, [(x, {}, sx), (y, {}, sy)], sp)
-    write_csv(out / "order.csv", ORDER_COLUMNS, rows)
+        maker = _Maker(seed, "order", sample_rate, clip_seconds)
+        rows = []
+        for i in range(n_order):
+            rng = maker.rng(i)
+            x, y = _two(rng)
+            sx, sy, sp = (int(s) for s in rng.integers(0, 2**63 - 1, size=3))
+            ex_, ey_ = maker.event(x, {}, sx), maker.event(y, {}, sy)
+            files = [f"audio/order/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed", "triplet")]
+            _write(out / files[0], maker.place(compose.concat_audio(ex_, ey_), sp), sample_rate, ext)
+            _write(out / files[1], maker.place(compose.concat_audio(ey_, ex_), sp), sample_rate, ext)
+            row = [
+                f"{_phrase(x)} followed by {_phrase(y)}",
+                f"{_phrase(y)} followed by {_phrase(x)}",
+                files[0],
+                files[1],
+                "-",
+                "-",
+            ]
+            if i % 4 == 3:
+                _write(out / files[2], maker.place(compose.overlay_audio(ex_, ey_), sp), sample_rate, ext)
+                row[4:] = [f"{_phrase(x)} with {_phrase(y)}", files[2]]
+            rows.append(row)
+            for f in files[: 3 if i % 4 == 3 else 2]:
+                record("order", f, [(x, {}, sx), (y, {}, sy)], sp)
+        write_csv(out / "order.csv", ORDER_COLUMNS, rows)
 
-    maker = _Maker(seed, "attribute", sample_rate, clip_seconds)
-    rows = []
-    for i in range(n_attribute):
-        rng = maker.rng(i)
-        kind, x, y, a1, a2 = _attribute_pair(rng)
-        sx, sy, sp = (int(s) for s in rng.integers(0, 2**63 - 1, size=3))
-        files = [f"audio/attribute/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed")]
-        for f, (ax, ay) in zip(files, ((a1, a2), (a2, a1)), strict=True):
-            ex_, ey_ = maker.event(x, {kind: ax}, sx), maker.event(y, {kind: ay}, sy)
-            audio = compose.overlay_audio(ex_, ey_, balance=False, tile=False)
-            _write(out / f, maker.place(audio, sp), sample_rate, ext)
-            record("attribute", f, [(x, {kind: ax}, sx), (y, {kind: ay}, sy)], sp)
-        rows.append([f"{_phrase(x, a1)} and {_phrase(y, a2)}", f"{_phrase(x, a2)} and {_phrase(y, a1)}", *files])
-    write_csv(out / "attribute.csv", ORDER_COLUMNS[:4], rows)
+        maker = _Maker(seed, "attribute", sample_rate, clip_seconds)
+        rows = []
+        for i in range(n_attribute):
+            rng = maker.rng(i)
+            kind, x, y, a1, a2 = _attribute_pair(rng)
+            sx, sy, sp = (int(s) for s in rng.integers(0, 2**63 - 1, size=3))
+            files = [f"audio/attribute/{i:06d}_{tag}.{ext}" for tag in ("pair", "reversed")]
+            for f, (ax, ay) in zip(files, ((a1, a2), (a2, a1)), strict=True):
+                ex_, ey_ = maker.event(x, {kind: ax}, sx), maker.event(y, {kind: ay}, sy)
+                audio = compose.overlay_audio(ex_, ey_, balance=False, tile=False)
+                _write(out / f, maker.place(audio, sp), sample_rate, ext)
+                record("attribute", f, [(x, {kind: ax}, sx), (y, {kind: ay}, sy)], sp)
+            rows.append([f"{_phrase(x, a1)} and {_phrase(y, a2)}", f"{_phrase(x, a2)} and {_phrase(y, a1)}", *files])
+        write_csv(out / "attribute.csv", ORDER_COLUMNS[:4], rows)
 
-    with (out / "renderings.jsonl").open("w") as f:
-        for r in renderings:
-            f.write(json.dumps(r) + "\n")
-    names = {"train": "train.jsonl", "order": "order.csv", "attribute": "attribute.csv",
-             "retrieval": "retrieval.jsonl", "renderings": "renderings.jsonl"}  # fmt: skip
-    summary = {
-        **names,
-        "counts": {"train": n_train, "order": n_order, "order_triplets": n_order // 4, "attribute": n_attribute,
-                   "retrieval": n_retrieval, "events": len(EVENTS)},
-        "sample_rate": sample_rate,
-        "clip_seconds": clip_seconds,
-        "seed": seed,
-    }  # fmt: skip
-    (out / "synth.json").write_text(json.dumps(summary, indent=1) + "\n")  # paths relative to out_dir
-    return {**summary, **{k: str(out / p) for k, p in names.items()}, "seconds": time.perf_counter() - t0}
+        with (out / "renderings.jsonl").open("w") as f:
+            for r in renderings:
+                f.write(json.dumps(r) + "\n")
+        names = {"train": "train.jsonl", "order": "order.csv", "attribute": "attribute.csv",
+                 "retrieval": "retrieval.jsonl", "renderings": "renderings.jsonl"}  # fmt: skip
+        summary = {
+            **names,
+            "counts": {"train": n_train, "order": n_order, "order_triplets": n_order // 4, "attribute": n_attribute,
+                       "retrieval": n_retrieval, "events": len(EVENTS)},
+            "sample_rate": sample_rate,
+            "clip_seconds": clip_seconds,
+            "seed": seed,
+        }  # fmt: skip
+        fs.write_text(out / "synth.json", json.dumps(summary, indent=1) + "\n")  # paths relative to out_dir
+    return {**summary, **{k: str(final / p) for k, p in names.items()}, "seconds": time.perf_counter() - t0}
 
+
+# What synthesize writes: an output folder holding only these is an earlier dataset, replaced whole.
+OUTPUTS = ("train.jsonl", "order.csv", "attribute.csv", "retrieval.jsonl", "renderings.jsonl", "synth.json", "audio")
 
 ORDER_COLUMNS = (
     "pair_caption",

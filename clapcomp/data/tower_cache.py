@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from clapcomp import fs
 
 FILES = ("pooled.npy", "digests.txt", "stats.json")  # stats.json last: its presence marks a complete cache
 
@@ -76,18 +77,12 @@ class TowerCache:
     def save(self, out_dir: str | Path, **stats) -> Path:
         """Writes the cache into `out_dir` (stats.json last; `stats` are extra JSON fields)."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         rows = np.stack(self.rows) if self.rows else np.zeros((0, 0), np.float32)
-        for name, write in (
-            ("pooled.npy", lambda f: np.save(f, rows, allow_pickle=False)),
-            ("digests.txt", lambda f: f.write("".join(f"{d}\n" for d in self.index).encode())),
-            ("stats.json", lambda f: f.write(json.dumps(
-                {"tower": self.tower, "width": int(rows.shape[1]), "count": len(self), **stats}, indent=1
-            ).encode() + b"\n")),
-        ):  # fmt: skip
-            with open(out / f"{name}.tmp", "wb") as f:
-                write(f)
-            os.replace(out / f"{name}.tmp", out / name)
+        with fs.atomic_file(out / "pooled.npy", "wb") as f:
+            np.save(f, rows, allow_pickle=False)
+        fs.write_text(out / "digests.txt", "".join(f"{d}\n" for d in self.index))
+        fs.write_json(out / "stats.json", {"tower": self.tower, "width": int(rows.shape[1]), "count": len(self), **stats},
+                      indent=1)  # fmt: skip
         self.path = out
         return out
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
+
 SCORES = ("text", "audio", "group")
 
 
@@ -25,7 +27,8 @@ def write_report(runs: Sequence[dict[str, dict[str, dict]]], out_dir, *, seeds: 
     """Write `results.json` and the PNG plots of `runs` (one per seed) into out_dir; returns the written paths.
 
     results.json holds the run itself when there is one, else {"seeds": [...], "per_seed": [run, ...]}.
-    `seeds` (one per run, or empty) names the runs in the chart titles.
+    `seeds` (one per run, or empty) names the runs in the chart titles. Each file is written whole (temp
+    sibling + rename), results.json last: a report cut short leaves the previous results.json.
     """
     import matplotlib
 
@@ -36,11 +39,11 @@ def write_report(runs: Sequence[dict[str, dict[str, dict]]], out_dir, *, seeds: 
         raise ValueError("no results to report")
     if seeds and len(seeds) != len(runs):
         raise ValueError(f"{len(seeds)} seeds for {len(runs)} runs; give one seed per run (or none)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return _write(plt, runs, seeds, Path(out_dir))
+
+
+def _write(plt, runs: Sequence[dict], seeds: Sequence[int], out_dir: Path) -> list[Path]:
     paths = [out_dir / "results.json"]
-    doc = runs[0] if len(runs) == 1 else {"seeds": list(seeds), "per_seed": list(runs)}
-    paths[0].write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
 
     results, spread = _mean_and_spread(runs)
     tag = _seeds_tag(seeds, len(runs))
@@ -65,6 +68,8 @@ def write_report(runs: Sequence[dict[str, dict[str, dict]]], out_dir, *, seeds: 
             paths.append(_save(plt, fig, out_dir, f"{bench}_zeroshot"))
         else:
             raise ValueError(f"benchmark {bench!r} has unknown kind {kind!r}; expected compa, retrieval or zeroshot")
+    doc = runs[0] if len(runs) == 1 else {"seeds": list(seeds), "per_seed": list(runs)}
+    fs.write_text(paths[0], json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")  # last (see write_report)
     return paths
 
 
@@ -110,7 +115,8 @@ def _clean(x):
 
 def _save(plt, fig, out_dir: Path, stem: str) -> Path:
     path = out_dir / (re.sub(r"[^\w.-]+", "_", stem) + ".png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with fs.atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -6,6 +6,9 @@ Layout of a workdir:
                                           opt_state, nonfinite_run)
     <workdir>/checkpoints/<step>/data     the grain iterator position (one JSON per process)
     <workdir>/checkpoints/<step>/metrics  with `config.keep_best`: the evaluators' metrics of that step
+    <workdir>/checkpoints/<step>/sha256.json  sha256 + size of every file of the step (clapcomp.fs), written
+                                          by process 0 once the step's files are complete, before Orbax
+                                          renames the step into place (so it commits with the step)
     <workdir>/restore_log.jsonl           what a restore skipped or accepted (one JSON per event)
 
 Saves are asynchronous (the device->host copy blocks, the writes run in the background) and atomic
@@ -16,12 +19,14 @@ happens when a step cannot be read depends on the cause, and no file is ever mov
 restore:
 - incompatible (array tree, shape or dtype differs from the current config; the data state was
   written by another process count) -> `IncompatibleCheckpoint`, naming what differs and how to go on;
-- corrupt (missing or truncated files) -> skipped, recorded in restore_log.jsonl, the previous step
+- corrupt (missing or truncated files, or bytes that differ from the step's sha256.json: checked on
+  every restore, alongside the read) -> skipped, recorded in restore_log.jsonl, the previous step
   is tried; when training later reaches a skipped step number again, `save` keeps the corrupt copy
   as `<workdir>/checkpoints_corrupt/<step>` (loudly) before writing the new one;
 - transient I/O (permission, I/O errors) -> retried with back-off, then `TransientCheckpointError`;
 - anything else -> `CheckpointError` with the original error; nothing is skipped.
-It never starts from scratch over existing checkpoints: when none can be read, it raises.
+It never starts from scratch over existing checkpoints: when none can be read, it raises. A step
+without sha256.json (saved before manifests existed) is restored unverified, with a warning.
 
 Kept: the newest `config.keep_checkpoints` steps (for resume) and, with `config.keep_best =
 "eval/<label>/<metric>"`, also the evaluated step with the best value of that metric (the highest, or the
@@ -32,12 +37,16 @@ best=True)` (`clapcomp.load(workdir, best=True)`) reads that step.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -46,6 +55,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from clapcomp import fs
 from clapcomp.models import lora as lora_lib
 from clapcomp.train import state as state_lib
 from clapcomp.train.config import RESTORE_MODES, defaults, fields_of, flat
@@ -57,6 +67,10 @@ _CORRUPT_STATUS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "Error decoding", "
 _TRANSIENT_STATUS = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
 
 
+# Orbax rewrites the step's metadata (timestamps) after the post-finalisation hook: not in the manifest.
+_REWRITTEN = ("_CHECKPOINT_METADATA",)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or none could be read."""
 
@@ -65,12 +79,18 @@ class IncompatibleCheckpoint(CheckpointError):
     """The newest checkpoint cannot be restored into the current config (nothing was changed)."""
 
 
+class ForeignWorkdir(CheckpointError):
+    """A fresh run was pointed at a folder holding another run's files (nothing was changed)."""
+
+
 class TransientCheckpointError(CheckpointError):
     """Reading a checkpoint kept failing with an I/O error that may clear (nothing was changed)."""
 
 
 def cause(e: BaseException) -> str | None:
     """ "corrupt" | "transient" | None (unknown) for an exception raised while reading a step."""
+    if isinstance(e, fs.CorruptFile):
+        return "corrupt"
     if isinstance(
         e,
         (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError, EOFError),
@@ -104,6 +124,7 @@ class Checkpointer:
         self.retries, self.backoff_s = retries, backoff_s
         self.skipped_corrupt: list[int] = []
         self.restored_skips: dict = {}  # the skip counters saved with the restored step
+        self._saving: list[int] = []  # steps whose async saves are not finalised yet, oldest first
         self.keep_best = keep_best
         check_keep_best_mode(keep_best_mode)
         keeping = dict(max_to_keep=keep)
@@ -115,7 +136,12 @@ class Checkpointer:
             )
             keeping = dict(preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(n=keep), best]),
                            best_fn=metric, best_mode=keep_best_mode)  # fmt: skip
-        options = ocp.CheckpointManagerOptions(**keeping, enable_async_checkpointing=True, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(
+            **keeping,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifest),
+        )
         self._ocp = ocp
         handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()  # the other items: Orbax's (and grain's) own
         state_handler = _state_handler(ocp)
@@ -141,10 +167,25 @@ class Checkpointer:
         items = {"state": self._ocp.args.PyTreeSave(state), "data": _grain_args(save=True)(iterator)}
         if skips is not None:
             items["skips"] = self._ocp.args.JsonSave(skips)
+        self._saving.append(step)  # (Orbax's save first waits for the previous one: its hook pops that step)
         try:
             self.manager.save(step, args=self._ocp.args.Composite(**items), force=True, metrics=metrics)
         except Exception as e:
+            if self._saving and self._saving[-1] == step:
+                self._saving.pop()
             raise self._save_error(step, e) from e
+
+    def _write_manifest(self) -> None:
+        """Orbax's post-finalisation hook (background thread, every process): once the step's files are
+        complete and before its temporary folder is renamed, process 0 writes their sha256.json into it."""
+        if not self._saving:
+            return
+        step = self._saving.pop(0)  # saves finalise in the order they were started
+        if jax.process_index() != 0:
+            return
+        tmp = [p for p in glob.glob(str(self.directory / f"{step}.orbax-checkpoint-tmp*")) if os.path.isdir(p)]
+        target = tmp[0] if len(tmp) == 1 else self.directory / str(step)  # no temporary folder on GCS: in place
+        fs.write_manifest(target, exclude=_REWRITTEN)
 
     def wait(self) -> None:
         """Blocks until the pending async save is on disk; raises CheckpointError if it failed."""
@@ -197,8 +238,16 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                self._retrying(step, functools.partial(self._check_compatible, step, abstract, mode))
-                return self._retrying(step, functools.partial(self._read, step, abstract, iterator, mode))
+                with ThreadPoolExecutor(1) as pool:  # hashing runs while Orbax reads the same files
+                    verified = pool.submit(self._retrying, step, functools.partial(self._verify, step))
+                    try:
+                        self._retrying(step, functools.partial(self._check_compatible, step, abstract, mode))
+                        state = self._retrying(step, functools.partial(self._read, step, abstract, iterator, mode))
+                    except Exception:
+                        verified.result()  # changed bytes explain any read error: the step is corrupt
+                        raise
+                    verified.result()
+                return state
             except CheckpointError:
                 raise
             except Exception as e:
@@ -253,6 +302,14 @@ class Checkpointer:
                     "or pass --restore=params_only to restore parameters and optimizer state and restart the data "
                     "iterator from the beginning of the data."
                 )
+
+    def _verify(self, step: int) -> None:
+        """Raises fs.CorruptFile when a file of the step differs from its sha256.json."""
+        if not fs.verify_manifest(self.directory / str(step)):
+            log.warning(
+                "checkpoint step %d in %s has no %s (saved before clapcomp wrote manifests); restoring it "
+                "unverified", step, self.directory, fs.MANIFEST,
+            )  # fmt: skip
 
     def _read(self, step: int, abstract, iterator, mode: str):
         restore_args = self._ocp.checkpoint_utils.construct_restore_args(abstract)  # onto the current mesh
@@ -361,13 +418,65 @@ def check_resume_config(workdir: str | Path, config) -> list[str]:
     return accepted
 
 
+def lock_workdir(workdir: str | Path) -> fs.Lock | None:
+    """One run per workdir: process 0 takes `<workdir>/.clapcomp.lock` for the run, and every process
+    learns the run id and whether it was taken. Raises fs.LockHeld (naming the holder) on every process
+    when another run holds it. Returns process 0's lock (release it when the run ends), else None."""
+    run_id, lock, refusal = secrets.token_hex(8), None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = fs.lock_folder(workdir, purpose="clapcomp train", run_id=run_id)
+        except fs.LockHeld as e:
+            refusal = str(e)
+    if jax.process_count() > 1:  # the lock belongs to process 0; the others share its run id
+        word = np.frombuffer((run_id if lock else "0" * 16).encode(), np.uint8)
+        run_id = bytes(np.asarray(multihost_utils.broadcast_one_to_all(word), np.uint8)).decode()
+        if run_id == "0" * 16 and not refusal:
+            refusal = f"process 0 could not lock {workdir}: another run writes there (see process 0's log)"
+    if refusal:
+        raise fs.LockHeld(refusal)
+    log.info("run %s holds %s", run_id, Path(workdir) / fs.LOCK_NAME)
+    return lock
+
+
+def check_fresh_workdir(workdir: str | Path, config, tokenizer: Callable[[], Path], *, reuse: bool) -> None:
+    """Before a fresh run (no checkpoint) writes into `workdir`: ForeignWorkdir when it holds another run's
+    config.json (fields a resume could not change differ) or a tokenizer.json other than the run's
+    (`tokenizer()`, sha256 vs config.tokenizer_sha256), unless `reuse` (then process 0 replaces that
+    tokenizer.json; config.json is rewritten at the start). The same run killed before its first
+    checkpoint (equal config and tokenizer) goes on. Runs before anything is created in `workdir`."""
+    workdir = Path(workdir)
+    if (workdir / "checkpoints").is_dir() and any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
+        return  # a resume: check_resume_config compares the configs
+    foreign = []
+    if (workdir / "config.json").is_file():
+        try:
+            refused = config_changes(json.loads((workdir / "config.json").read_text()), config)[1]
+        except (ValueError, AttributeError) as e:
+            refused = [f"unreadable ({type(e).__name__})"]
+        if refused:
+            foreign.append(f"a config.json of another run ({len(refused)} field(s) differ, e.g. {refused[0]})")
+    tok = workdir / "tokenizer.json"
+    if tok.is_file() and (digest := fs.sha256_file(tok)) != config.tokenizer_sha256:
+        foreign.append(f"a tokenizer.json with sha256 {digest[:12]}..., not this run's ({tokenizer()})")
+    if not foreign:
+        return
+    if not reuse:
+        raise ForeignWorkdir(
+            f"{workdir} holds no checkpoint but {' and '.join(foreign)}; a fresh run would use or overwrite them. "
+            "Nothing was changed. Pass a new --workdir, or --workdir-reuse to start this run there (its "
+            "config.json and tokenizer.json are replaced by this run's)."
+        )
+    log.warning("--workdir-reuse: %s holds %s; replacing them with this run's", workdir, " and ".join(foreign))
+    if jax.process_index() == 0 and tok.is_file():
+        fs.write_bytes(tok, tokenizer().read_bytes())
+    multihost_utils.sync_global_devices("check_fresh_workdir")
+
+
 def save_config(workdir: str | Path, config) -> None:
     """The resolved config as `<workdir>/config.json` (process 0 only)."""
     if jax.process_index() == 0:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        tmp = Path(workdir) / "config.json.tmp"  # write + rename: a kill mid-write never truncates config.json
-        tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-        os.replace(tmp, Path(workdir) / "config.json")
+        fs.write_text(Path(workdir) / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
 
 def read_config(workdir: str | Path):
@@ -460,6 +569,7 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     elif step not in steps:
         raise CheckpointError(f"{workdir}/checkpoints has no step {step}; it holds steps {steps}")
     try:
+        fs.verify_manifest(Path(workdir, "checkpoints", str(step)))
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(parts.abstract))).state
     except Exception as e:
         older = [s for s in steps if s < step]

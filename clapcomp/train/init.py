@@ -27,12 +27,12 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import jax
 from flax import nnx
 
+from clapcomp import fs
 from clapcomp.models.configs import ClapConfig, TextConfig, check_geometry
 from clapcomp.train import config as config_lib
 from clapcomp.train import state as state_lib
@@ -212,7 +212,7 @@ def prepare(config, workdir: str | Path | None = None):
     check_geometry(model)
     c.model = ml_collections.ConfigDict(model.to_dict())
     check_loss_and_data(c)
-    src = tokenizer_source(c, workdir)
+    src = tokenizer_source(c, workdir if resuming else None)  # a fresh run never takes a folder's tokenizer
     digest = sha256(src)
     if c.tokenizer_sha256 and c.tokenizer_sha256 != digest:
         raise ValueError(f"tokenizer {src} has sha256 {digest}, but config.tokenizer_sha256 pins {c.tokenizer_sha256}")
@@ -360,10 +360,7 @@ def copy_tokenizer(config, workdir: str | Path) -> Path:
     workdir loads, evaluates, exports and seeds the next stage without the source directory."""
     dst = Path(workdir) / "tokenizer.json"
     if jax.process_index() == 0 and not dst.is_file():
-        src = tokenizer_source(config)
-        tmp = dst.with_suffix(".json.tmp")
-        tmp.write_bytes(src.read_bytes())
-        os.replace(tmp, dst)
+        fs.write_bytes(dst, tokenizer_source(config).read_bytes())
     return dst
 
 

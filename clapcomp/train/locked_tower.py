@@ -37,8 +37,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.audio import prepare_waveforms
-from clapcomp.data.tower_cache import TowerCache, waveform_digest
+from clapcomp.data.tower_cache import FILES, TowerCache, waveform_digest
 from clapcomp.inference import Clap
 from clapcomp.models.configs import ClapConfig
 from clapcomp.train import optim
@@ -152,8 +153,21 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
     (`clapcomp.data.pipeline.decode_at`). A record longer than the clip window is refused: training
     crops it at random, so its tower output is not one per record. Records the pipeline would skip as
     unreadable are skipped and counted; identical clips share one row. stats.json adds the records, the
-    counts, the seconds taken and the clips per second.
+    counts, the seconds taken and the clips per second. One writer per `out_dir`: it is written into a
+    temporary sibling (under a lock) and renamed into place at the end; an earlier cache there survives a
+    failed run and is replaced by a finished one.
     """
+    fs.refuse_inputs(out_dir, [records])
+    overwrite = fs.replaceable(out_dir, FILES, "stats.json")
+    with fs.atomic_dir(out_dir, overwrite=overwrite, purpose="clapcomp tower-cache") as tmp:
+        cache, stats = _compute(records, model, batch_size)
+        cache.save(tmp, **stats)
+    cache.path = Path(out_dir)
+    return cache
+
+
+def _compute(records: str | Path, model, batch_size: int) -> tuple[TowerCache, dict]:
+    """write_cache's rows and stats."""
     from clapcomp.data.pipeline import decode_at
     from clapcomp.data.reasons import BadData
     from clapcomp.data.records import RecordSource, parse_record
@@ -206,9 +220,8 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
     if waves:
         flush(len(source))
     seconds = time.perf_counter() - t0
-    clap.cache.save(out_dir, records=str(records), num_records=len(source), skipped=dict(skipped),
-                    seconds=round(seconds, 1), clips_per_s=round(clap.computed / max(seconds, 1e-9), 3))  # fmt: skip
-    return clap.cache
+    return clap.cache, dict(records=str(records), num_records=len(source), skipped=dict(skipped),
+                            seconds=round(seconds, 1), clips_per_s=round(clap.computed / max(seconds, 1e-9), 3))  # fmt: skip
 
 
 def cache_for_config(config, records: str | Path, root: str | Path) -> Path:

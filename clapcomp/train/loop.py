@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from clapcomp import fs
 from clapcomp.train import checkpoint as ckpt_lib
 from clapcomp.train import distributed, locked_tower
 from clapcomp.train import init as init_lib
@@ -62,7 +63,7 @@ class NonFiniteError(RuntimeError):
     """Too many optimizer steps in a row had a NaN/inf loss or gradient."""
 
 
-def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
+def train(config, workdir: str | Path, *, restore: str = "latest", workdir_reuse: bool = False) -> dict:
     """Trains (or resumes) `config` in `workdir` up to `config.total_steps`; returns the last metrics.
 
     `restore="latest"` resumes the newest readable checkpoint with its data position;
@@ -71,8 +72,19 @@ def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
     file is written. Returns early, with a checkpoint saved, after SIGTERM/SIGINT
     (`metrics["preempted"] = True`).
 
-    The run's objects are built here, once, from the config; the helpers take objects."""
+    One run per workdir: another run's lock raises fs.LockHeld; a fresh run into a folder with another
+    run's config.json / tokenizer.json raises ForeignWorkdir unless `workdir_reuse`. The run's objects are
+    built here, once, from the config; the helpers take objects."""
     workdir = Path(workdir)
+    lock = ckpt_lib.lock_workdir(workdir)
+    try:
+        return _train(config, workdir, restore, workdir_reuse)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir: Path, restore: str, workdir_reuse: bool) -> dict:
     config = init_lib.prepare(config, workdir)  # architecture from the checkpoint; checked before compiling
     mesh = distributed.make_mesh(config.mesh.data, config.mesh.fsdp)
     parts = state_lib.setup(config, mesh)  # model config + graphdef, optimizer + schedule, shardings
@@ -80,6 +92,7 @@ def train(config, workdir: str | Path, *, restore: str = "latest") -> dict:
     log.info("learning-rate multiplier per parameter group:\n%s",
              "\n".join(f"  {m:<10.6g} {prefix or '(all)'}" for prefix, m in parts.lr_groups))  # fmt: skip
     _check_keep_best(config)
+    ckpt_lib.check_fresh_workdir(workdir, config, lambda: init_lib.tokenizer_source(config), reuse=workdir_reuse)
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best,
                                          keep_best_mode=config.keep_best_mode)  # fmt: skip
     try:
@@ -469,7 +482,14 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"clapcomp train: {e}\n")
         return 2
     want_help = any(a in ("-h", "--help", "-help", "--helpfull") for a in rest)
-    rest = ["clapcomp train", *(a for a in rest if a not in ("-h", "--help", "-help", "--helpfull"))]
+    rest = [
+        "clapcomp train",
+        *(
+            a.replace("--workdir-reuse", "--workdir_reuse")
+            for a in rest
+            if a not in ("-h", "--help", "-help", "--helpfull")
+        ),
+    ]
     fv = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, config.json", flag_values=fv)
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process without SLURM/TPU)", flag_values=fv)
@@ -484,6 +504,10 @@ def main(argv: list[str]) -> int:
         "(e.g. after changing the process count)",
         flag_values=fv,
     )
+    flags.DEFINE_bool(
+        "workdir_reuse", False, "start a fresh run in a folder holding another run's config.json / tokenizer.json "
+        "(they are replaced)", flag_values=fv,
+    )  # fmt: skip
     try:
         fv(rest)
         config = config_lib.load(path, overrides=overrides) if path else None
@@ -500,8 +524,8 @@ def main(argv: list[str]) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
     distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id)
     try:
-        metrics = train(config, fv.workdir, restore=fv.restore)
-    except (NonFiniteError, ckpt_lib.CheckpointError) as e:
+        metrics = train(config, fv.workdir, restore=fv.restore, workdir_reuse=fv.workdir_reuse)
+    except (NonFiniteError, ckpt_lib.CheckpointError, fs.LockHeld) as e:
         log.error("%s", e)
         return 1
     if jax.process_index() == 0:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.decode import Limits
 from clapcomp.inference import Clap, load
-from clapcomp.use.files import atomic_write, embed_files, find_audio
+from clapcomp.use.files import embed_files, find_audio
 
 # Sound-event prompts (after open_clip's and msclap's audio templates); one per line in a --templates-file.
 SOUND_TEMPLATES = (
@@ -167,7 +168,7 @@ def main(argv: list[str]) -> int:
         print(f"clapcomp classify: error: {e}", file=sys.stderr)
         return 2
     if args.csv:
-        atomic_write(Path(args.csv), to_csv(results))
+        fs.write_text(Path(args.csv), to_csv(results))
         print(f"wrote {args.csv} ({len(results)} files)", file=sys.stderr)
     else:
         sys.stdout.write(json.dumps(results, indent=1) + "\n" if args.json else _text(results))

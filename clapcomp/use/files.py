@@ -1,5 +1,5 @@
 """What `classify`, `search` and `probe` share: finding audio files, reading them as windows of the
-model's clip length, embedding them in batches, the model's identity, a progress line, atomic writes.
+model's clip length, embedding them in batches, the model's identity, a progress line (writing: clapcomp.fs).
 
 Windows: a recording of T samples (at the model's sample rate) is cut at 0, S, 2S, ... (S = the model's
 clip length); a last, shorter window is kept when it is the only one or at least a quarter of a clip
@@ -9,13 +9,9 @@ recording, so its embedding is `Clap.embed_audio` of the file.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -162,42 +158,3 @@ def model_identity(clap: Clap) -> dict[str, str]:
         weights.update(f"{name}:{value.dtype}:{value.shape}".encode())
         weights.update(value.tobytes())
     return {"config_sha256": config, "weights_sha256": weights.hexdigest()}
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `path` through a temporary sibling and a rename: readers see the old or the new file, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yields a temporary sibling folder to fill; on success it replaces `out` (renamed aside, then deleted),
-    on an error it is deleted and `out` is untouched."""
-    out = Path(out)
-    tmp, old = out.with_name(f".{out.name}.tmp-{os.getpid()}"), out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def writer_lock(folder: Path) -> Iterator[None]:
-    """One writer at a time on `folder` (an flock on folder/.lock, released when the process ends)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another process is writing {folder}; wait for it to finish") from None
-        yield

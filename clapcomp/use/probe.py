@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.decode import Limits
 from clapcomp.inference import Clap, load
-from clapcomp.use.files import atomic_dir, embed_files, model_identity
+from clapcomp.use.files import embed_files, model_identity
 
 FORMAT = "clapcomp-probe"
 
@@ -58,7 +59,7 @@ class Probe:
     def save(self, out: str | Path, extra: dict) -> None:
         from safetensors.numpy import save_file
 
-        with atomic_dir(Path(out)) as tmp:
+        with fs.atomic_dir(Path(out), overwrite=True, purpose="clapcomp probe") as tmp:
             # C order: sklearn's coef_ can be Fortran-ordered, and safetensors writes an array's memory as it lies
             tensors = {
                 k: np.ascontiguousarray(v, np.float32) for k, v in (("weight", self.weight), ("bias", self.bias))

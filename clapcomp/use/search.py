@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
 from clapcomp.decode import Limits
 from clapcomp.inference import Clap, load
-from clapcomp.use.files import atomic_write, embed_files, find_audio, model_identity, writer_lock
+from clapcomp.use.files import embed_files, find_audio, model_identity
 
 FORMAT = "clapcomp-search"
 MODES = ("exact", "hnsw", "ivf")
@@ -95,7 +96,7 @@ class Index:
         np.savez(gen / "vectors.npz", vectors=self.vectors, row_file=self.row_file, row_offset=self.row_offset)
         faiss.write_index(self.faiss, str(gen / "vectors.faiss"))
         (gen / "index.json").write_text(json.dumps(self.meta, indent=1))
-        atomic_write(current, name + "\n")
+        fs.write_text(current, name + "\n")
         for stale in folder.glob("gen-*"):
             if stale.name != name:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -120,11 +121,11 @@ def build(
 ) -> tuple[dict, list]:
     """Create or update the index at `out` -> ({"embedded", "unchanged", "removed", "total"}, errors)."""
     out = Path(out)
-    if out.exists() and not (out / "CURRENT").is_file() and any(p.name != ".lock" for p in out.iterdir()):
+    if out.exists() and not (out / "CURRENT").is_file() and any(p.name != fs.LOCK_NAME for p in out.iterdir()):
         raise ValueError(f"{out} exists and is not a clapcomp search index; choose a new --out")
     files = find_audio(paths)
     identity = model_identity(clap)
-    with writer_lock(out):
+    with fs.lock_folder(out, purpose="clapcomp search index"):
         prev = Index.read(out) if (out / "CURRENT").is_file() else None
         if prev is not None:
             check_model(prev.meta, identity, out)

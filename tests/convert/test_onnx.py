@@ -95,8 +95,8 @@ def test_cli_export_runs_in_onnxruntime_without_jax(tmp_path):
     assert export.main([*argv, "--audio-samples", str(samples)]) == 0
     meta = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
     assert (meta["sample_rate"], meta["audio_samples"], meta["opset"]) == (48_000, samples, onnx_export.OPSET)
-    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
-        "audio.onnx", "onnx.json", "text.onnx", "tokenizer.json"
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [  # sha256.json: the export's manifest
+        "audio.onnx", "onnx.json", "sha256.json", "text.onnx", "tokenizer.json"
     ]  # fmt: skip
     waveform = (0.1 * np.random.default_rng(3).standard_normal((2, samples))).astype(np.float32)
     np.save(tmp_path / "w.npy", waveform)

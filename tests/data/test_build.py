@@ -395,3 +395,30 @@ def test_a_header_bomb_is_skipped_by_the_decode_budget(tmp_path):
     assert "6.9 GiB" in stats["skipped_examples"]["decode_budget"][0]["detail"]
     lifted = build(str(tmp_path / "m.csv"), str(tmp_path / "out2"), sample_rate=SR, max_decoded_samples=2**31)
     assert lifted["skipped_by_reason"] == {"truncated": 1}  # what main did: decode, then find it short
+
+
+def test_a_second_build_into_a_folder_being_written_is_refused_naming_the_first(tmp_path, capsys):
+    import os
+    import socket
+
+    from clapcomp import fs
+
+    write_audio(str(tmp_path / "good.wav"), sine())
+    write_csv(tmp_path / "m.csv", [{"audio": "good.wav", "caption": "c"}], fields=("audio", "caption"))
+    out = tmp_path / "out"
+    with fs.lock_folder(out, purpose="clapcomp data build"):  # the first build, still running
+        assert main(["--input", str(tmp_path / "m.csv"), "--out", str(out), "--sample-rate", "16000"]) == 1
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()} on host {socket.gethostname()}" in err and "one writer per folder" in err
+        assert sorted(p.name for p in out.iterdir()) == [fs.LOCK_NAME]  # the refused build wrote nothing
+    assert main(["--input", str(tmp_path / "m.csv"), "--out", str(out), "--sample-rate", "16000"]) == 0
+    assert json.loads((out / "stats.json").read_text())["written"] == 1
+    assert not (out / fs.LOCK_NAME).exists()  # released at the end
+
+
+def test_out_that_is_an_input_manifest_is_refused(tmp_path, capsys):
+    write_csv(tmp_path / "m.csv", [{"audio": "good.wav", "caption": "c"}], fields=("audio", "caption"))
+    before = (tmp_path / "m.csv").read_bytes()
+    assert main(["--input", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m.csv")]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert (tmp_path / "m.csv").read_bytes() == before

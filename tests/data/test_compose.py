@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +269,43 @@ def test_attribute_compositions_pair_different_labels():
                 assert "cow" in ex["caption"] and "bell" in ex["caption"], ex["caption"]
     with pytest.raises(ValueError, match="two different labels"):
         compose.compose_one("loudness", clips[:2], labels[:2], rng, sample_rate=1000)
+
+
+def test_cli_refuses_the_events_folder_keeps_foreign_folders_and_survives_interruption(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(2)
+    (tmp_path / "ev").mkdir()
+    for i in range(2):
+        sf.write(tmp_path / "ev" / f"{i}.wav", 0.3 * rng.standard_normal(4000), 8000)
+    (tmp_path / "ev" / "events.csv").write_text("audio,label\n0.wav,sound 0\n1.wav,sound 1\n")
+    events = str(tmp_path / "ev" / "events.csv")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()}
+    with pytest.raises(SystemExit):  # --out the events' own folder: refused before anything is read
+        compose.main(["--events", events, "--out", str(tmp_path / "ev"), "--n", "2"])
+    assert "would overwrite the input" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="did not write"):
+        compose.main(["--events", events, "--out", str(tmp_path / "mine"), "--n", "2", "--sample-rate", "8000"])
+    out = tmp_path / "o"
+    assert compose.main(["--events", events, "--out", str(out), "--n", "3", "--sample-rate", "8000"]) == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = compose.compose_one
+    calls = []
+
+    def dies_on_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(compose, "compose_one", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        compose.main(["--events", events, "--out", str(out), "--n", "3", "--seed", "9", "--sample-rate", "8000"])
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "mine", "o"]  # no temporary folder or lock left
+    monkeypatch.undo()
+    assert (
+        compose.main(["--events", events, "--out", str(out), "--n", "3", "--seed", "9", "--sample-rate", "8000"]) == 0
+    )
+    assert (out / "manifest.jsonl").read_bytes() != first[Path("manifest.jsonl")]  # an earlier output is replaced

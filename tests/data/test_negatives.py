@@ -388,3 +388,41 @@ def test_three_auth_failures_in_a_row_stop_with_exit_2(serve, tmp_path, monkeypa
     assert code == 2 and len(handler.seen) == 6  # client errors are not retried; rows 7-8 never asked
     assert "refused 3 requests in a row (HTTP 401)" in err and "$MY_KEY" in err
     assert SECRET not in err + caplog.text
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink"])
+def test_cli_refuses_an_output_that_is_the_input_before_opening_it(tmp_path, capsys, spelling):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio": "a.wav", "caption": "a dog barks followed by a door closes"}\n')
+    before = manifest.read_bytes()
+    out = {"same": manifest, "dotted": tmp_path / "sub" / ".." / "m.jsonl", "symlink": tmp_path / "link.jsonl"}[
+        spelling
+    ]
+    if spelling == "symlink":
+        out.symlink_to(manifest)
+    with pytest.raises(SystemExit) as exit_info:
+        N.main(["--manifest", str(manifest), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert manifest.read_bytes() == before  # was truncated to 0 bytes before the check
+
+
+def test_cli_interrupted_leaves_the_previous_output_intact(tmp_path, monkeypatch):
+    manifest, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"audio": f"{i}.wav", "caption": c}) + "\n" for i, c in enumerate(CAPTIONS[:4]))
+    )
+    out.write_text("the previous output\n")
+    calls = []
+
+    def dies_on_the_third_row(self, caption, k):
+        calls.append(caption)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return ["x"]
+
+    monkeypatch.setattr(N.NegativeGenerator, "generate", dies_on_the_third_row)
+    with pytest.raises(KeyboardInterrupt):
+        N.main(["--manifest", str(manifest), "--out", str(out)])
+    assert out.read_text() == "the previous output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left

@@ -188,3 +188,33 @@ def test_bad_arguments(tmp_path):
         synth.synthesize(tmp_path, sample_rate=8000)
     with pytest.raises(ValueError, match="clip_seconds"):
         synth.synthesize(tmp_path, clip_seconds=20)
+
+
+def test_rerun_replaces_an_earlier_dataset_and_an_interrupted_one_leaves_it_intact(data, tmp_path, monkeypatch):
+    out, _ = data
+    small = dict(KW, n_train=2, n_order=0, n_attribute=0, n_retrieval=0)
+    target = tmp_path / "d"
+    synth.synthesize(target, seed=7, **small)
+    before = files(target)
+    calls = []
+
+    def dies_on_the_second_clip(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_write", dies_on_the_second_clip)
+    with pytest.raises(KeyboardInterrupt):
+        synth.synthesize(target, seed=8, **small)
+    assert files(target) == before  # the previous dataset, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary folder or lock left
+    monkeypatch.undo()
+    synth.synthesize(target, seed=8, **small)  # an earlier dataset is replaced whole
+    assert files(target)["train.jsonl"] != before["train.jsonl"]
+
+
+def test_a_folder_with_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds files this command did not write"):
+        synth.synthesize(tmp_path, n_train=1, n_order=0, n_attribute=0, n_retrieval=0, sample_rate=SR)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

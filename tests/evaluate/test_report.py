@@ -132,3 +132,23 @@ def test_mean_and_spread_leaf_by_leaf():
         and mean["m"]["flag"] is True
         and std["m"]["flag"] is None
     )
+
+
+def test_an_interrupted_report_leaves_the_previous_results_json(tmp_path, monkeypatch):
+    import pytest
+
+    out = tmp_path / "out"
+    report.write_report([{"m": results_for(0)}], out)
+    before = (out / "results.json").read_bytes()
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "_retrieval_bars", dies)  # after the CompA plots, before results.json
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report([{"m": results_for(1)}], out)
+    assert (out / "results.json").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]  # no temporary file left
+    monkeypatch.undo()
+    report.write_report([{"m": results_for(1)}], out)
+    assert (out / "results.json").read_bytes() != before

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clapcomp import fs
 from clapcomp.data.pipeline import DeviceIterator
 from clapcomp.data.reasons import READ_REASONS
 from clapcomp.train import checkpoint as ckpt_lib
@@ -118,6 +119,60 @@ def test_damaged_newest_falls_back_and_leaves_files_in_place(tmp_path, caplog, d
     assert int(state["step"]) == 4
 
 
+def test_every_flipped_byte_is_detected_and_the_previous_step_restored(tmp_path, caplog):
+    """One byte flipped in any file of the newest step (array data, metadata, iterator position): the
+    step's sha256.json catches it, the restore falls back to step 2, loudly, and no file changes."""
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2, 4], mesh)
+    step_dir = tmp_path / "checkpoints" / "4"
+    listed = json.loads((step_dir / fs.MANIFEST).read_text())["sha256"]
+    assert any(k.startswith("state/") for k in listed) and any(k.startswith("data/") for k in listed)
+    rng = np.random.default_rng(0)
+    for rel in sorted(listed):
+        path = step_dir / rel
+        original = path.read_bytes()
+        if not original:
+            continue
+        flipped = bytearray(original)
+        flipped[int(rng.integers(len(original)))] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(flipped))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="clapcomp.train"):
+            state, it = _restore(tmp_path, mesh)
+        assert int(state["step"]) == 2 and next(it) == 3, rel
+        assert f"checkpoint step 4 in {tmp_path / 'checkpoints'} is corrupt (CorruptFile: {path}" in caplog.text
+        assert path.read_bytes() == bytes(flipped)  # left in place
+        path.write_bytes(original)
+    state, _ = _restore(tmp_path, mesh)  # all bytes back: step 4 verifies again
+    assert int(state["step"]) == 4
+    assert [e["step"] for e in _log_events(tmp_path)] == [4] * sum(1 for r in listed if (step_dir / r).stat().st_size)
+
+
+def test_back_to_back_async_saves_each_get_their_own_manifest(tmp_path):
+    """As the train loop saves: no wait between saves (Orbax's save waits for the previous one itself)."""
+    mesh = distributed.make_mesh()
+    ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
+    it = _iterator()
+    for s in (2, 4, 6):
+        ck.save(s, _state(s, mesh), it)
+    ck.close()
+    for s in (2, 4, 6):
+        step_dir = tmp_path / "checkpoints" / str(s)
+        assert fs.verify_manifest(step_dir), s
+        listed = json.loads((step_dir / fs.MANIFEST).read_text())["sha256"]
+        assert any(k.startswith("state/") for k in listed) and "data/process_0-of-1.json" in listed
+
+
+def test_step_without_manifest_restores_unverified_with_a_warning(tmp_path, caplog):
+    mesh = distributed.make_mesh()
+    _save_steps(tmp_path, [2], mesh)
+    (tmp_path / "checkpoints" / "2" / fs.MANIFEST).unlink()  # as saved before manifests existed
+    with caplog.at_level(logging.WARNING, logger="clapcomp.train"):
+        state, _ = _restore(tmp_path, mesh)
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(16) * 2.0)
+    assert "has no sha256.json" in caplog.text and "unverified" in caplog.text
+
+
 def test_shape_mismatch_is_refused_before_touching_anything(tmp_path):
     mesh = distributed.make_mesh()
     _save_steps(tmp_path, [2, 4], mesh)
@@ -137,6 +192,7 @@ def test_other_process_count_is_refused_unless_params_only(tmp_path):
     _save_steps(tmp_path, [2], mesh)
     data = tmp_path / "checkpoints" / "2" / "data"
     (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")  # as written by 2 processes
+    fs.write_manifest(data.parent, exclude=ckpt_lib._REWRITTEN)  # as a 2-process run's manifest lists it
     before = _snapshot(tmp_path)
     ck = ckpt_lib.Checkpointer(tmp_path, keep=5)
     with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="2 process.*this run has 1.*--restore=params_only"):

@@ -192,3 +192,25 @@ def test_the_trainer_trains_from_the_cache_as_from_the_waveforms(setup, tmp_path
               for run in ("waves", "cached")]  # fmt: skip
     assert len(losses[0]) == 2
     np.testing.assert_allclose(losses[1], losses[0], atol=1e-5, rtol=0)
+
+
+def test_one_writer_per_cache_folder_and_a_failed_write_keeps_the_previous_cache(setup, tmp_path):
+    from clapcomp import fs
+
+    records, out = setup[4], tmp_path / "cache"
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        locked_tower.write_cache(records, records, _model(setup))
+    first = locked_tower.write_cache(records, out, _model(setup))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert first.path == out and sorted(before) == ["digests.txt", "pooled.npy", "stats.json"]
+    with fs.Lock(tmp_path / ".cache.lock", purpose="clapcomp tower-cache"):  # another writer, still running
+        with pytest.raises(fs.LockHeld, match="clapcomp tower-cache.*one writer per folder"):
+            locked_tower.write_cache(records, out, _model(setup))
+    write_records(str(tmp_path / "long"), [{"key": "long", "audio": np.zeros(8001, np.float32), "sample_rate": 8000,
+                                            "captions": ["silence"]}])  # fmt: skip
+    with pytest.raises(ValueError, match="more than the clip window"):
+        locked_tower.write_cache(tmp_path / "long", out, _model(setup))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "long"]  # no temporary folder or lock left
+    again = locked_tower.write_cache(records, out, _model(setup))  # an earlier cache is replaced whole
+    np.testing.assert_array_equal(np.stack(again.rows), np.stack(first.rows))

@@ -2,6 +2,7 @@
 run with nothing saved past the limit, every save sees the data position of the batches the saved
 state consumed, and multi-process preemption polls gather only every `preempt_check_every` steps."""
 
+import hashlib
 import json
 
 import jax
@@ -159,3 +160,41 @@ def test_keep_best_keeps_the_best_evaluated_step_and_load_reads_it(tmp_path, tin
     tiny.keep_best = "eval/nope/x"
     with pytest.raises(ValueError, match=r"keep_best='eval/nope/x': expected 'eval/<label>/<metric>'"):
         loop.train(tiny, tmp_path / "refused")
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_held_workdir_is_refused_before_anything_is_read_or_written(tmp_path, tiny):
+    import os
+    import socket
+
+    from clapcomp import fs
+
+    with fs.lock_folder(tmp_path, purpose="clapcomp train", run_id="first-run"):
+        with pytest.raises(fs.LockHeld, match=rf"pid {os.getpid()} on host {socket.gethostname()} \(run first-run"):
+            loop.train(tiny, tmp_path)
+        assert list(_files(tmp_path)) == [fs.LOCK_NAME]
+
+
+def test_a_fresh_run_refuses_another_runs_files_unless_told_to_reuse_the_folder(tmp_path, tiny, monkeypatch):
+    from clapcomp import fs
+
+    (tmp_path / "tokenizer.json").write_text('{"another": "tokenizer"}')
+    (tmp_path / "config.json").write_text(json.dumps({"loss": "compa", "total_steps": 1}))
+    before = _files(tmp_path)
+    with pytest.raises(ckpt_lib.ForeignWorkdir, match=r"holds no checkpoint but a config.json of another run .*"
+                       r"and a tokenizer.json with sha256 .*--workdir-reuse"):  # fmt: skip
+        loop.train(tiny, tmp_path)
+    assert _files(tmp_path) == before  # nothing read from it, nothing written, the lock released
+
+    monkeypatch.setattr(loop, "_run", lambda *args, **kwargs: {})  # the run set up (tokenizer read), no steps
+    loop.train(tiny, tmp_path, workdir_reuse=True)
+    run_tokenizer = open(tiny.tokenizer, "rb").read()
+    assert (tmp_path / "tokenizer.json").read_bytes() == run_tokenizer  # the run's own replaced the folder's
+    assert (
+        json.loads((tmp_path / "config.json").read_text())["tokenizer_sha256"]
+        == hashlib.sha256(run_tokenizer).hexdigest()
+    )
+    assert not (tmp_path / fs.LOCK_NAME).exists()

@@ -138,6 +138,15 @@ def test_load_newest_or_explicit_step_and_a_corrupt_step_is_an_error(tmp_path, r
     with pytest.raises(ckpt_lib.CheckpointError, match=r"no step 5; it holds steps \[4, 8\]"):
         ckpt_lib.load_weights(workdir, step=5)
 
+    arrays = max(
+        (p for p in (workdir / "checkpoints" / "8" / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    data = bytearray(arrays.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one flipped bit: same size, only the sha256 differs
+    arrays.write_bytes(bytes(data))
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"step 8 .* cannot be read \(CorruptFile: {arrays}: sha256"):
+        ckpt_lib.load_weights(workdir)
+
     for p in (workdir / "checkpoints" / "8" / "state").rglob("*"):
         if p.is_file() and p.stat().st_size > 0:
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])

@@ -196,3 +196,33 @@ def test_accumulation_logs_the_loss_and_grad_norm_of_the_whole_batch(tmp_path, t
     assert rows[4]["step"] == rows[1]["step"] == 1
     assert rows[4]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
     assert rows[4]["grad_norm"] == pytest.approx(rows[1]["grad_norm"], rel=1e-5)
+
+
+def test_a_second_train_into_a_running_workdir_exits_at_once_naming_the_first(
+    tmp_path, tone_records, compile_cache, helpers
+):
+    import subprocess
+
+    workdir = tmp_path / "run"
+    first = subprocess.Popen(
+        helpers.train_cmd(workdir, tone_records, *helpers.REFERENCE),
+        env=helpers.train_env(compile_cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in first.stderr:  # until the first run has started training
+            if "starting at step 0" in line:
+                break
+        second = helpers.run_train(workdir, tone_records, *helpers.REFERENCE, cache=compile_cache, timeout=120)
+        assert second.returncode == 1
+        assert f"is being written by pid {first.pid}" in second.stderr and "one writer per folder" in second.stderr
+        rest = first.stderr.read()
+        assert first.wait(timeout=600) == 0, rest[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # one writer: each logged step once
+    assert not (workdir / ".clapcomp.lock").exists()

@@ -89,7 +89,7 @@ def test_incremental_update(model_dir, library, tmp_path, capsys, write_clip):
     kept = str((library / "long" / "chord.wav").resolve())  # unchanged: its rows are copied, not re-embedded
     rows = lambda ix: ix.vectors[ix.row_file == [f["path"] for f in ix.files].index(kept)]
     np.testing.assert_array_equal(rows(after), rows(before))
-    assert sorted(p.name for p in idx.iterdir()) == [".lock", "CURRENT", "gen-2"]  # the no-change run wrote nothing
+    assert sorted(p.name for p in idx.iterdir()) == ["CURRENT", "gen-2"]  # the no-change run wrote nothing
 
 
 def test_interrupted_update_leaves_the_previous_index(model_dir, library, tmp_path, capsys, monkeypatch, write_clip):
@@ -153,9 +153,10 @@ def test_cli_dispatches_the_two_word_commands(tmp_path, capsys):
 
 
 def test_one_writer_at_a_time(model_dir, library, tmp_path, capsys):
-    from clapcomp.use.files import writer_lock
+    from clapcomp import fs
 
     idx = tmp_path / "idx"
-    with writer_lock(idx):  # another writer holds the index
+    with fs.lock_folder(idx, purpose="clapcomp search index"):  # another writer holds the index
         assert _index(model_dir, idx, library) == 2
-    assert "another process is writing" in capsys.readouterr().err and not (idx / "CURRENT").exists()
+    err = capsys.readouterr().err
+    assert "is being written by pid" in err and "clapcomp search index" in err and not (idx / "CURRENT").exists()

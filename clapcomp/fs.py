@@ -1,0 +1,370 @@
+"""Writing files safely: atomic file / folder writes, the one-writer lock, sha256 manifests.
+
+Every command that writes goes through here; nothing else writes files its own way.
+
+- `atomic_file(path)` / `write_text` / `write_bytes` / `write_json`: the bytes go to a temporary sibling
+  `.<name>.tmp-<token>`, are flushed and fsynced, then renamed over `path`; a kill at any moment leaves
+  either the old file or the new one, never a mix or a truncated file.
+- `atomic_dir(path)`: a whole output folder is written into a temporary sibling and renamed into place
+  at the end (an existing folder is only replaced with `overwrite=True`); the sibling lock
+  `.<name>.lock` keeps a second writer out while it runs.
+- `Lock` / `lock_folder(folder)`: one writer per folder. The lock is a file created with O_EXCL holding
+  the holder's pid, host, run id and command, so a second writer fails at once naming the holder. A
+  lock left by a process that died (SIGKILL, power cut) is taken over when that is provable: same host,
+  and that pid is gone or is another process now; on another host the message says how to remove it.
+  (O_EXCL rather than flock: the holder is named, it behaves the same on shared file systems, and it
+  maps one to one to a GCS object written with `if_generation_match=0`.)
+- `write_manifest(folder)` / `verify_manifest(folder)`: `sha256.json`, the sha256 and size of every
+  file under a folder; verifying raises `CorruptFile` naming the first file that differs.
+- `refuse_inputs(out, inputs)`: an output that is one of the inputs is refused before anything opens.
+
+Paths are `str | os.PathLike`; `_path` is the one place that turns them into path objects (a later
+change routes it through `etils.epath.Path` for gs://; local behaviour stays as here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+log = logging.getLogger("clapcomp.fs")
+
+LOCK_NAME = ".clapcomp.lock"
+MANIFEST = "sha256.json"
+_CHUNK = 1 << 22
+
+
+def _path(p: str | os.PathLike) -> Path:
+    return Path(os.fspath(p))
+
+
+def _token() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def refuse_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], flag: str = "--out") -> None:
+    """ValueError when `out` is one of `inputs` (symlinks and `..` resolved); call before opening anything."""
+    target = _path(out).resolve()
+    for given in inputs:
+        if given is not None and _path(given).resolve() == target:
+            raise ValueError(
+                f"{flag} {out} would overwrite the input {given}; write to another path (nothing was opened)"
+            )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling path for a writer that takes a file name (safetensors, ArrayRecord); on
+    a clean exit it is fsynced and renamed to `path`. An exception (or a kill) leaves `path` untouched."""
+    final = _path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{_token()}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """`open(path, mode)` that becomes visible only on a clean exit (see `atomic_path`)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes whole files: mode must be 'w' or 'wb', got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+    return _path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return _path(path)
+
+
+def write_json(path: str | os.PathLike, obj, **dumps_kwargs) -> Path:
+    return write_text(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, purpose: str = "") -> Iterator[Path]:
+    """Yields an empty temporary sibling folder to fill; on a clean exit it is renamed to `path`.
+
+    `path` may be absent or an empty folder; a non-empty one is replaced only with `overwrite=True`
+    (the old folder is renamed aside, the new one renamed in, then the old one deleted). The sibling
+    lock `.<name>.lock` is held throughout, so two writers of one folder never interleave. An
+    exception deletes the temporary folder; a kill leaves it (`.<name>.tmp-*`) and `path` as it was."""
+    final = _path(path)
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{final} exists and is not a folder; pass another output path")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with Lock(final.with_name(f".{final.name}.lock"), purpose=purpose or f"writing {final}"):
+        if final.is_dir() and any(final.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"{final} is not empty and holds files this command did not write; pass a new or empty output folder"
+            )
+        tmp = final.with_name(f".{final.name}.tmp-{_token()}")
+        tmp.mkdir()
+        try:
+            yield tmp
+            if final.is_dir() and any(final.iterdir()):
+                aside = final.with_name(f".{final.name}.old-{_token()}")
+                os.rename(final, aside)
+                os.rename(tmp, final)
+                shutil.rmtree(aside)
+            else:
+                os.replace(tmp, final)  # over an absent or empty folder
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+
+def replaceable(folder: str | os.PathLike, names: Iterable[str], marker: str) -> bool:
+    """True when `folder` is absent, empty, or an earlier output of the same command: it holds the file
+    `marker` and nothing but entries matching `names` (fnmatch patterns); `atomic_dir(overwrite=True)`
+    may replace it."""
+    root = _path(folder)
+    if not root.is_dir() or not any(root.iterdir()):
+        return True
+    ours = all(any(fnmatch.fnmatchcase(p.name, n) for n in names) for p in root.iterdir())
+    return (root / marker).is_file() and ours
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+
+
+class LockHeld(RuntimeError):
+    """Another writer holds the folder (the message names it and says what to do)."""
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux /proc; None elsewhere or when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """False only when provable: the holder ran on this host and its pid is gone or is a newer process."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = int(holder.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    started = holder.get("pid_start")
+    return started is None or _start_time(pid) in (None, started)
+
+
+class Lock:
+    """An exclusive lock file (O_EXCL) naming its holder; a context manager. See the module doc.
+
+    `run_id` names the run (multi-process training: process 0 holds the lock for the run id all
+    processes share)."""
+
+    def __init__(self, path: str | os.PathLike, *, purpose: str = "", run_id: str | None = None):
+        self.path = _path(path)
+        self.run_id = run_id or secrets.token_hex(8)
+        self.info = {
+            "pid": os.getpid(),
+            "pid_start": _start_time(os.getpid()),
+            "host": socket.gethostname(),
+            "run_id": self.run_id,
+            "purpose": purpose,
+            "command": " ".join(sys.argv)[:500],
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.held = False
+
+    def acquire(self) -> Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read(self.path)
+                if holder == {}:  # released meanwhile: try again
+                    continue
+                if holder is None or _alive(holder):
+                    raise LockHeld(self._held_message(holder)) from None
+                self._take_over(holder)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.info))
+                f.flush()
+                os.fsync(f.fileno())
+            self.held = True
+            return self
+        raise LockHeld(self._held_message(self._read(self.path)))
+
+    def release(self) -> None:
+        if self.held and (self._read(self.path) or {}).get("run_id") == self.run_id:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def __enter__(self) -> Lock:
+        return self if self.held else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        for _ in range(20):  # a holder between O_EXCL create and its write: the file is briefly empty
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                return {}
+            if text:
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    return None
+            time.sleep(0.01)
+        return None
+
+    def _take_over(self, holder: dict) -> None:
+        """Moves a provably stale lock aside (rename first: of two processes only one gets the file,
+        and a lock renamed by mistake, not the stale one, is put back)."""
+        aside = self.path.with_name(f"{self.path.name}.stale-{_token()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if self._read(aside) != holder:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+        else:
+            log.warning(
+                "%s was left by pid %s on %s (%s, since %s), which is no longer running; taking it over",
+                self.path, holder.get("pid"), holder.get("host"), holder.get("purpose"), holder.get("since"),
+            )  # fmt: skip
+        aside.unlink(missing_ok=True)
+
+    def _held_message(self, holder: dict | None) -> str:
+        if not holder:
+            return (
+                f"{self.path} exists but names no holder (being created, or damaged); if no other clapcomp "
+                "command writes here, delete it and rerun"
+            )
+        who = (
+            f"pid {holder.get('pid')} on host {holder.get('host')} (run {holder.get('run_id')}, "
+            f"{holder.get('purpose') or 'a clapcomp command'}, since {holder.get('since')}: {holder.get('command')})"
+        )
+        stale = (
+            ""
+            if holder.get("host") == socket.gethostname()
+            else f" If that process is no longer running (its host died), delete {self.path} and rerun."
+        )
+        return f"{self.path.parent} is being written by {who}; one writer per folder: wait for it or stop it.{stale}"
+
+
+def lock_folder(folder: str | os.PathLike, *, purpose: str = "", run_id: str | None = None) -> Lock:
+    """Takes the folder's own lock `<folder>/.clapcomp.lock` (creating the folder); raises LockHeld."""
+    return Lock(_path(folder) / LOCK_NAME, purpose=purpose, run_id=run_id).acquire()
+
+
+# ----------------------------------------------------------------------------- sha256 manifests
+
+
+class CorruptFile(ValueError):
+    """A file's bytes differ from its manifest (or a listed file is missing)."""
+
+    def __init__(self, path: str | os.PathLike, detail: str):
+        super().__init__(f"{path}: {detail}")
+        self.path = _path(path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path, skip: str, exclude: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.relative_to(folder).as_posix() != skip
+        and not p.name.startswith(LOCK_NAME)
+        and p.name not in exclude
+    )
+
+
+def _hash_all(paths: list[Path]) -> list[str]:
+    """sha256 of each file, several at a time (hashlib releases the GIL on large reads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(pool.map(sha256_file, paths))
+
+
+def write_manifest(folder: str | os.PathLike, name: str = MANIFEST, *, exclude: tuple[str, ...] = ()) -> dict:
+    """`<folder>/<name>`: {"sha256": {relative path: hex}, "bytes": {relative path: size}} over every file
+    below `folder` but those named in `exclude` (written last, atomically); returns it."""
+    root = _path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder: nothing to write a manifest for")
+    paths = _files(root, name, exclude)
+    rel = [p.relative_to(root).as_posix() for p in paths]
+    manifest = {
+        "sha256": dict(zip(rel, _hash_all(paths), strict=True)),
+        "bytes": {r: p.stat().st_size for r, p in zip(rel, paths, strict=True)},
+    }
+    write_json(root / name, manifest, indent=1, sort_keys=True)
+    return manifest
+
+
+def verify_manifest(folder: str | os.PathLike, name: str = MANIFEST) -> bool:
+    """True when every file `<folder>/<name>` lists has its size and sha256; False when there is no
+    manifest (written before manifests existed). Raises CorruptFile naming the first file that differs."""
+    root = _path(folder)
+    try:
+        manifest = json.loads((root / name).read_text())
+        digests, sizes = manifest["sha256"], manifest["bytes"]
+    except FileNotFoundError:
+        return False
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptFile(root / name, f"unreadable manifest ({type(e).__name__}: {e})") from None
+    for rel, size in sorted(sizes.items()):
+        p = root / rel
+        if not p.is_file():
+            raise CorruptFile(p, f"listed in {name} but missing")
+        if p.stat().st_size != size:
+            raise CorruptFile(p, f"{p.stat().st_size} bytes, {name} says {size}")
+    paths = [root / rel for rel in sorted(digests)]
+    for p, got, rel in zip(paths, _hash_all(paths), sorted(digests), strict=True):
+        if got != digests[rel]:
+            raise CorruptFile(p, f"sha256 {got[:16]}..., {name} says {digests[rel][:16]}...: the bytes changed")
+    return True
