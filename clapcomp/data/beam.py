@@ -3,7 +3,7 @@ pipeline (the `beam` extra: ``pip install 'clapcomp[beam]'``).
 
     input files (manifests, tars) -> Reshuffle -> the readers of `clapcomp.data.sources`, one file per
     worker: items numbered (file, row) -> Reshuffle (spread over the workers)
-    -> convert (`build.convert`: decode, check, resample, clean texts and negatives; `encode_record`)
+    -> convert (`items.convert`: decode, check, resample, clean texts and negatives; `encode_record`)
     -> records: by item number into num_shards (a side input: items / shard_size unless given)
        -> GroupByKey -> one ArrayRecord shard each, in item order
     -> outcomes: `BuildStats` per bundle, merged (CombineGlobally) -> the driver writes stats.json
@@ -34,7 +34,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from clapcomp.data.build import INPUT_PATTERNS, BuildStats, convert, convert_options, finish, iter_items, over_budget
+from clapcomp.data.items import INPUT_PATTERNS, BuildStats, convert, convert_options, finish, iter_items, over_budget
 from clapcomp.data.reasons import BadData
 from clapcomp.data.records import SHARD_SUFFIX, encode_record
 from clapcomp.data.sources import expand_inputs

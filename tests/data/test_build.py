@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from clapcomp.data import build as build_mod
+from clapcomp.data import items as items_mod
 from clapcomp.data.build import BuildError, build, main
 from clapcomp.data.records import RecordSource, decode_flac
 
@@ -245,7 +246,7 @@ def test_error_rate_stop_names_examples_and_keeps_shards(tmp_path):
 def test_per_item_timeout_skips_and_counts(tmp_path, monkeypatch):
     write_audio(str(tmp_path / "good.wav"), sine())
     write_csv(tmp_path / "m.csv", [{"audio": "good.wav", "caption": "c"}] * 2, fields=("audio", "caption"))
-    monkeypatch.setattr(build_mod, "load_audio", lambda *a, **k: time.sleep(5))
+    monkeypatch.setattr(items_mod, "load_audio", lambda *a, **k: time.sleep(5))
     stats = build(str(tmp_path / "m.csv"), str(tmp_path / "out"), sample_rate=SR, timeout_s=0.05)
     assert stats["skipped_by_reason"] == {"timeout": 2}
 
@@ -324,13 +325,13 @@ def test_a_reader_failing_midway_is_counted_not_fatal(tmp_path, monkeypatch):
     with open(tmp_path / "m.jsonl", "w") as f:
         f.write(json.dumps({"audio": "g\u0000.wav", "caption": "NUL in the path"}) + "\n")
         f.write(json.dumps({"audio": "good.wav", "caption": "ok"}) + "\n")
-    real = build_mod.read_manifest
+    real = items_mod.read_manifest
 
     def failing(path, **kw):
         yield from real(path, **kw)
         raise OSError("disk went away")
 
-    monkeypatch.setattr(build_mod, "read_manifest", failing)
+    monkeypatch.setattr(items_mod, "read_manifest", failing)
     stats = build(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), sample_rate=SR)
     assert stats["written"] == 1
     assert stats["skipped_by_reason"] == {"bad_row": 1, "unexpected_error": 1}
