@@ -11,7 +11,6 @@ Prints one JSON line. Nothing here is asserted by the tests.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -26,6 +25,7 @@ from clapcomp.convert.safetensors import save_safetensors
 from clapcomp.data.synth import EVENTS, render_event
 from clapcomp.models.clap import ClapModel
 from clapcomp.tokenizer import Tokenizer
+from clapcomp.train.config import load
 from clapcomp.train.state import model_config
 from clapcomp.use.classify import SOUND_TEMPLATES, Scorer, classify
 from clapcomp.use.search import Searcher, build
@@ -39,10 +39,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=144)
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="use-speed-"))
-    spec = importlib.util.spec_from_file_location("cfg", Path(__file__).parents[1] / "configs" / f"{a.config}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load(Path(__file__).parents[1] / "configs" / f"{a.config}.py")
     cfg = model_config(config)
     save_safetensors(ClapModel(cfg, rngs=nnx.Rngs(0)), cfg, root / "model",
                      Tokenizer.from_file(config.tokenizer, max_length=cfg.text.max_length))  # fmt: skip

@@ -1,7 +1,6 @@
 """benchmarks/train_throughput.py: CPU smoke run (tiny config) with grain / tfds / soxr blocked, the
 train step importable without ml_collections too, and the analytic FLOP count. No speed asserts."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from child_env import child_env  # tests/child_env.py (pytest pythonpath = tests)
+from repo_configs import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
@@ -18,10 +18,7 @@ BLOCKED = ("grain", "tensorflow_datasets", "soxr")  # the benchmark runs without
 
 
 def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, name)
 
 
 bench = _load(SCRIPT, "train_throughput")

@@ -293,11 +293,9 @@ def test_stablehlo_runs_in_a_fresh_process_without_clapcomp(tmp_path, made):
     np.testing.assert_allclose(got["text1"], text[:1], atol=1e-4)  # unpadded input, padded by the loader
     assert np.asarray(__import__("clapcomp").load(out).embed_text(TEXTS)).shape == (3, cfg.projection_dim)
 
-    import importlib.util  # the loader checks each file's sha256 (stablehlo.json) before parsing or deserialising
+    from repo_configs import load_script  # the loader checks each file's sha256 (stablehlo.json) before parsing
 
-    spec = importlib.util.spec_from_file_location("loader", out / export.LOADER_NAME)
-    loader = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loader)
+    loader = load_script(out / export.LOADER_NAME, "loader")
     for name in ("audio_embed.stablehlo", "model.safetensors"):
         original = (out / name).read_bytes()
         (out / name).write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])

@@ -5,18 +5,17 @@ left out of the lists); its gradients are float64 central finite differences. No
 reuses code from clapcomp.losses.
 """
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from child_env import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from repo_configs import load_script
 
 from clapcomp.losses import contrastive_loss, modular_loss
 
@@ -327,11 +326,7 @@ def _compiled_grad_hlo(fn, args):
 
 def _load_benchmark(name: str):
     """benchmarks/<name>.py (the HLO collective parser lives in benchmarks/hlo.py, shared with tpu_aot.py)."""
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script(REPO / "benchmarks" / f"{name}.py")
 
 
 def test_benchmark_smoke(capsys):

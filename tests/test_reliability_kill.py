@@ -8,7 +8,6 @@ chosen points are in tests/train/test_resume.py.
 """
 
 import copy
-import importlib.util
 import json
 import re
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_configs import load_script
 
 from clapcomp import fs
 
@@ -27,10 +27,7 @@ KILLS, STEPS, FLIPS = 3, 12, 4
 
 
 def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, name)
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+from repo_configs import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / f"{name}.py")
 
 
 aot, hlo = _load("tpu_aot"), _load("hlo")

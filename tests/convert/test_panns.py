@@ -15,6 +15,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from repo_configs import load_script
 
 from clapcomp import audio
 from clapcomp.convert.panns import load_aisfx_tower, load_panns_tower, panns_config, read_panns_checkpoint
@@ -107,9 +108,7 @@ def aisfx():
             "aisfx is not installed: pip install --no-deps aisfx==0.1.2 (its weights and model are the reference)"
         )
     root = spec.submodule_search_locations[0]
-    module_spec = importlib.util.spec_from_file_location("aisfx_cnn2d", f"{root}/models/cnn2d.py")
-    cnn2d = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(cnn2d)  # the model class only: aisfx/__init__ pulls librosa and tqdm
+    cnn2d = load_script(f"{root}/models/cnn2d.py", "aisfx_cnn2d")  # the model class only: aisfx/__init__ pulls librosa
     from clapcomp.convert.panns import _aisfx_safe_globals, aisfx_checkpoint_path
 
     with torch.serialization.safe_globals(_aisfx_safe_globals()):

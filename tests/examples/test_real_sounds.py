@@ -1,19 +1,16 @@
 """examples/real_sounds/build_corpus.py: the reviewed label table, source grouping and the split."""
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from repo_configs import load_script
 
 ROOT = Path(__file__).resolve().parents[2] / "examples" / "real_sounds"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("build_corpus", ROOT / "build_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "build_corpus.py")
 
 
 bc = _module()
@@ -115,9 +112,7 @@ def test_test_set_files_use_only_the_given_clips(tmp_path):
 def test_compare_refuses_an_unknown_override_before_running(tmp_path, capsys):
     """--set / --set3 go through clapcomp.train.config.load: an unknown key stops the script at once,
     naming the key, before the corpus is even looked at."""
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_script(ROOT / "compare.py")
     demo = Path(__file__).resolve().parents[2] / "configs" / "demo.py"
     base = ["--corpus", str(tmp_path), "--workdir", str(tmp_path / "w"), "--config", str(demo), "--steps", "2"]
     for flag in ("--set", "--set3"):
