@@ -76,9 +76,17 @@ def train(config, workdir: str | Path, *, restore: str = "latest", workdir_reuse
     run's config.json / tokenizer.json raises ForeignWorkdir unless `workdir_reuse`. The run's objects are
     built here, once, from the config; the helpers take objects."""
     workdir = Path(workdir)
+    fresh = not workdir.exists()
     lock = ckpt_lib.lock_workdir(workdir)
     try:
         return _train(config, workdir, restore, workdir_reuse)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            lock = None
+        if fresh and workdir.is_dir() and not any(workdir.iterdir()):
+            workdir.rmdir()  # refused before anything was written: no folder left behind (only the lock made it)
+        raise
     finally:
         if lock is not None:
             lock.release()
