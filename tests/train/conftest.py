@@ -172,6 +172,19 @@ def assert_states_bitwise_equal(a, b) -> None:
         ), jax.tree_util.keystr(path)
 
 
+def straight_and_resumed(config, tmp_path: Path, *, step: int = 4, drop: str = "4"):
+    """Trains `config` to the end in tmp_path/straight, copies it, drops checkpoint `drop` (as if killed after
+    the one before), resumes the copy, and returns both runs' states at `step`: (straight, resumed)."""
+    from clapcomp.train import loop
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    loop.train(config, straight)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / drop)
+    loop.train(config, resumed)
+    return read_state(straight, step), read_state(resumed, step)
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """This module's helper functions (test modules cannot import conftest under importlib mode)."""

@@ -3,7 +3,6 @@ each group's update against a separate optax AdamW at its own learning rate, a f
 after real train steps with no Adam moments, and one resume with groups bit-identical to a straight run."""
 
 import json
-import shutil
 
 import jax
 import numpy as np
@@ -171,21 +170,16 @@ def test_resume_with_groups_is_bitwise_identical_and_groups_are_recorded(tmp_pat
     from flax import nnx
 
     from clapcomp import load
-    from clapcomp.train import loop
 
     config = tiny("plain")
     config.unlock_last.audio, config.optimizer.layer_decay.text = 1, 0.5
     config.optimizer.lr_mults = [("^audio_projection\\.", 0.25)]
     config.ema_decay = 0.9
     config.total_steps, config.ckpt_every = 4, 2
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    loop.train(config, straight)
-    shutil.copytree(straight, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "4")  # as if killed after step 2's checkpoint
-    loop.train(config, resumed)
-    final = helpers.read_state(straight, 4)
+    final, resumed_final = helpers.straight_and_resumed(config, tmp_path)  # resumed after step 2's checkpoint
     assert final.ema is not None  # the EMA is checkpointed and part of the bitwise comparison
-    helpers.assert_states_bitwise_equal(final, helpers.read_state(resumed, 4))
+    helpers.assert_states_bitwise_equal(final, resumed_final)
+    resumed = tmp_path / "resumed"
     for raw_weights, want in ((False, final.ema), (True, final.params)):  # load: the EMA unless told otherwise
         model = load(resumed, raw_weights=raw_weights).model
         got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
