@@ -16,6 +16,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 FAST_COMPILE = (
     "--xla_backend_optimization_level=0",
@@ -37,3 +39,16 @@ os.environ.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT
 def pytest_unconfigure(config):
     if _OWNED_CACHE is not None:
         shutil.rmtree(_OWNED_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def gcs():
+    """A fresh local GCS (tests/gcs_emulator.py) with one bucket, its variables set in os.environ; the
+    `.env` to pass to child processes. gcsfs's cached filesystems (pointing at an older emulator) dropped."""
+    import gcs_emulator
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    with gcs_emulator.running() as emulator:
+        yield emulator
+    gcsfs.GCSFileSystem.clear_instance_cache()

@@ -1,0 +1,86 @@
+"""A local Google Cloud Storage for the gs:// tests: `gcp-storage-emulator` (PyPI) on 127.0.0.1, in
+memory, with one bucket. The environment it returns points every GCS client of this process and of its
+children at it: gcsfs / google-cloud-storage (STORAGE_EMULATOR_HOST), tensorstore, which Orbax uses for
+array data (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING), and no real credentials.
+
+    def test_x(gcs):            # the fixture (tests/conftest.py): a fresh emulator per test
+        run = f"gs://{gcs.bucket}/run"
+        subprocess.run([...], env={**child_env(), **gcs.env})
+"""
+
+import contextlib
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+
+BUCKET = "bkt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Emulator:
+    url: str  # http://127.0.0.1:PORT
+    bucket: str
+    env: dict  # the variables that point GCS clients here
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(bucket: str = BUCKET, timeout_s: float = 30.0):
+    """Start the emulator, set its variables in os.environ for the duration, stop it and restore them."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--default-bucket",
+            bucket,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "STORAGE_EMULATOR_HOST": url,
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "GOOGLE_CLOUD_PROJECT": "emulator",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gcp-storage-emulator did not start on port {port}") from None
+                time.sleep(0.1)
+        os.environ.update(env)
+        yield Emulator(url=url, bucket=bucket, env=env)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
