@@ -166,10 +166,13 @@ def over_budget(stats: BuildStats, max_error_rate: float, min_items_for_rate: in
 
 
 def finish(out_dir: str, stats: BuildStats, shards: list[str], stopped: str | None, start: float, **head) -> dict:
-    """Writes (atomically) and returns stats.json; raises `BuildError` if the build `stopped`."""
+    """Writes (atomically) and returns stats.json, then the folder's manifest `sha256.json` (`fs.write_manifest`:
+    what a copy of the records, e.g. one staged from GCS by `clapcomp.data.stage`, is checked against);
+    raises `BuildError` if the build `stopped` (the shards kept are in both)."""
     result = {**head, **stats.to_dict(), "shards": shards, "elapsed_s": round(time.time() - start, 3),
               "stopped": stopped}  # fmt: skip
     fs.write_json(os.path.join(out_dir, "stats.json"), result, indent=1, ensure_ascii=False)
+    fs.write_manifest(out_dir)
     if stopped:
         raise BuildError(stopped)
     return result

@@ -62,6 +62,7 @@ class DataConfig:
         """From a training config (`config.seed`, `config.data.*`; `data.train` and `data.tower_cache` name
         inputs the caller opens) and the model's audio front end (`sample_rate`, `clip_samples`, `fusion`);
         `overrides` replace any field."""
+        train = config.data.train
         fields = dict(
             batch_size=config.data.batch_size,
             clip_samples=audio.clip_samples,
@@ -71,15 +72,24 @@ class DataConfig:
             num_positives=config.data.num_positives,
             seed=config.seed,
             workers=config.data.workers,
-            weights=tuple(w for _, w in mixture(config.data.train, config.data.weights)) if config.data.train else (),
+            weights=tuple(w for _, w in parse_mixture(train, config.data.weights)) if train else (),
         )
         return cls(**{**fields, **overrides})
 
 
 def mixture(train: str, weights: str = "") -> list[tuple[str, float]]:
-    """`config.data.train` ("DIR" or "DIR_A,DIR_B,...") and `config.data.weights` ("" or "3,1,...") ->
-    [(dir, weight)], weights as given (grain normalises them; "": 1 each). Sources are named by their
-    folder's basename in the counters, so two sources with the same basename are refused."""
+    """`parse_mixture`, with every source a local folder: one on GCS (``gs://bkt/recs``) is staged to
+    local disk first (`clapcomp.data.stage.local_copy`; once per process) and its copy, which keeps the
+    source's basename, is returned in its place. Where the trainer opens its sources."""
+    from clapcomp.data.stage import local_copy
+
+    return [(local_copy(d), w) for d, w in parse_mixture(train, weights)]
+
+
+def parse_mixture(train: str, weights: str = "") -> list[tuple[str, float]]:
+    """`config.data.train` ("DIR" or "DIR_A,DIR_B,...", local folders or URLs) and `config.data.weights`
+    ("" or "3,1,...") -> [(dir, weight)], weights as given (grain normalises them; "": 1 each). Sources are
+    named by their folder's basename in the counters, so two sources with the same basename are refused."""
     dirs = [d.strip() for d in train.split(",") if d.strip()]
     if not dirs:
         raise ValueError("config.data.train is empty; pass --config.data.train=DIR or DIR_A,DIR_B,...")

@@ -1,6 +1,7 @@
 """`clapcomp data build`: every input format, the bad-input table, the error-rate stop, timeouts."""
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -67,6 +68,9 @@ def test_manifest_csv_decodes_resamples_mixes_and_keeps_text(tmp_path):
     assert (stats["seen"], stats["written"], stats["skipped"]) == (3, 3, 0)
     assert stats["shards"] == ["data-00000.array_record", "data-00001.array_record"]
     assert json.load(open(tmp_path / "out" / "stats.json"))["written"] == 3
+    manifest = json.load(open(tmp_path / "out" / "sha256.json"))  # what a staged copy is checked against
+    names = [*stats["shards"], "stats.json"]
+    assert manifest["sha256"] == {n: hashlib.sha256((tmp_path / "out" / n).read_bytes()).hexdigest() for n in names}
     assert stats["total_duration_s"] == pytest.approx(0.25 + 0.5 + 0.5)
     ex = examples(tmp_path / "out")
     one = ex["a/one.wav"]
