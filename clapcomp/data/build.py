@@ -18,8 +18,10 @@ much faster to decode). A bad item is skipped and counted by reason (the readers
 one of the row's captions or positives (`clapcomp.data.negatives.normalize`) is dropped and
 counted. ``stats.json`` next to the shards holds the counts, examples of each skip reason,
 duration figures and what the data can train (``rows_with_negatives``, ``negatives_per_row``,
-``rows_with_positives``). Once ``max_error_rate`` of the items seen (after ``min_items_for_rate``) are
-bad, the build stops with `BuildError`; the shards written until then stay valid.
+``rows_with_positives``); ``sha256.json``, written last, the sha256 and size of every file
+(`clapcomp.fs.write_manifest`: what a staged copy is checked against, `clapcomp.data.stage`). Once
+``max_error_rate`` of the items seen (after ``min_items_for_rate``) are bad, the build stops with
+`BuildError`; the shards written until then stay valid (and listed in both files).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What both runners of `clapcomp data build` share (`build.py`: one process; `beam.py`: Apache Beam): the
 items of the inputs (the readers of `sources.py`), one item's conversion (decode, check, resample, clean texts
-and negatives), the counts (`BuildStats`), the error budget and `stats.json`.
+and negatives), the counts (`BuildStats`), the error budget, `stats.json` and the manifest `sha256.json`.
 """
 
 from __future__ import annotations
