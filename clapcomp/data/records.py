@@ -300,6 +300,11 @@ def shard_paths(paths_or_dir: str | Sequence[str]) -> list[str]:
     """A directory (all `*.array_record` in it, sorted), one file, or a list of files."""
     if isinstance(paths_or_dir, (str, os.PathLike)):
         path = os.fspath(paths_or_dir)
+        if "://" in path:  # the installed ArrayRecord reader hangs on gs:// (array_record issue #120)
+            raise ValueError(
+                f"{path} is a URL: read it through its staged local copy, clapcomp.data.stage.local_copy(url) "
+                "(config.data.train does this)"
+            )
         if os.path.isdir(path):
             paths = sorted(glob.glob(os.path.join(path, f"*{SHARD_SUFFIX}")))
             if not paths:

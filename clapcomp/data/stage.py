@@ -94,8 +94,8 @@ def stage(source: str, stage_dir: str | os.PathLike | None = None) -> Staged:
     """Copies the record folder `source` (a URL) into `staged_folder(source, stage_root(stage_dir))`,
     verifying every file against the build's `sha256.json` and reusing what an earlier start verified.
     Raises FileNotFoundError (no manifest, a shard missing in the bucket), ValueError (a shard the
-    manifest does not list), `fs.CorruptFile` (the bucket's bytes differ from the manifest) or
-    OSError (not enough free disk), each naming the file."""
+    manifest does not list, an unreadable manifest), `fs.CorruptFile` (the bucket's bytes differ from
+    the manifest) or OSError (not enough free disk), each naming the file."""
     from etils import epath
 
     remote = epath.Path(source.rstrip("/"))
@@ -136,7 +136,7 @@ def _manifest(remote) -> tuple[dict, dict]:
             f"(python -c \"from clapcomp import fs; fs.write_manifest('DIR')\") and upload it with them"
         ) from None
     except (ValueError, KeyError, TypeError) as e:
-        raise fs.CorruptFile(path, f"unreadable manifest ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from None
 
 
 def _wait_for_lock(folder: Path, purpose: str) -> fs.Lock:
@@ -220,7 +220,8 @@ def _fetch(src, dst: Path, digest: str, size: int) -> None:
                 f.write(chunk)
                 n += len(chunk)
             if n != size or h.hexdigest() != digest:
-                raise fs.CorruptFile(src, f"{n} bytes with sha256 {h.hexdigest()[:16]}..., the build's "
-                                          f"{fs.MANIFEST} says {size} bytes, {digest[:16]}...: upload it again")  # fmt: skip
+                raise fs.CorruptFile(dst, f"not staged: {src} has {n} bytes with sha256 {h.hexdigest()[:16]}..., "
+                                          f"the build's {fs.MANIFEST} says {size} bytes, {digest[:16]}...: upload "
+                                          "it again")  # fmt: skip
     except FileNotFoundError:
         raise FileNotFoundError(f"{src} vanished from the bucket while staging: upload the records again") from None

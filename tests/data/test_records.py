@@ -147,6 +147,8 @@ def test_source_errors_name_the_problem(tmp_path):
         RecordSource(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not found"):
         RecordSource([str(tmp_path / "nope.array_record")])
+    with pytest.raises(ValueError, match=r"gs://b/recs is a URL: read it through its staged local copy"):
+        RecordSource("gs://b/recs")  # never handed to ArrayRecord, whose open hangs on gs://
 
 
 def test_call_with_timeout():

@@ -3,6 +3,9 @@ restart, and read by the pipeline bit for bit as the local folder they were uplo
 
 import logging
 import os
+import threading
+import time
+import types
 
 import numpy as np
 import pytest
@@ -98,7 +101,16 @@ def test_staged_source_reads_bitwise_as_the_local_one_and_a_mixture_mixes_both(g
 def test_restart_reuses_the_copy_and_a_corrupt_copy_is_fetched_again(gcs, local, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="clapcomp.data.stage")
     url = _upload(local, f"gs://{gcs.bucket}/recs")
-    first = stage.stage(url, tmp_path)
+    held = fs.lock_folder(stage.staged_folder(url, tmp_path), purpose="another process staging")
+    monkeypatch.setattr(stage, "WAIT_S", 0.05)
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(first=stage.stage(url, tmp_path)))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not list(held.path.parent.glob("*.array_record"))  # waits for the holder
+    held.release()
+    waiter.join(60)
+    first = result["first"]
     assert (first.fetched, first.reused) == (4, 0)  # 3 shards + stats.json
     assert first.bytes_fetched == sum((local / n).stat().st_size for n in os.listdir(first.path) if n[0] != ".")
     again = stage.stage(url, tmp_path)
@@ -126,16 +138,20 @@ def test_restart_reuses_the_copy_and_a_corrupt_copy_is_fetched_again(gcs, local,
     assert f"staged {url} -> {first.path}: 4 files (2 fetched" in lines[-1] and "2 reused" in lines[-1]
 
 
-def test_bad_buckets_are_clear_errors_naming_the_file(gcs, local, tmp_path):
+def test_bad_buckets_are_clear_errors_naming_the_file(gcs, local, tmp_path, monkeypatch):
     bucket = epath.Path(f"gs://{gcs.bucket}")
     url = _upload(local, f"gs://{gcs.bucket}/recs")
+    with monkeypatch.context() as m:
+        m.setattr(stage.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+        with pytest.raises(OSError, match=r"staging gs://bkt/recs needs .* point \$CLAPCOMP_STAGE_DIR at a bigger"):
+            stage.stage(url, tmp_path)
     (bucket / "recs" / "data-00001.array_record").unlink()
     with pytest.raises(FileNotFoundError, match=r"gs://bkt/recs/data-00001\.array_record is listed .* missing"):
         stage.stage(url, tmp_path)
 
     url = _upload(local, f"gs://{gcs.bucket}/bad")
     (bucket / "bad" / "data-00002.array_record").write_bytes(b"not the built bytes")
-    with pytest.raises(fs.CorruptFile, match=r"data-00002\.array_record: 19 bytes .* upload it again"):
+    with pytest.raises(fs.CorruptFile, match=r"gs://bkt/bad/data-00002\.array_record has 19 bytes .* upload it again"):
         stage.stage(url, tmp_path)
     assert not list((tmp_path / gcs.bucket).rglob("data-00002.array_record*"))  # nothing half-written kept
 
