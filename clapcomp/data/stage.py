@@ -64,7 +64,7 @@ class Staged:
     bytes_fetched: int
 
 
-def local_copy(source: str, stage_dir: str | None = None) -> str:
+def local_copy(source: str, stage_dir: str | os.PathLike | None = None) -> str:
     """A local folder holding the records of `source`: `source` itself when local, else its staged
     copy (`stage`; once per process: later calls return the folder at once)."""
     if not is_remote(source):
@@ -76,7 +76,7 @@ def local_copy(source: str, stage_dir: str | None = None) -> str:
     return _staged[key]
 
 
-def stage_root(stage_dir: str | None = None) -> Path:
+def stage_root(stage_dir: str | os.PathLike | None = None) -> Path:
     """Where staged copies live: `stage_dir`, else `$CLAPCOMP_STAGE_DIR`, else ~/.cache/clapcomp/staged."""
     return Path(os.path.expanduser(stage_dir or os.environ.get(STAGE_DIR_ENV) or DEFAULT_STAGE_DIR))
 
