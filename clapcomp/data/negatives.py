@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import functools
 import json
 import logging
 import os
@@ -79,11 +80,14 @@ DEFAULT_VOCABULARY = (
     "engine", "siren", "bell", "horn", "door", "water", "rain", "wind", "music", "phone", "clock",
 )  # fmt: skip
 _WORD = re.compile(r"([A-Za-z]+(?:-[A-Za-z]+)*)")
+_SPACES = re.compile(r"\s+")
+_ARTICLE = re.compile(r"\b(an?|An?)\s+([A-Za-z])")
+_FINAL_PUNCTUATION = re.compile(r"[.!?]+$")
 
 
 def normalize(caption: str) -> str:
     """Case-, space- and final-punctuation-insensitive form used to compare captions."""
-    return re.sub(r"\s+", " ", caption.strip().casefold()).rstrip(".!?;:, ")
+    return _SPACES.sub(" ", caption.strip().casefold()).rstrip(".!?;:, ")
 
 
 def clean_negatives(negatives: Sequence[str], positives: Sequence[str]) -> tuple[list[str], int]:
@@ -96,14 +100,15 @@ def clean_negatives(negatives: Sequence[str], positives: Sequence[str]) -> tuple
     return kept, len(negatives) - len(kept)
 
 
-def _fix_articles(text: str) -> str:
-    def repl(m):
-        art, word = m.group(1), m.group(2)
-        an = word[0].lower() in "aeiou"
-        new = ("an" if an else "a") if art.islower() else ("An" if an else "A")
-        return f"{new} {word}"
+def _article(m: re.Match) -> str:
+    art, word = m.group(1), m.group(2)
+    an = word[0].lower() in "aeiou"
+    new = ("an" if an else "a") if art.islower() else ("An" if an else "A")
+    return f"{new} {word}"
 
-    return re.sub(r"\b(an?|An?)\s+([A-Za-z])", repl, text)
+
+def _fix_articles(text: str) -> str:
+    return _ARTICLE.sub(_article, text)
 
 
 class _Caption:
@@ -111,7 +116,7 @@ class _Caption:
 
     def __init__(self, caption: str):
         text = caption.strip()
-        m = re.search(r"[.!?]+$", text)
+        m = _FINAL_PUNCTUATION.search(text)
         self.tail = m.group(0) if m else ""
         body = text[: len(text) - len(self.tail)].strip()
         first = body.split(" ", 1)[0] if body else ""
@@ -119,7 +124,7 @@ class _Caption:
         self.body = body[:1].lower() + body[1:] if self.upper else body
 
     def finish(self, body: str) -> str:
-        body = _fix_articles(re.sub(r"\s+", " ", body).strip())
+        body = _fix_articles(_SPACES.sub(" ", body).strip())
         return (body[:1].upper() + body[1:] if self.upper else body) + self.tail
 
 
@@ -190,13 +195,12 @@ def event_substitutions(
 ) -> list[str]:
     """Replace one vocabulary phrase (longest match, whole words) by `per_event` random others."""
     c = _Caption(caption)
-    phrases = sorted({v.strip().lower() for v in vocabulary if v.strip()}, key=lambda v: (-len(v), v))
-    if not phrases:
+    pattern, words = _vocabulary_patterns(tuple(vocabulary))
+    if pattern is None:
         return []
-    pattern = re.compile(r"\b(" + "|".join(re.escape(p) for p in phrases) + r")\b", re.I)
     matches = list(pattern.finditer(c.body))
     present = {m.group(1).lower() for m in matches}
-    pool = [p for p in phrases if p not in present and not re.search(r"\b" + re.escape(p) + r"\b", c.body, re.I)]
+    pool = [p for p, word in words if p not in present and not word.search(c.body)]
     out = []
     for m in matches:
         if not pool:
@@ -206,11 +210,23 @@ def event_substitutions(
     return _distinct(caption, out)
 
 
+@functools.lru_cache(maxsize=16)
+def _vocabulary_patterns(vocabulary: tuple[str, ...]) -> tuple[re.Pattern | None, list[tuple[str, re.Pattern]]]:
+    """A vocabulary's phrases (lower case, longest first) compiled once: (the longest-match alternation or None
+    when empty, [(phrase, its whole-word pattern)])."""
+    phrases = sorted({v.strip().lower() for v in vocabulary if v.strip()}, key=lambda v: (-len(v), v))
+    if not phrases:
+        return None, []
+    pattern = re.compile(r"\b(" + "|".join(re.escape(p) for p in phrases) + r")\b", re.I)
+    return pattern, [(p, re.compile(r"\b" + re.escape(p) + r"\b", re.I)) for p in phrases]
+
+
 def _distinct(caption: str, candidates: list[str]) -> list[str]:
     seen, out = {normalize(caption)}, []
     for cand in candidates:
-        if normalize(cand) not in seen:
-            seen.add(normalize(cand))
+        key = normalize(cand)
+        if key not in seen:
+            seen.add(key)
             out.append(cand)
     return out
 
