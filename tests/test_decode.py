@@ -42,6 +42,26 @@ def test_chunked_read_equals_a_whole_read(tmp_path, monkeypatch):
     assert read_audio(tmp_path / "a.flac", first_frames=10**9)[0].shape == (10_500,)
 
 
+@pytest.mark.parametrize("fmt, subtype, channels", [("FLAC", "PCM_16", 1), ("WAV", "PCM_16", 1),
+                                                     ("FLAC", "PCM_24", 1), ("FLAC", "PCM_16", 2)])  # fmt: skip
+def test_int16_decode_is_the_float_decode_times_2_to_the_15(tmp_path, monkeypatch, fmt, subtype, channels):
+    """Mono 16-bit files come back as int16 whose x / 2**15 (float64, exact) is libsndfile's whole float32 read,
+    bit for bit, over several chunks; 24-bit and stereo files come back as the float32 read (channel mean)."""
+    monkeypatch.setattr(decode, "CHUNK_FRAMES", 1000)
+    x = np.random.default_rng(1).uniform(-1, 1, (10_500, channels)).astype(np.float32)
+    x[:4, 0] = [-1.0, 1.0, 0.0, -1 / 32768]  # the int16 extremes and the smallest step
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, x, 16_000, format=fmt, subtype=subtype)
+    reference = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
+    wave, rate = read_audio(path.read_bytes(), name=path.name, int16=True)
+    assert rate == 16_000 and wave.shape == (10_500,)
+    if (subtype, channels) == ("PCM_16", 1):
+        assert wave.dtype == np.int16 and wave.min() == -32768 and wave.max() == 32767
+        assert (wave.astype(np.float64) / 32768).astype(np.float32).tobytes() == reference.tobytes()
+    else:
+        assert wave.dtype == np.float32 and wave.tobytes() == reference.tobytes()
+
+
 def test_the_header_bomb_is_refused_before_anything_is_allocated():
     bomb = header_bomb()
     assert len(bomb) < 8_000  # 1 s held; the issue's 5-s file is 16 KB

@@ -41,6 +41,9 @@ class DataConfig:
     max_retries: int = 16  # bad records in a row before the pipeline stops (the data looks broken)
     max_unexpected: int = 3  # transform bugs (`unexpected_error`) tolerated before stopping
     weights: tuple[float, ...] = ()  # mixing weight per source (several `data.train` dirs); (): equal weights
+    # waveform as int16 (the records' samples; the model's float32 is x * 2**-15, which the train step computes on
+    # the device: half the bytes copied and sent); a record not 16-bit mono at sample_rate is then a bad record
+    pcm16_batches: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "clip_samples", "sample_rate"):
@@ -61,7 +64,7 @@ class DataConfig:
     def from_config(cls, config, audio, **overrides) -> DataConfig:
         """From a training config (`config.seed`, `config.data.*`; `data.train` and `data.tower_cache` name
         inputs the caller opens) and the model's audio front end (`sample_rate`, `clip_samples`, `fusion`);
-        `overrides` replace any field."""
+        `overrides` replace any field. The trainer's batches carry int16 waveforms (`pcm16_batches`)."""
         train = config.data.train
         fields = dict(
             batch_size=config.data.batch_size,
@@ -73,6 +76,7 @@ class DataConfig:
             seed=config.seed,
             workers=config.data.workers,
             weights=tuple(w for _, w in parse_mixture(train, config.data.weights)) if train else (),
+            pcm16_batches=True,
         )
         return cls(**{**fields, **overrides})
 
@@ -128,7 +132,7 @@ class Field:
 
 
 FIELDS = (
-    Field("waveform", ("S",), "float32", "waveform"),  # zero-padded past `lengths`
+    Field("waveform", ("S",), "float32", "waveform"),  # zero-padded past `lengths`; int16 with pcm16_batches
     Field("audio_pooled", ("D",), "float32", "pooled"),  # a tower cache's row, instead of the waveform
     Field("lengths", (), "int32", "length"),  # the clip's true sample count (<= S)
     Field("input_ids", ("L",), "int32", "caption"),

@@ -46,6 +46,7 @@ from clapcomp.data.reasons import READ_REASONS, BadData, renamed
 from clapcomp.data.records import (
     call_with_timeout,
     decode_audio,
+    decode_flac,
     parse_record,
     pcm16_samples,
     pcm16_to_float,
@@ -61,7 +62,8 @@ class RecordTransform:
     The pipeline runs it in two steps: `read` (per record, on grain's threads: parse, crop, pick the
     texts) and `Collate` (per batch: int16 -> float32 straight into the batch, one tokenizer call for
     all texts). Calling the transform does both for one record: the example holds the
-    `clapcomp.data.options.FIELDS` of its parts: ``waveform [S] f32`` (S = `options.out_samples`), or with a
+    `clapcomp.data.options.FIELDS` of its parts: ``waveform [S] f32`` (S = `options.out_samples`; int16 with
+    `options.pcm16_batches`), or with a
     `tower_cache` ``audio_pooled [D] f32`` (the cache's row for the clip) instead; ``lengths`` i32;
     ``input_ids``/``attention_mask [L]`` i32; ``neg_input_ids``/``neg_attention_mask [K, L]`` i32,
     ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P = `options.num_positives` > 0 also
@@ -83,7 +85,8 @@ class RecordTransform:
         return {k: v[0] for k, v in batch.items()}
 
     def read(self, record: bytes, rng: np.random.Generator) -> dict:
-        """One record -> what `Collate` batches: ``audio [n]`` (int16 pcm16 samples, else float32; n <= S) or
+        """One record -> what `Collate` batches: ``audio [n]`` (int16 at the model's rate: pcm16 or mono 16-bit
+        FLAC; else float32; n <= S) or
         ``audio_pooled [D]``, ``lengths`` i32, ``texts`` (caption, [negatives], [positives]), ``_skips``
         (and ``_source``). A bad record is replaced by another drawn with `rng`, and counted."""
         skips = np.zeros(len(READ_REASONS), np.int32)
@@ -124,13 +127,22 @@ class RecordTransform:
             raise BadData("missing_caption", f"record {rec['key']!r} has no caption")
         if rec["num_samples"] > o.max_record_seconds * rec["sample_rate"]:
             raise BadData("too_long", f"record {rec['key']!r}: {rec['num_samples']} samples")
-        # At the model's rate pcm16 stays int16 until Collate converts the crop: the same floats, less work.
-        if rec["audio_format"] == "pcm16" and rec["sample_rate"] == o.sample_rate:
+        # At the model's rate the audio stays int16 until Collate converts the crop (or, with pcm16_batches, the
+        # device does): the same floats, less work. FLAC decoding runs under the time bound (and stops itself there).
+        timeout = o.decode_timeout_s if rec["audio_format"] == "flac" else None
+        if rec["sample_rate"] == o.sample_rate and rec["audio_format"] == "pcm16":
             audio = pcm16_samples(rec)  # a view of the record's bytes
-        else:  # FLAC decoding runs under the time bound (and stops itself there); from int16: always finite
+        elif rec["sample_rate"] == o.sample_rate:  # int16 when mono 16-bit (as written by `encode_flac`)
+            audio = call_with_timeout(decode_flac, timeout, bytes(rec["audio"]), rec["num_samples"], timeout, True)
+        else:
             rec["audio"] = bytes(rec["audio"])  # the decoder reads bytes, not a view
-            timeout = o.decode_timeout_s if rec["audio_format"] != "pcm16" else None
             audio = call_with_timeout(decode_at, timeout, rec, o.sample_rate, timeout)
+        if o.pcm16_batches and audio.dtype != np.int16 and self.tower_cache is None:
+            raise BadData(
+                "bad_record",
+                f"record {rec['key']!r} holds {rec['sample_rate']} Hz audio, not 16-bit mono at the model's "
+                f"{o.sample_rate} Hz: int16 batches carry the records' own samples (rebuild the records at that rate)",
+            )
         if audio.shape[0] > o.out_samples:
             start = int(rng.integers(audio.shape[0] - o.out_samples + 1))
             audio = audio[start : start + o.out_samples]
@@ -156,7 +168,7 @@ class RecordTransform:
 
 class Collate:
     """`RecordTransform.read` examples -> one batch of `FIELDS` with a leading ``[B]``: the waveforms
-    converted (int16) or copied (float32) straight into one zero-tailed ``[B, S]`` array, all
+    converted (int16; copied with `pcm16_batches`) or copied (float32) straight into one zero-tailed ``[B, S]`` array, all
     B x (1 + K + P) texts tokenised in one call. grain's `batch_fn`; picklable."""
 
     def __init__(self, options: DataConfig, tokenizer):
@@ -170,14 +182,14 @@ class Collate:
         if "audio_pooled" in examples[0]:
             batch = {"audio_pooled": np.stack([e["audio_pooled"] for e in examples])}
         else:
-            wave = np.empty((n, o.out_samples), np.float32)
+            wave = np.empty((n, o.out_samples), np.int16 if o.pcm16_batches else np.float32)
             for row, e in zip(wave, examples, strict=True):
                 audio, k = e["audio"], e["audio"].shape[0]
-                if audio.dtype == np.int16:
+                if audio.dtype == np.int16 and not o.pcm16_batches:
                     pcm16_to_float(audio, out=row[:k])
                 else:
                     row[:k] = audio
-                row[k:] = 0.0
+                row[k:] = 0
             batch = {"waveform": wave}
         batch["lengths"] = np.array([e["lengths"] for e in examples], np.int32)
         parts = ("caption", "negatives", "positives") if o.num_positives else ("caption", "negatives")

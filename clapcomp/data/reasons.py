@@ -21,7 +21,12 @@ class Reason:
 
 
 REASONS = (
-    Reason("bad_record", ("read",), "not a clapcomp record, or its header is unreadable (rebuild the records)"),
+    Reason(
+        "bad_record",
+        ("read",),
+        "not a clapcomp record, its header is unreadable, or (int16 batches) its audio is not 16-bit mono at the "
+        "model rate (rebuild the records)",
+    ),
     Reason("missing_file", ("build",), "the row's audio file does not exist"),
     Reason(
         "path_escapes_root", ("build",), "audio path leaves the manifest's folder (allow with --allow-outside-root)"

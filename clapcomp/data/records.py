@@ -86,12 +86,15 @@ def encode_flac(waveform: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_flac(data: bytes, expected_samples: int | None = None, timeout_s: float | None = None) -> np.ndarray:
+def decode_flac(
+    data: bytes, expected_samples: int | None = None, timeout_s: float | None = None, int16: bool = False
+) -> np.ndarray:
     """FLAC bytes -> `[T]` float32 (channel mean). Raises `BadData` if undecodable or of the wrong length.
 
     Decoded by `clapcomp.decode.read_audio` with `expected_samples` as the budget, so bytes whose own
     header declares more audio than the record's are refused before decoding; the decode stops
-    itself after `timeout_s` seconds.
+    itself after `timeout_s` seconds. `int16`: mono 16-bit FLAC (what `encode_flac` writes) comes back as
+    its int16 samples (`pcm16_to_float` of them is the float32 result, bit for bit).
     """
     budget = Limits(
         max_seconds=math.inf,
@@ -100,7 +103,7 @@ def decode_flac(data: bytes, expected_samples: int | None = None, timeout_s: flo
         timeout_s=timeout_s,
     )
     try:
-        wave, _ = read_audio(data, budget, name="record.flac")
+        wave, _ = read_audio(data, budget, name="record.flac", int16=int16)
     except DecodeError as e:
         reason = _DECODE_TO_RECORD.get(e.reason, "corrupt")
         raise BadData(reason, e.detail if reason == e.reason else f"{e.reason}: {e.detail}") from None

@@ -8,7 +8,8 @@
 No config is read inside the trace. Per step:
   key = fold_in(key(seed), step)             the same step always draws the same randomness, so a
                                              resumed run is bit-identical to an unbroken one
-  audio  = embed_audio(waveform, lengths)    log-mel on device, random crop / SpecAugment / dropout
+  audio  = embed_audio(waveform, lengths)    log-mel on device (an int16 waveform x 2**-15 first: `waveform`),
+                                             random crop / SpecAugment / dropout
                                              (a locked audio tower, `lock_audio_tower`: inference mode,
                                              BatchNorm statistics unchanged, no gradient through it;
                                              or its cached outputs `audio_pooled` [B, P] -> projection)
@@ -70,6 +71,14 @@ def _embed_rows(model, ids, mask, key):
     )
 
 
+def waveform(batch) -> jax.Array:
+    """The batch's waveform [B, S] f32. An int16 one (the trainer's: `DataConfig.pcm16_batches`) is converted
+    here, on the device, as the host would: x * 2**-15 in float32 (exact: every int16 is a float32, 2**-15 a
+    power of two), so the model sees the same floats, bit for bit."""
+    wave = batch["waveform"]
+    return wave.astype(jnp.float32) * jnp.float32(1.0 / 32768.0) if wave.dtype == jnp.int16 else wave
+
+
 def _embed_audio(model, batch, key, lock_audio_tower: bool):
     """[B, D] audio embeddings in train mode; a locked tower runs as at inference (LiT), under
     stop_gradient, on the random crop: only the projection after it trains. A batch with
@@ -83,8 +92,8 @@ def _embed_audio(model, batch, key, lock_audio_tower: bool):
             )
         return model.embed_pooled(batch["audio_pooled"])
     if not lock_audio_tower:
-        return model.embed_audio(batch["waveform"], batch["lengths"], train=True, key=key)
-    pooled = model.pool_audio(batch["waveform"], batch["lengths"], key=key)
+        return model.embed_audio(waveform(batch), batch["lengths"], train=True, key=key)
+    pooled = model.pool_audio(waveform(batch), batch["lengths"], key=key)
     return model.embed_pooled(jax.lax.stop_gradient(pooled))
 
 

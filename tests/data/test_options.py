@@ -18,7 +18,7 @@ def test_from_config_keeps_the_config_names():
     audio = SimpleNamespace(sample_rate=16000, clip_samples=4000, fusion=True)
     options = DataConfig.from_config(c, audio)
     assert options == DataConfig(batch_size=16, clip_samples=4000, sample_rate=16000, fusion=True, num_negatives=3,
-                                 num_positives=2, seed=5, workers=4)  # fmt: skip
+                                 num_positives=2, seed=5, workers=4, pcm16_batches=True)  # fmt: skip
     assert options.out_samples == 12000 and dataclasses.replace(options, fusion=False).out_samples == 4000
     assert DataConfig.from_config(c, audio, workers=0, max_samples=5000).out_samples == 5000
     # every option of config.data (but the two inputs the caller opens) is a DataConfig field of the same name

@@ -323,7 +323,7 @@ def test_bad_records_are_replaced_and_counted(source, tok, tmp_path):
 def test_stuck_decoding_times_out_then_stops_with_a_clear_error(source, tok, monkeypatch):
     import time
 
-    monkeypatch.setattr(pipeline, "decode_audio", lambda *a: time.sleep(5))
+    monkeypatch.setattr(pipeline, "decode_flac", lambda *a: time.sleep(5))  # FLAC at the model rate
     with pytest.raises(RuntimeError, match=r"bad records in a row.*'timeout': 17"):
         next(iter(_ds(source, tok, decode_timeout_s=0.01)))
 
@@ -476,6 +476,13 @@ def test_device_iterator_counts_samples_and_skips_per_source(source, other_sourc
 # ----------------------------------------------------------------------------- what the model sees
 
 
+def test_int16_batches_refuse_records_at_another_rate(tok, tmp_path):
+    """int16 batches carry the records' own samples: a record that would need resampling is a bad record."""
+    write_records(str(tmp_path), (dict(_record(i), sample_rate=8000) for i in range(4)), audio_format="pcm16")
+    with pytest.raises(RuntimeError, match=r"bad records in a row.*'bad_record': 17"):
+        next(iter(_ds(RecordSource(str(tmp_path)), tok, pcm16_batches=True)))
+
+
 def _reference_example(record, rng, *, tok, clip, k, p, generator):
     """The per-record algorithm of 2026-12-07 (c4af60a): decode the whole clip to float32 (x / 32768 for
     pcm16), crop, copy into a zero buffer, tokenise caption + negatives + positives of this record alone."""
@@ -512,9 +519,18 @@ def _reference_example(record, rng, *, tok, clip, k, p, generator):
     return out
 
 
-@pytest.mark.parametrize("audio_format, rate", [("pcm16", 16000), ("flac", 16000), ("pcm16", 8000)])
-def test_batches_are_bitwise_those_of_the_per_record_algorithm(tok, tmp_path, audio_format, rate):
+@pytest.mark.parametrize(
+    "audio_format, rate, pcm16_batches",
+    [("pcm16", 16000, False), ("flac", 16000, False), ("pcm16", 8000, False), ("pcm16", 16000, True),
+     ("flac", 16000, True)],
+)  # fmt: skip
+def test_batches_are_bitwise_those_of_the_per_record_algorithm(tok, tmp_path, audio_format, rate, pcm16_batches):
+    """With `pcm16_batches` the batch's waveform is int16 and the model's float32 is what the train step
+    computes from it on the device (`clapcomp.train.step.waveform`, jitted): that is compared."""
     import grain
+    import jax
+
+    from clapcomp.train import step as step_lib
 
     rng = np.random.default_rng(3)
     records = [
@@ -526,7 +542,11 @@ def test_batches_are_bitwise_those_of_the_per_record_algorithm(tok, tmp_path, au
     write_records(str(tmp_path), records, shard_size=5, audio_format=audio_format)
     src = RecordSource(str(tmp_path))
     options = dict(seed=5, batch_size=4, num_epochs=2, num_positives=P, generate_negatives=True)
-    got = list(_ds(src, tok, **options))
+    got = list(_ds(src, tok, pcm16_batches=pcm16_batches, **options))
+    if pcm16_batches:
+        on_device = jax.jit(step_lib.waveform)
+        assert all(b["waveform"].dtype == np.int16 for b in got)
+        got = [{**b, "waveform": np.asarray(on_device(b))} for b in got]
     generator = NegativeGenerator(5)
 
     def reference(record, r):

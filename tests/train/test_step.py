@@ -97,6 +97,21 @@ def test_config_step_logs_the_adamw_rate_it_applies(setup):
     assert int(state.step) == 3 and int(step_lib.applied_updates(state.opt_state)) == 2
 
 
+def test_an_int16_batch_gives_the_loss_of_its_float32_waveform(setup):
+    """The trainer's batches carry int16 waveforms (`DataConfig.pcm16_batches`); the step's loss converts them on
+    the device. The train-mode loss (random crop, SpecAugment, dropout from the same key) on the int16 batch and
+    on x / 2**15 (NumPy float64, exact) as float32: bit for bit the same."""
+    config, mesh, parts, state = setup
+    fn = step_lib.loss_fn(config.loss)
+    loss = jax.jit(lambda p, m, batch: fn(nnx.merge(parts.graphdef, p, m), batch, jax.random.key(1), mesh))
+    batch = _batch(parts.cfg, 8, 2)
+    pcm = np.random.default_rng(4).integers(-32768, 32768, batch["waveform"].shape).astype(np.int16)
+    pcm[0, :2] = [-32768, 32767]
+    floats = (pcm.astype(np.float64) / 32768).astype(np.float32)
+    got, expected = (np.asarray(loss(state.params, state.model_state, {**batch, "waveform": w})) for w in (pcm, floats))
+    assert np.isfinite(expected) and got.tobytes() == expected.tobytes()
+
+
 def test_unknown_loss_and_schedule_free_optimizer_are_refused(setup):
     with pytest.raises(ValueError, match=r"config.loss must be one of .*'plian'"):
         step_lib.loss_fn("plian")
