@@ -16,7 +16,12 @@ the mono output plus one chunk, never frames x channels; the deadline (`timeout_
 between chunks, so a decode that runs too long stops itself and frees what it held (a decode
 abandoned by a caller's timeout thread stops within one chunk instead of running on).
 
-A leaf: numpy only; soundfile is imported when a file is read.
+Mono 16-bit FLAC bytes read as int16 (the training pipeline's records) are first decoded by dr_flac
+(`miniaudio`, the `train` extra; ~1.6x faster than libsndfile's FLAC path, the same samples) in one call,
+after the same header checks (the sample budget bounds its memory and time); anything it does not
+decode whole, exactly as declared, goes the libsndfile way below, which names the problem.
+
+A leaf: numpy only; soundfile (and miniaudio) are imported when a file is read.
 """
 
 from __future__ import annotations
@@ -116,6 +121,29 @@ def probe(source: str | os.PathLike) -> Header:
     return Header(int(info.frames), int(info.samplerate), int(info.channels))
 
 
+def _mono16_flac(data: bytes, limits: Limits, target_rate: int | None) -> tuple[np.ndarray, int] | None:
+    """Mono 16-bit FLAC bytes -> (int16 `[T]`, rate) by dr_flac, in one call after `check_header`; None when the
+    file is anything else, miniaudio is not installed, or dr_flac does not return exactly the declared frames."""
+    try:
+        import miniaudio
+    except ImportError:
+        return None
+    try:
+        info = miniaudio.flac_get_info(data)
+    except miniaudio.DecodeError:
+        return None
+    if info.nchannels != 1 or info.sample_format != miniaudio.SampleFormat.SIGNED16 or info.num_frames <= 0:
+        return None
+    check_header(Header(int(info.num_frames), int(info.sample_rate), 1), limits, target_rate)
+    try:
+        decoded = miniaudio.flac_read_s16(data)
+    except miniaudio.DecodeError:
+        return None
+    if decoded.num_frames != info.num_frames or decoded.nchannels != 1:
+        return None
+    return np.frombuffer(decoded.samples, np.int16), int(info.sample_rate)
+
+
 def read_audio(
     source: str | os.PathLike | bytes,
     limits: Limits | None = None,
@@ -153,6 +181,10 @@ def read_audio(
         raise DecodeError("empty_file", "0 bytes")
     if size > limits.max_file_mb * 2**20:
         raise DecodeError("too_large", f"{size / 2**20:.0f} MB > {limits.max_file_mb:g} MB")
+    if int16 and isinstance(source, bytes) and ext == ".flac" and first_frames is None:
+        fast = _mono16_flac(source, limits, target_rate)
+        if fast is not None:
+            return fast
     deadline = None if limits.timeout_s is None else time.monotonic() + limits.timeout_s
     try:
         f = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source)

@@ -62,6 +62,29 @@ def test_int16_decode_is_the_float_decode_times_2_to_the_15(tmp_path, monkeypatc
         assert wave.dtype == np.float32 and wave.tobytes() == reference.tobytes()
 
 
+def test_fast_flac_path_leaves_damaged_files_to_libsndfile():
+    """Mono 16-bit FLAC bytes read as int16 go to dr_flac (miniaudio) first; a file it does not decode whole (cut,
+    bytes flipped, the header bomb) ends as the libsndfile read ends: the same refusal, or the same samples."""
+    pytest.importorskip("miniaudio")
+    x = np.random.default_rng(2).uniform(-1, 1, 50_000).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, 16_000, format="FLAC", subtype="PCM_16")
+    good = buf.getvalue()
+    flipped = bytearray(good)
+    flipped[len(good) // 2 : len(good) // 2 + 64] = bytes(64)
+
+    def outcome(data, int16):
+        try:
+            wave = read_audio(data, name="a.flac", int16=int16)[0]
+        except DecodeError as e:
+            return e.reason
+        return (wave.astype(np.float64) / 32768).astype(np.float32).tobytes() if int16 else wave.tobytes()
+
+    for data in (good, good[: len(good) // 2], bytes(flipped), good[:200], header_bomb()):
+        assert outcome(data, True) == outcome(data, False)
+    assert outcome(good[: len(good) // 2], True) == "truncated"
+
+
 def test_the_header_bomb_is_refused_before_anything_is_allocated():
     bomb = header_bomb()
     assert len(bomb) < 8_000  # 1 s held; the issue's 5-s file is 16 KB
