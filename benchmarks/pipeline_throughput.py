@@ -1,17 +1,23 @@
-"""Input-pipeline throughput: samples/s per CPU core for 10-s 48 kHz FLAC clips.
+"""Input-pipeline throughput: samples/s per CPU core for 10-s 48 kHz FLAC and pcm16 clips.
 
-Measures the full host path of `clapcomp.data.pipeline.make_dataset`: record read, FLAC decode,
+Measures the full host path of `clapcomp.data.pipeline.make_dataset` as the trainer runs it
+(`DataConfig.pcm16_batches`: int16 waveforms, converted on the device): record read, FLAC decode,
 random crop, caption choice, tokenisation of caption + K negatives, rule-generated negatives
 (the records carry none, so `NegativeGenerator` runs for every sample), batching.
 
-    python benchmarks/pipeline_throughput.py [--clips 48] [--batches 20] [--workers 0 2]
-        [--audio-format flac pcm16]
+    python benchmarks/pipeline_throughput.py [--clips 48] [--records 100000] [--batches 20]
+        [--workers 0 2] [--audio-format flac pcm16]
 
-Per-core figure = samples / CPU-seconds of the in-process run (workers=0, one process);
-with workers, the wall-clock rate is printed too. Prints one JSON line per setting, with the
-parts: CPU ms per sample of each stage run alone on one thread (read the record, parse its header,
-audio: the int16 view or the FLAC decode, rule negatives, collate: int16 -> float32 into the batch
-+ one tokenizer call per batch, per sample) and their sum, so the overhead around them shows.
+`--records`: the pipeline reads a source of that many records (the clips, repeated), as a real
+training set; 0: the clips alone. grain's global shuffle walks a block of at least 2**16 indices, so
+on a 32-record source it costs ~0.8 ms per sample (the ``shuffle`` part) and from 2**16 records
+on a few µs. Per-core figure = samples / CPU-seconds of the in-process run (workers=0, one
+process); with workers, the wall-clock rate is printed too. Prints one JSON line per setting, with
+the parts: CPU ms per sample of each stage run alone on one thread (the shuffled index, read the
+record, parse its header, audio: the int16 view or the FLAC decode, rule negatives, collate: the
+crops into the batch + one tokenizer call per batch, per sample) and their sum, so the overhead
+around them shows. Runs on the code of c4af60a too (its keyword options; no parts, float32 batches),
+the baseline of docs/data-at-scale.md: ``PYTHONPATH=<c4af60a checkout> python <this script>``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ def _default_tokenizer() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=48)
+    p.add_argument("--records", type=int, default=100_000, help="source size seen by the pipeline (0: --clips)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batches", type=int, default=20, help="timed batches (after 1 warm-up)")
     p.add_argument("--k", type=int, default=3, help="negatives per sample")
@@ -88,8 +95,9 @@ def main() -> None:
                 shard_size=16,
                 audio_format=audio_format,
             )
-            source = RecordSource(d)
-            kb = sum(os.path.getsize(x) for x in source.paths) / 1024 / a.clips
+            shards = RecordSource(d)
+            kb = sum(os.path.getsize(x) for x in shards.paths) / 1024 / a.clips
+            source = _Repeated(shards, a.records) if a.records else shards
             for workers in a.workers:
                 print(
                     json.dumps(
@@ -98,15 +106,34 @@ def main() -> None:
                 )
 
 
+class _Repeated:
+    """`source` seen as `n` records (record i is source[i % len(source)]); picklable."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.source[index % len(self.source)]
+
+
 def _measure(source, tok, a, workers: int) -> dict:
-    from clapcomp.data.options import DataConfig
     from clapcomp.data.pipeline import make_dataset
 
-    options = DataConfig(
-        seed=0, batch_size=a.batch, clip_samples=SR * SECONDS, num_negatives=a.k, sample_rate=SR, workers=workers
-    )
-    parts = _parts(source, tok, options) if workers == 0 else {}
-    ds = make_dataset(source, options, tokenizer=tok, process_index=0, process_count=1)
+    try:
+        from clapcomp.data.options import DataConfig
+    except ImportError:  # the code of c4af60a: keyword options, float32 batches
+        parts, ds = {}, make_dataset(
+            source, tokenizer=tok, seed=0, global_batch_size=a.batch, clip_samples=SR * SECONDS, k_negatives=a.k,
+            sample_rate=SR, process_index=0, process_count=1, num_workers=workers,
+        )  # fmt: skip
+    else:
+        options = DataConfig(seed=0, batch_size=a.batch, clip_samples=SR * SECONDS, num_negatives=a.k, sample_rate=SR,
+                             workers=workers, pcm16_batches=True)  # fmt: skip
+        parts = _parts(source, tok, options) if workers == 0 else {}
+        ds = make_dataset(source, options, tokenizer=tok, process_index=0, process_count=1)
     it = iter(ds)
     next(it)  # warm-up (worker start-up, first reads)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -119,6 +146,7 @@ def _measure(source, tok, a, workers: int) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()}-core CPU",
         "clip": "10 s 48 kHz mono",
+        "records": len(source),
         "num_negatives": a.k,
         "workers": workers,
         "samples": samples,
@@ -131,26 +159,31 @@ def _measure(source, tok, a, workers: int) -> dict:
 
 def _parts(source, tok, options, n: int = 64) -> dict:
     """CPU ms per sample of each stage alone (one thread, `n` samples), and their sum."""
+    import grain
+
     from clapcomp.data.negatives import NegativeGenerator
-    from clapcomp.data.pipeline import Collate, RecordTransform, decode_at
-    from clapcomp.data.records import parse_record, pcm16_samples
+    from clapcomp.data.pipeline import Collate, RecordTransform
+    from clapcomp.data.records import decode_flac, parse_record, pcm16_samples
 
     gen, collate = NegativeGenerator(0), Collate(options, tok)
     transform = RecordTransform(source, options, tokenizer=tok, negative_generator=gen)
-    t = dict.fromkeys(("read", "parse", "audio", "negatives", "collate"), 0.0)
+    shuffled = grain.MapDataset.range(len(source)).seed(0).shuffle()
+    t = dict.fromkeys(("shuffle", "read", "parse", "audio", "negatives", "collate"), 0.0)
     examples = []
     for i in range(n):
         c0 = time.process_time()
-        record = source[i % len(source)]
+        index = shuffled[i]
         c1 = time.process_time()
-        rec = parse_record(record, copy=False)
+        record = source[index]
         c2 = time.process_time()
-        pcm16 = rec["audio_format"] == "pcm16" and rec["sample_rate"] == options.sample_rate
-        _ = pcm16_samples(rec) if pcm16 else decode_at({**rec, "audio": bytes(rec["audio"])}, options.sample_rate)
-        c3 = time.process_time()
-        gen.generate(rec["captions"][0], options.num_negatives)
+        rec = parse_record(record, copy=False)
+        c3 = time.process_time()  # as RecordTransform reads a record at the model's rate
+        pcm16 = rec["audio_format"] == "pcm16"
+        _ = pcm16_samples(rec) if pcm16 else decode_flac(bytes(rec["audio"]), rec["num_samples"], None, True)
         c4 = time.process_time()
-        for k, a, b in zip(t, (c0, c1, c2, c3), (c1, c2, c3, c4), strict=False):
+        gen.generate(rec["captions"][0], options.num_negatives)
+        c5 = time.process_time()
+        for k, a, b in zip(t, (c0, c1, c2, c3, c4), (c1, c2, c3, c4, c5), strict=False):
             t[k] += b - a
         examples.append(transform.read(record, np.random.default_rng(i)))
     c0 = time.process_time()
