@@ -63,12 +63,11 @@ class RecordTransform:
     texts) and `Collate` (per batch: int16 -> float32 straight into the batch, one tokenizer call for
     all texts). Calling the transform does both for one record: the example holds the
     `clapcomp.data.options.FIELDS` of its parts: ``waveform [S] f32`` (S = `options.out_samples`; int16 with
-    `options.pcm16_batches`), or with a
-    `tower_cache` ``audio_pooled [D] f32`` (the cache's row for the clip) instead; ``lengths`` i32;
-    ``input_ids``/``attention_mask [L]`` i32; ``neg_input_ids``/``neg_attention_mask [K, L]`` i32,
-    ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P = `options.num_positives` > 0 also
-    ``pos_input_ids``/``pos_attention_mask [P, L]``, ``pos_mask [P]``; plus ``_skips [len(READ_REASONS)]`` i32
-    (bad records replaced). `negative_generator` (`.generate(caption, k)`) fills in for a record without
+    `options.pcm16_batches`), or with a `tower_cache` ``audio_pooled [D] f32`` (the cache's row for the clip)
+    instead; ``lengths`` i32; ``input_ids``/``attention_mask [L]`` i32; ``neg_input_ids``/``neg_attention_mask
+    [K, L]`` i32, ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P = `options.num_positives`
+    > 0 also ``pos_input_ids``/``pos_attention_mask [P, L]``, ``pos_mask [P]``; plus ``_skips
+    [len(READ_REASONS)]`` i32 (bad records replaced). `negative_generator` (`.generate(caption, k)`) fills in for a record without
     negatives.
     """
 
@@ -86,8 +85,7 @@ class RecordTransform:
 
     def read(self, record: bytes, rng: np.random.Generator) -> dict:
         """One record -> what `Collate` batches: ``audio [n]`` (int16 at the model's rate: pcm16 or mono 16-bit
-        FLAC; else float32; n <= S) or
-        ``audio_pooled [D]``, ``lengths`` i32, ``texts`` (caption, [negatives], [positives]), ``_skips``
+        FLAC; else float32; n <= S) or ``audio_pooled [D]``, ``lengths`` i32, ``texts`` (caption, [negatives], [positives]), ``_skips``
         (and ``_source``). A bad record is replaced by another drawn with `rng`, and counted."""
         skips = np.zeros(len(READ_REASONS), np.int32)
         for _ in range(self.options.max_retries + 1):
@@ -168,8 +166,9 @@ class RecordTransform:
 
 class Collate:
     """`RecordTransform.read` examples -> one batch of `FIELDS` with a leading ``[B]``: the waveforms
-    converted (int16; copied with `pcm16_batches`) or copied (float32) straight into one zero-tailed ``[B, S]`` array, all
-    B x (1 + K + P) texts tokenised in one call. grain's `batch_fn`; picklable."""
+    converted (int16; copied as they are with `pcm16_batches`) or copied (float32) straight into one
+    zero-tailed ``[B, S]`` array, all B x (1 + K + P) texts tokenised in one call. grain's `batch_fn`;
+    picklable."""
 
     def __init__(self, options: DataConfig, tokenizer):
         self.options, self.tokenizer = options, tokenizer
