@@ -1,7 +1,8 @@
 """`clapcomp search serve`: the JSON API against `Searcher`, only indexed files readable (traversal
-attempts refused), and the page in a real headless Chromium: the query runs, the ranked list shows, the
-top file's <audio> loads (readyState), driven through the DevTools protocol: the query is typed into the
-box and submitted with Enter."""
+attempts refused), Range requests against the file's bytes, and the page in a real headless Chromium:
+the query runs, the ranked list shows, the top file's <audio> loads (readyState; its player fetches with
+Range, answered 206), driven through the DevTools protocol: the query is typed into the box and
+submitted with Enter."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from clapcomp.use.search import Searcher, index_main
-from clapcomp.use.serve import make_server
+from clapcomp.use.serve import byte_range, make_server
 
 QUERY = "a siren wails"
 
@@ -47,11 +48,12 @@ def served(clap, model_dir, library, tmp_path):
     thread.join()
 
 
-def get(port: int, path: str) -> tuple[int, bytes]:
+def get(port: int, path: str, headers: dict | None = None, *, with_headers: bool = False):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", path)  # sent as written: http.client does not normalise '..'
+    conn.request("GET", path, headers=headers or {})  # sent as written: http.client does not normalise '..'
     response = conn.getresponse()
-    return response.status, response.read()
+    out = response.status, response.read()
+    return (*out, response.headers) if with_headers else out
 
 
 def test_api_and_only_indexed_files(served, library):
@@ -70,6 +72,42 @@ def test_api_and_only_indexed_files(served, library):
         status, body = get(port, path)
         assert status == 404 and b"private" not in body and b"root:" not in body, path
     assert get(port, "/api/search?q=")[0] == 400
+
+
+def test_byte_range_forms():
+    size = 1000
+    assert byte_range(None, size) is None and byte_range("", size) is None
+    assert byte_range("bytes=0-99", size) == (0, 99)
+    assert byte_range("bytes=500-", size) == (500, 999)
+    assert byte_range("bytes=990-5000", size) == (990, 999)  # clipped to the file
+    assert byte_range("bytes=-10", size) == (990, 999)  # suffix: the last 10 bytes
+    assert byte_range("bytes=-5000", size) == (0, 999)
+    assert byte_range("bytes=999-999", size) == (999, 999)
+    for ignored in ["bytes=0-1,5-9", "bytes=9-1", "bytes=-", "items=0-9", "bytes=a-b", "bytes=\u0661-"]:
+        assert byte_range(ignored, size) is None, ignored  # served whole (200)
+    for unsatisfiable in ["bytes=1000-", "bytes=1000-2000", "bytes=-0"]:
+        with pytest.raises(ValueError):
+            byte_range(unsatisfiable, size)
+    with pytest.raises(ValueError):
+        byte_range("bytes=0-", 0)
+
+
+def test_audio_range_requests(served):
+    searcher, port, _ = served
+    path = "/audio/0"
+    data = open(searcher.index.files[0]["path"], "rb").read()
+    size = len(data)
+    for header, (first, last) in [("bytes=0-1", (0, 1)), ("bytes=100-", (100, size - 1)), ("bytes=-44", (size - 44, size - 1)),
+                                  ("bytes=10-99999999", (10, size - 1)), (f"bytes={size - 1}-", (size - 1, size - 1))]:  # fmt: skip
+        status, body, headers = get(port, path, {"Range": header}, with_headers=True)
+        assert status == 206 and body == data[first : last + 1], header
+        assert headers["Content-Range"] == f"bytes {first}-{last}/{size}" and headers["Content-Length"] == str(
+            len(body)
+        )
+    status, body, headers = get(port, path, {"Range": f"bytes={size}-"}, with_headers=True)
+    assert status == 416 and headers["Content-Range"] == f"bytes */{size}" and data not in body
+    status, body, headers = get(port, path, {"Range": "bytes=0-1,4-5"}, with_headers=True)  # several: whole file
+    assert status == 200 and body == data and headers["Accept-Ranges"] == "bytes"
 
 
 class _DevTools:
@@ -178,4 +216,4 @@ def test_page_in_headless_chromium(served, tmp_path):
         (h["file"].rsplit("/", 1)[1], round(h["score"], 4)) for h in expected
     ]
     assert rows[0][2] == f"/audio/{expected[0]['id']}" and rows[0][3] >= 1  # the top file's <audio> loaded
-    assert (f"/audio/{expected[0]['id']}", 200) in answered
+    assert (f"/audio/{expected[0]['id']}", 206) in answered  # Chromium's media player asks with Range: bytes=0-
