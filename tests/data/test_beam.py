@@ -1,8 +1,10 @@
 """`clapcomp data build --runner beam` (2 DirectRunner processes) against the one-process build of the same
 manifest of good clips, corrupt and truncated files, bad rows and contradictory negatives: the same record
-set and the same stats.json counts. Needs the `beam` extra (skipped without apache_beam)."""
+set and the same stats.json counts; the folder lock both runners take. Needs the `beam` extra (in the test
+environment; skipped without apache_beam)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +12,9 @@ import soundfile as sf
 
 pytest.importorskip("apache_beam")
 
-from clapcomp.data.build import main
+from clapcomp import fs
+from clapcomp.data import beam as beam_mod
+from clapcomp.data.build import build, main
 from clapcomp.data.records import parse_record, shard_paths
 
 SR = 16000
@@ -69,3 +73,31 @@ def test_beam_build_with_two_workers_equals_the_local_build(tmp_path, capsys):
     assert beam["total_duration_s"] == pytest.approx(local["total_duration_s"], rel=1e-12)
     assert len(beam["shards"]) == 3 and beam["runner"] == "beam"
     assert _records(tmp_path / "local") == _records(tmp_path / "beam")
+
+
+def test_beam_build_refuses_a_second_writer_and_holds_the_folder_lock_while_it_runs(tmp_path, monkeypatch, capsys):
+    sf.write(tmp_path / "a.flac", 0.3 * np.random.default_rng(0).standard_normal(SR // 4), SR, subtype="PCM_16")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio": "a.flac", "caption": "a"}) + "\n")
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "m.jsonl"), "--sample-rate", str(SR), "--out", str(out), "--runner", "beam",
+            "--workers", "1"]  # fmt: skip
+    with fs.lock_folder(out, purpose="another build"):  # a writer already at work in the folder
+        assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "one writer per folder" in err and "another build" in err
+    assert os.listdir(out) == []  # refused before anything was written
+
+    refused = []
+
+    def finish(out_dir, *a, **kw):  # the pipeline has run, stats.json is next: the folder is still locked
+        with pytest.raises(fs.LockHeld, match="--runner beam"):
+            build(str(tmp_path / "m.jsonl"), out_dir, sample_rate=SR)
+        refused.append(out_dir)
+        return real_finish(out_dir, *a, **kw)
+
+    real_finish = beam_mod.finish
+    monkeypatch.setattr(beam_mod, "finish", finish)
+    assert main(args) == 0
+    assert refused == [str(out)]
+    assert json.loads((out / "stats.json").read_text())["written"] == 1
+    assert not (out / fs.LOCK_NAME).exists()  # released at the end
