@@ -10,13 +10,14 @@ pipeline (the `beam` extra: ``pip install 'clapcomp[beam]'``).
 
 Same options (`BuildOptions`), items, skip reasons, negatives cleaning and record encoder as the one-process
 build, so both give the same record set and the same stats.json counts; like it, the driver holds ``--out``'s
-folder lock (`fs.lock_folder`) throughout, so a second writer of the folder is refused. Differences: the error budget (`max_error_rate`) is
-judged once over all items at the end (every shard is written, then `BuildError`), where the local build
-stops early; shards are ``data-NNNNN-of-MMMMM.array_record`` (``num_shards``, or items / ``shard_size``),
-each written to a local temporary file and then through Beam's `FileSystems` (so ``--out gs://...``
-works where the Beam GCP extra and credentials are; manifests are read by the same readers as the local
-build, so they and their audio must be on a filesystem every worker mounts). ``--format tfds`` stays on
-the local runner.
+folder lock (`fs.lock_folder`) from start to stats.json, so a second writer of the folder is refused.
+Differences: the error budget (`max_error_rate`) is judged once over all items at the end (every shard is
+written, then `BuildError`), where the local build stops early; shards are
+``data-NNNNN-of-MMMMM.array_record`` (``num_shards``, or items / ``shard_size``), each written to a local
+temporary file and then through Beam's `FileSystems` (``--out gs://...`` where the Beam GCP extra and
+credentials are; the lock and stats.json go through `clapcomp.fs`, so gs:// as far as it reaches); manifests
+are read by the same readers as the local build, so they and their audio must be on a filesystem every
+worker mounts. ``--format tfds`` stays on the local runner.
 
 Runners: locally the DirectRunner in multi-process mode (`workers` processes); any other runner through
 `beam_options`, Beam's own flags passed through, e.g. ``--runner=DataflowRunner --project=P

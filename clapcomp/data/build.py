@@ -132,8 +132,8 @@ def main(argv: list[str]) -> int:
                 from clapcomp.data.beam import build_beam
             except ImportError as e:
                 raise ValueError(
-                    f"--runner beam needs Apache Beam ({e}): pip install 'clapcomp[beam]', in an environment of "
-                    "its own if this one pins protobuf >= 7 or pyarrow >= 26 (apache-beam 2.78 needs older ones)"
+                    f"--runner beam needs Apache Beam ({e}): pip install -c constraints.txt 'clapcomp[beam]' "
+                    "(apache-beam 2.78 needs protobuf < 7, pyarrow < 26, python-dateutil < 3)"
                 ) from None
             stats = build_beam(a.input, a.out, options, workers=a.workers, beam_options=a.beam_options,
                                num_shards=a.num_shards)  # fmt: skip
