@@ -58,14 +58,26 @@ def _records(out):
                    r["num_samples"], r["audio"]) for r in recs)  # fmt: skip
 
 
-def test_beam_build_with_two_workers_equals_the_local_build(tmp_path, capsys):
+@pytest.mark.slow  # two Beam worker processes (~10-20 s here)
+def test_beam_build_with_two_workers_equals_the_local_build_and_holds_the_folder_lock(tmp_path, monkeypatch):
     root = tmp_path / "in"
     root.mkdir()
     common = ["--input", str(_manifest(root)), "--format", "manifest", "--sample-rate", str(SR)]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
-    assert (
-        main([*common, "--out", str(tmp_path / "beam"), "--runner", "beam", "--workers", "2", "--num-shards", "3"]) == 0
-    )
+
+    refused = []
+
+    def finish(out_dir, *a, **kw):  # the pipeline has run, stats.json is next: the folder is still locked
+        with pytest.raises(fs.LockHeld, match="--runner beam"):
+            build(str(root / "a.jsonl"), out_dir, sample_rate=SR)
+        refused.append(out_dir)
+        return real_finish(out_dir, *a, **kw)
+
+    real_finish = beam_mod.finish
+    monkeypatch.setattr(beam_mod, "finish", finish)
+    beam_out = tmp_path / "beam"
+    assert main([*common, "--out", str(beam_out), "--runner", "beam", "--workers", "2", "--num-shards", "3"]) == 0
+    assert refused == [str(beam_out)] and not (beam_out / fs.LOCK_NAME).exists()  # released at the end
     local, beam = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("local", "beam"))
     assert {k: local[k] for k in COUNTED} == {k: beam[k] for k in COUNTED}
     assert local["written"] == 24 and local["negatives_dropped_equal_to_positive"] == 12
@@ -75,29 +87,11 @@ def test_beam_build_with_two_workers_equals_the_local_build(tmp_path, capsys):
     assert _records(tmp_path / "local") == _records(tmp_path / "beam")
 
 
-def test_beam_build_refuses_a_second_writer_and_holds_the_folder_lock_while_it_runs(tmp_path, monkeypatch, capsys):
-    sf.write(tmp_path / "a.flac", 0.3 * np.random.default_rng(0).standard_normal(SR // 4), SR, subtype="PCM_16")
+def test_beam_build_refuses_a_second_writer_of_the_folder(tmp_path, capsys):
     (tmp_path / "m.jsonl").write_text(json.dumps({"audio": "a.flac", "caption": "a"}) + "\n")
     out = tmp_path / "out"
-    args = ["--input", str(tmp_path / "m.jsonl"), "--sample-rate", str(SR), "--out", str(out), "--runner", "beam",
-            "--workers", "1"]  # fmt: skip
     with fs.lock_folder(out, purpose="another build"):  # a writer already at work in the folder
-        assert main(args) == 1
+        assert main(["--input", str(tmp_path / "m.jsonl"), "--out", str(out), "--runner", "beam"]) == 1
     err = capsys.readouterr().err
     assert "one writer per folder" in err and "another build" in err
-    assert os.listdir(out) == []  # refused before anything was written
-
-    refused = []
-
-    def finish(out_dir, *a, **kw):  # the pipeline has run, stats.json is next: the folder is still locked
-        with pytest.raises(fs.LockHeld, match="--runner beam"):
-            build(str(tmp_path / "m.jsonl"), out_dir, sample_rate=SR)
-        refused.append(out_dir)
-        return real_finish(out_dir, *a, **kw)
-
-    real_finish = beam_mod.finish
-    monkeypatch.setattr(beam_mod, "finish", finish)
-    assert main(args) == 0
-    assert refused == [str(out)]
-    assert json.loads((out / "stats.json").read_text())["written"] == 1
-    assert not (out / fs.LOCK_NAME).exists()  # released at the end
+    assert os.listdir(out) == []  # refused before the pipeline started: nothing written, the lock released
