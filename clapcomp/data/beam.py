@@ -8,14 +8,16 @@ pipeline (the `beam` extra: ``pip install 'clapcomp[beam]'``).
        -> GroupByKey -> one ArrayRecord shard each, in item order
     -> outcomes: `BuildStats` per bundle, merged (CombineGlobally) -> the driver writes stats.json
 
-Same items, skip reasons, negatives cleaning and record encoder as the one-process build, so both give the
-same record set and the same stats.json counts. Differences: the error budget (`max_error_rate`) is
-judged once over all items at the end (every shard is written, then `BuildError`), where the local build
-stops early; shards are ``data-NNNNN-of-MMMMM.array_record`` (``num_shards``, or items / ``shard_size``),
-each written to a local temporary file and then through Beam's `FileSystems` (so ``--out gs://...``
-works where the Beam GCP extra and credentials are; manifests are read by the same readers as the local
-build, so they and their audio must be on a filesystem every worker mounts). ``--format tfds`` stays on
-the local runner.
+Same options (`BuildOptions`), items, skip reasons, negatives cleaning and record encoder as the one-process
+build, so both give the same record set and the same stats.json counts; like it, the driver holds ``--out``'s
+folder lock (`fs.lock_folder`) from start to stats.json, so a second writer of the folder is refused.
+Differences: the error budget (`max_error_rate`) is judged once over all items at the end (every shard is
+written, then `BuildError`), where the local build stops early; shards are
+``data-NNNNN-of-MMMMM.array_record`` (``num_shards``, or items / ``shard_size``), each written to a local
+temporary file and then through Beam's `FileSystems` (``--out gs://...`` where the Beam GCP extra and
+credentials are; the lock and stats.json go through `clapcomp.fs`, so gs:// as far as it reaches); manifests
+are read by the same readers as the local build, so they and their audio must be on a filesystem every
+worker mounts. ``--format tfds`` stays on the local runner.
 
 Runners: locally the DirectRunner in multi-process mode (`workers` processes); any other runner through
 `beam_options`, Beam's own flags passed through, e.g. ``--runner=DataflowRunner --project=P
@@ -24,6 +26,7 @@ Runners: locally the DirectRunner in multi-process mode (`workers` processes); a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -34,11 +37,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from clapcomp.data.items import INPUT_PATTERNS, BuildStats, convert, convert_options, finish, iter_items, over_budget
+from clapcomp import fs
+from clapcomp.data.items import INPUT_PATTERNS, BuildOptions, BuildStats, convert, finish, iter_items, over_budget
 from clapcomp.data.reasons import BadData
 from clapcomp.data.records import SHARD_SUFFIX, encode_record
 from clapcomp.data.sources import expand_inputs
-from clapcomp.decode import Limits
 
 STATS_PART = "_beam_stats.json"  # the merged BuildStats, handed from the pipeline to the driver (JSON: no pickle)
 
@@ -46,48 +49,40 @@ STATS_PART = "_beam_stats.json"  # the merged BuildStats, handed from the pipeli
 def build_beam(
     inputs: list[str] | str | None,
     out_dir: str,
+    options: BuildOptions | None = None,
     *,
     workers: int = 2,
     beam_options: str = "",
     num_shards: int | None = None,
-    format: str = "manifest",
-    sample_rate: int = 48000,
-    max_error_rate: float = 0.5,
-    min_items_for_rate: int = 100,
-    shard_size: int = 1024,
-    audio_format: str = "flac",
-    max_seconds: float = 600.0,
-    max_channels: int = 16,
-    max_file_mb: float = 2048.0,
-    max_decoded_samples: int = Limits.max_samples,
-    silence_threshold: float = 1e-4,
-    max_caption_chars: int = 2000,
-    timeout_s: float | None = 60.0,
-    allow_outside_root: bool = False,
-    tfds_name: str | None = None,
-    manual_dir: str | None = None,
-    tfds_split: str = "train",
-    tfds_data_dir: str | None = None,
+    **overrides,
 ) -> dict:
-    """`clapcomp.data.build.build` on Beam: the same arguments, plus `workers` (DirectRunner processes),
-    `beam_options` (Beam flags, e.g. ``"--runner=DataflowRunner ..."``; then `workers` is unused) and
-    `num_shards` (default: items / `shard_size`). Returns (and writes) the stats."""
+    """`clapcomp.data.build.build` on Beam: the same `options` / `overrides`, plus `workers` (DirectRunner
+    processes), `beam_options` (Beam flags, e.g. ``"--runner=DataflowRunner ..."``; then `workers` is unused)
+    and `num_shards` (default: items / shard size). Holds `out_dir`'s folder lock (`fs.lock_folder`, as the
+    local build) from start to stats.json. Returns (and writes) the stats."""
+    o = dataclasses.replace(options or BuildOptions(), **overrides)
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
-    if format not in INPUT_PATTERNS:
+    if o.format not in INPUT_PATTERNS:
         raise ValueError(
-            f"--runner beam reads {sorted(INPUT_PATTERNS)} inputs; build --format {format} with --runner local"
+            f"--runner beam reads {sorted(INPUT_PATTERNS)} inputs; build --format {o.format} with --runner local"
         )
+    fs.refuse_inputs(out_dir, inputs)
+    with fs.lock_folder(out_dir, purpose="clapcomp data build --runner beam"):  # one build per folder
+        return _run(inputs, out_dir, o, workers, beam_options, num_shards)
+
+
+def _run(
+    inputs: list[str], out_dir: str, o: BuildOptions, workers: int, beam_options: str, num_shards: int | None
+) -> dict:
+    """The pipeline, then stats.json (`build_beam`'s arguments; the caller holds the folder lock)."""
     start = time.time()
-    if not FileSystems.exists(out_dir):
-        FileSystems.mkdirs(out_dir)
     existing = FileSystems.match([FileSystems.join(out_dir, "*" + SHARD_SUFFIX)])[0].metadata_list
     if existing:
         raise FileExistsError(f"{out_dir} already holds {len(existing)} shards; write to an empty folder")
-    files = expand_inputs(inputs, INPUT_PATTERNS[format])
-    read_kw = dict(allow_outside_root=allow_outside_root, max_file_mb=max_file_mb)
-    kw = convert_options(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
-                         max_file_mb=max_file_mb, max_decoded_samples=max_decoded_samples, timeout_s=timeout_s,
-                         silence_threshold=silence_threshold, max_caption_chars=max_caption_chars)  # fmt: skip
+    files = expand_inputs(inputs, INPUT_PATTERNS[o.format])
+    read_kw = dict(allow_outside_root=o.allow_outside_root, max_file_mb=o.max_file_mb)
+    kw = o.convert_kw()
+    shard_size, audio_format = o.shard_size, o.audio_format
 
     flags = shlex.split(beam_options)
     local = not any(f.startswith("--runner") for f in flags)
@@ -98,7 +93,7 @@ def build_beam(
             p
             | "files" >> beam.Create(list(enumerate(files)))
             | "spread files" >> beam.Reshuffle()
-            | "read" >> beam.FlatMap(_read_file, format, read_kw)
+            | "read" >> beam.FlatMap(_read_file, o.format, read_kw)
         )
         count = items | "count" >> beam.combiners.Count.Globally()
         shards = beam.pvalue.AsSingleton(
@@ -116,8 +111,8 @@ def build_beam(
         stats = _stats_from_json(f.read())
     FileSystems.delete([FileSystems.join(out_dir, STATS_PART)])
     names = sorted(os.path.basename(m.path) for m in FileSystems.match([FileSystems.join(out_dir, "*" + SHARD_SUFFIX)])[0].metadata_list)  # fmt: skip
-    stopped = over_budget(stats, max_error_rate, min_items_for_rate, out_dir)
-    head = dict(format=format, inputs=inputs, sample_rate=sample_rate, audio_format=audio_format, runner="beam")
+    stopped = over_budget(stats, o.max_error_rate, o.min_items_for_rate, out_dir)
+    head = dict(format=o.format, inputs=inputs, sample_rate=o.sample_rate, audio_format=audio_format, runner="beam")
     return finish(out_dir, stats, names, stopped, start, **head)
 
 

@@ -27,7 +27,7 @@ duration figures and what the data can train (``rows_with_negatives``, ``negativ
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import json
 import os
 import sys
@@ -37,67 +37,43 @@ from clapcomp import fs
 from clapcomp.data.items import (
     FORMATS,
     BuildError,
+    BuildOptions,
     BuildStats,
     convert,
-    convert_options,
     finish,
     iter_items,
     over_budget,
 )
 from clapcomp.data.reasons import REASONS
 from clapcomp.data.records import AUDIO_FORMATS, ShardWriter
-from clapcomp.decode import Limits
 
 # ----------------------------------------------------------------------------- build
 
 
-def build(
-    inputs: list[str] | str | None,
-    out_dir: str,
-    *,
-    format: str = "manifest",
-    sample_rate: int = 48000,
-    max_error_rate: float = 0.5,
-    min_items_for_rate: int = 100,
-    shard_size: int = 1024,
-    audio_format: str = "flac",
-    max_seconds: float = 600.0,
-    max_channels: int = 16,
-    max_file_mb: float = 2048.0,
-    max_decoded_samples: int = Limits.max_samples,
-    silence_threshold: float = 1e-4,
-    max_caption_chars: int = 2000,
-    timeout_s: float | None = 60.0,
-    allow_outside_root: bool = False,
-    tfds_name: str | None = None,
-    manual_dir: str | None = None,
-    tfds_split: str = "train",
-    tfds_data_dir: str | None = None,
-) -> dict:
-    """Convert `inputs` to ArrayRecord shards in `out_dir`; returns (and writes) the stats."""
+def build(inputs: list[str] | str | None, out_dir: str, options: BuildOptions | None = None, **overrides) -> dict:
+    """Convert `inputs` to ArrayRecord shards in `out_dir`; returns (and writes) the stats. `options` (default
+    `BuildOptions()`) with `overrides` of its fields, e.g. ``build(m, out, sample_rate=16000)``."""
+    o = dataclasses.replace(options or BuildOptions(), **overrides)
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
-    fs.refuse_inputs(out_dir, [*inputs, manual_dir])
-    items = iter_items(inputs, format, allow_outside_root=allow_outside_root, max_file_mb=max_file_mb,
-                       tfds_name=tfds_name, manual_dir=manual_dir, tfds_split=tfds_split,
-                       tfds_data_dir=tfds_data_dir or os.path.join(out_dir, "_tfds"))  # fmt: skip
-
-    kw = convert_options(sample_rate=sample_rate, max_seconds=max_seconds, max_channels=max_channels,
-                         max_file_mb=max_file_mb, max_decoded_samples=max_decoded_samples, timeout_s=timeout_s,
-                         silence_threshold=silence_threshold, max_caption_chars=max_caption_chars)  # fmt: skip
+    fs.refuse_inputs(out_dir, [*inputs, o.manual_dir])
+    items = iter_items(inputs, o.format, allow_outside_root=o.allow_outside_root, max_file_mb=o.max_file_mb,
+                       tfds_name=o.tfds_name, manual_dir=o.manual_dir, tfds_split=o.tfds_split,
+                       tfds_data_dir=o.tfds_data_dir or os.path.join(out_dir, "_tfds"))  # fmt: skip
+    kw = o.convert_kw()
     with fs.lock_folder(out_dir, purpose="clapcomp data build"):  # one build per folder
         stats, start, stopped = BuildStats(), time.time(), None
-        with ShardWriter(out_dir, shard_size=shard_size, audio_format=audio_format) as writer:
+        with ShardWriter(out_dir, shard_size=o.shard_size, audio_format=o.audio_format) as writer:
             for item, cand in items:
                 outcome = convert(cand, **kw)
                 if outcome[0] == "written":
                     writer.write(outcome[1])
                 stats.count(item, outcome)
-                stopped = over_budget(stats, max_error_rate, min_items_for_rate, out_dir)
+                stopped = over_budget(stats, o.max_error_rate, o.min_items_for_rate, out_dir)
                 if stopped:
                     break
         shards = [os.path.basename(s) for s in writer.shards]
-        return finish(out_dir, stats, shards, stopped, start, format=format, inputs=inputs, sample_rate=sample_rate,
-                      audio_format=audio_format)  # fmt: skip
+        return finish(out_dir, stats, shards, stopped, start, format=o.format, inputs=inputs,
+                      sample_rate=o.sample_rate, audio_format=o.audio_format)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -108,9 +84,9 @@ def main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"skip reasons counted in OUT/stats.json:\n{reasons}",
     )
-    defaults = {k: v.default for k, v in inspect.signature(build).parameters.items()}
+    defaults = {f.name: f.default for f in dataclasses.fields(BuildOptions)}
 
-    def option(dest: str, help: str | None = None, **kw) -> None:  # --dest-name, typed and defaulted by `build`
+    def option(dest: str, help: str | None = None, **kw) -> None:  # --dest-name, typed and defaulted by BuildOptions
         default = defaults[dest]
         if default is not None and "choices" not in kw:
             kw["type"] = type(default)
@@ -149,20 +125,20 @@ def main(argv: list[str]) -> int:
     )
     beam.add_argument("--num-shards", type=int, default=None, help="beam: shard count (default: items / shard size)")
     a = p.parse_args(argv)
-    runner_args = {k: vars(a).pop(k) for k in ("runner", "workers", "beam_options", "num_shards")}
-    kwargs = {"inputs": a.input, "out_dir": a.out, **{k: v for k, v in vars(a).items() if k not in ("input", "out")}}
-    try:  # every other flag's dest is a `build` keyword
-        if runner_args.pop("runner") == "beam":
+    options = BuildOptions(**{k: vars(a)[k] for k in defaults})
+    try:
+        if a.runner == "beam":
             try:
                 from clapcomp.data.beam import build_beam
             except ImportError as e:
                 raise ValueError(
-                    f"--runner beam needs Apache Beam ({e}): pip install 'clapcomp[beam]', in an environment of "
-                    "its own if this one pins protobuf >= 7 or pyarrow >= 26 (apache-beam 2.78 needs older ones)"
+                    f"--runner beam needs Apache Beam ({e}): pip install -c constraints.txt 'clapcomp[beam]' "
+                    "(apache-beam 2.78 needs protobuf < 7, pyarrow < 26, python-dateutil < 3)"
                 ) from None
-            stats = build_beam(**kwargs, **runner_args)
+            stats = build_beam(a.input, a.out, options, workers=a.workers, beam_options=a.beam_options,
+                               num_shards=a.num_shards)  # fmt: skip
         else:
-            stats = build(**kwargs)
+            stats = build(a.input, a.out, options)
     except (BuildError, ValueError, FileNotFoundError, FileExistsError, fs.LockHeld) as e:
         print(f"clapcomp data build: {e}", file=sys.stderr)
         return 1

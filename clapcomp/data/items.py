@@ -1,10 +1,12 @@
 """What both runners of `clapcomp data build` share (`build.py`: one process; `beam.py`: Apache Beam): the
-items of the inputs (the readers of `sources.py`), one item's conversion (decode, check, resample, clean texts
-and negatives), the counts (`BuildStats`), the error budget, `stats.json` and the manifest `sha256.json`.
+build's options (`BuildOptions`), the items of the inputs (the readers of `sources.py`), one item's conversion
+(decode, check, resample, clean texts and negatives), the counts (`BuildStats`), the error budget, `stats.json`
+and the manifest `sha256.json`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -25,9 +27,54 @@ from clapcomp.data.sources import (
     read_manifest,
     read_webdataset,
 )
+from clapcomp.decode import Limits
 
 FORMATS = ("manifest", "compa", "webdataset", "tfds")
 INPUT_PATTERNS = {"manifest": ("*.csv", "*.jsonl"), "compa": ("*.csv", "*.jsonl"), "webdataset": ("*.tar", "*.tar.gz", "*.tgz")}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """How `clapcomp data build` converts, for both runners: its defaults are the one source of the CLI's
+    (one ``--flag-name`` per field) and of `build` / `build_beam`'s keywords.
+
+    - `format`: the input kind (`FORMATS`); `sample_rate`: Hz of the stored audio; `shard_size`: records
+      per shard; `audio_format`: ``flac`` or ``pcm16`` (`clapcomp.data.records.AUDIO_FORMATS`).
+    - the error budget: stop once more than `max_error_rate` of the items seen are bad, judged after
+      `min_items_for_rate` items.
+    - per-item limits: `max_seconds`, `max_channels`, `max_file_mb`, `max_decoded_samples` (frames x channels,
+      and frames at `sample_rate`), `timeout_s` (decode time; None: unbounded), `silence_threshold` (peak
+      below it: a silent clip, skipped), `max_caption_chars`; `allow_outside_root`: accept manifest audio
+      paths outside the manifest's folder.
+    - ``--format tfds`` only: `tfds_name`, `manual_dir`, `tfds_split`, `tfds_data_dir` (None: OUT/_tfds).
+    """
+
+    format: str = "manifest"
+    sample_rate: int = 48000
+    max_error_rate: float = 0.5
+    min_items_for_rate: int = 100
+    shard_size: int = 1024
+    audio_format: str = "flac"
+    max_seconds: float = 600.0
+    max_channels: int = 16
+    max_file_mb: float = 2048.0
+    max_decoded_samples: int = Limits.max_samples
+    silence_threshold: float = 1e-4
+    max_caption_chars: int = 2000
+    timeout_s: float | None = 60.0
+    allow_outside_root: bool = False
+    tfds_name: str | None = None
+    manual_dir: str | None = None
+    tfds_split: str = "train"
+    tfds_data_dir: str | None = None
+
+    def convert_kw(self) -> dict:
+        """`convert`'s keywords: the audio limits go to `load_audio`."""
+        audio_kw = dict(sample_rate=self.sample_rate, timeout_s=self.timeout_s, max_seconds=self.max_seconds,
+                        max_channels=self.max_channels, max_file_mb=self.max_file_mb,
+                        max_decoded_samples=self.max_decoded_samples, silence_threshold=self.silence_threshold)  # fmt: skip
+        return dict(sample_rate=self.sample_rate, max_caption_chars=self.max_caption_chars, timeout_s=self.timeout_s,
+                    audio_kw=audio_kw)  # fmt: skip
 
 
 class BuildError(RuntimeError):
@@ -121,12 +168,6 @@ def iter_items(inputs: list[str], format: str, *, allow_outside_root: bool, max_
         return iter_candidates(tfds["tfds_name"], tfds["manual_dir"], split=tfds["tfds_split"],
                                data_dir=tfds["tfds_data_dir"])  # fmt: skip
     raise ValueError(f"unknown format {format!r}; use one of {FORMATS}")
-
-
-def convert_options(*, sample_rate: int, max_caption_chars: int, timeout_s: float | None, **audio) -> dict:
-    """`convert`'s keywords from `build`'s arguments (both runners): `audio` are `load_audio`'s limits."""
-    audio_kw = dict(sample_rate=sample_rate, timeout_s=timeout_s, **audio)
-    return dict(sample_rate=sample_rate, max_caption_chars=max_caption_chars, timeout_s=timeout_s, audio_kw=audio_kw)
 
 
 def convert(cand, *, sample_rate: int, max_caption_chars: int, timeout_s: float | None, audio_kw: dict) -> tuple:

@@ -15,6 +15,7 @@ import soundfile as sf
 from clapcomp.data import build as build_mod
 from clapcomp.data import items as items_mod
 from clapcomp.data.build import BuildError, build, main
+from clapcomp.data.items import BuildOptions
 from clapcomp.data.records import RecordSource, decode_flac
 
 SR = 16000
@@ -272,24 +273,25 @@ def test_cli_main(tmp_path, capsys):
 
 def test_cli_defaults_are_build_defaults_and_flags_reach_build(tmp_path, monkeypatch, capsys):
     import collections
-    import functools
-    import inspect
+    import dataclasses
 
     calls = []
 
-    @functools.wraps(build)  # the same signature, so the same defaults
-    def record(inputs, out_dir, **kw):
-        calls.append((inputs, out_dir, kw))
+    def record(inputs, out_dir, options):
+        calls.append((inputs, out_dir, dataclasses.asdict(options)))
         return collections.defaultdict(int)  # the stats main prints
 
     monkeypatch.setattr(build_mod, "build", record)
     main(["--out", "o"])
     main(["--input", "a.csv", "b.csv", "--out", "o", "--max-seconds", "30", "--timeout-s", "2", "--allow-outside-root"])
-    defaults = {k: p.default for k, p in inspect.signature(build).parameters.items() if k not in ("inputs", "out_dir")}
+    defaults = {f.name: f.default for f in dataclasses.fields(BuildOptions)}
     assert calls[0] == ([], "o", defaults)
     assert calls[1] == (["a.csv", "b.csv"], "o", {**defaults, "max_seconds": 30.0, "timeout_s": 2.0,
                                                   "allow_outside_root": True})  # fmt: skip
     assert type(calls[1][2]["max_seconds"]) is float and type(calls[1][2]["timeout_s"]) is float
+    # build's keywords are BuildOptions' fields over its defaults (or over given options); no other keyword
+    with pytest.raises(TypeError, match="max_second"):
+        build_mod.build([], str(tmp_path / "o"), max_second=3)
 
 
 def test_fuzzed_files_never_crash_and_every_item_is_accounted_for(tmp_path):
