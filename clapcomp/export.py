@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
                         help="for a training workdir with config.keep_best: the best checkpoint, not the newest")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (never a training workdir)")
     args = parser.parse_args(argv)
-    refusal = _refuse_out(Path(args.model), Path(args.out), args.overwrite)
+    refusal = _refuse_out(fs.as_path(args.model), fs.as_path(args.out), args.overwrite)
     if refusal:
         parser.exit(2, f"clapcomp export: {refusal}; nothing was written\n")
     model, config, tokenizer = _load_source(args.model, args.step, args.best, args.raw_weights)
@@ -175,9 +175,10 @@ def main(argv: list[str]) -> int:
             platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
             files = save_stablehlo(model, config, tmp, tokenizer, audio_samples=args.audio_samples, platforms=platforms)
         fs.write_manifest(tmp)
+        sizes = {f.name: (tmp / f.name).stat().st_size for f in [*files, tmp / fs.MANIFEST]}
     print(f"wrote {args.format} export to {args.out}:")
-    for name in [f.name for f in files] + [fs.MANIFEST]:
-        print(f"  {name:32s} {(Path(args.out) / name).stat().st_size:>14,d} bytes")
+    for name, size in sizes.items():
+        print(f"  {name:32s} {size:>14,d} bytes")
     return 0
 
 

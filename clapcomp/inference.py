@@ -89,7 +89,7 @@ def load(
     For a training workdir: `step`, that checkpoint instead of the newest, or `best`, the best by the run's
     config.keep_best; the EMA of the weights when the run kept one (config.ema_decay), or the trained
     weights themselves with `raw_weights`. Which step and weights it loads is logged (clapcomp.train, INFO)."""
-    path = Path(path)
+    path = fs.as_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; clapcomp.load expects a model directory or a LAION .pt file")
     layout = next((lay for lay in LAYOUTS if lay.detect(path)), None)
@@ -104,9 +104,14 @@ def load(
     if kwargs and layout.name != "clapcomp-workdir":
         what = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ValueError(f"{what} selects from a training workdir's checkpoints; {path} is a {layout.name}")
-    if path.is_dir() and layout.name != "clapcomp-workdir":  # checkpoints: their own manifests, per step
-        fs.verify_manifest(path)  # an export's sha256.json; fs.CorruptFile (a ValueError) names the file
-    config, model = getattr(importlib.import_module(module), function)(path, **kwargs)
+    loader = getattr(importlib.import_module(module), function)
+    if layout.name == "clapcomp-workdir":  # checkpoints: their own manifests, per step; Orbax reads gs://
+        config, model = loader(path, **kwargs)
+    else:
+        with fs.local_copy(path) as local:  # gs://: downloaded first (the readers open local files)
+            if local.is_dir():
+                fs.verify_manifest(local)  # an export's sha256.json; fs.CorruptFile (a ValueError) names the file
+            config, model = loader(local, **kwargs)
     return Clap(model, config, _tokenizer(tokenizer, path, config), max_batch=max_batch)
 
 
@@ -123,7 +128,7 @@ def _tokenizer(tokenizer, path: Path, config: ClapConfig) -> Tokenizer | None:
                              f"{training['tokenizer_sha256']} (config.json tokenizer_sha256); restore its tokenizer.json")  # fmt: skip
     elif training and training.get("tokenizer") and not (path / "tokenizer.json").is_file():
         tokenizer = training["tokenizer"]  # a workdir from before workdirs held their tokenizer
-    source = Path(tokenizer) if tokenizer is not None else path
+    source = fs.as_path(tokenizer) if tokenizer is not None else path
     if source.is_file():
         return Tokenizer.from_file(source, max_length=config.text.max_length)
     if tokenizer is None and not (path / "tokenizer.json").is_file():

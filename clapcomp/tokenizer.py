@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clapcomp import fs
+
 _PAD_TOKENS = ("<pad>", "[PAD]")
 
 
@@ -34,19 +36,19 @@ class Tokenizer:
         """Load a `tokenizer.json` (the `tokenizers` library format)."""
         from tokenizers import Tokenizer as _HFTokenizer
 
-        path = Path(path)
+        path = fs.as_path(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"no tokenizer file at {path}; clapcomp needs a `tokenizer.json` (tokenizers-library format). "
                 "Write one with `transformers.AutoTokenizer.from_pretrained(src).save_pretrained(dir)` "
                 "or pass `tokenizer=` explicitly."
             )
-        return cls(_HFTokenizer.from_file(str(path)), max_length=max_length, source=str(path))
+        return cls(_HFTokenizer.from_str(path.read_text()), max_length=max_length, source=str(path))
 
     @classmethod
     def from_dir(cls, directory: str | Path, max_length: int = 77) -> Tokenizer:
         """Load `<directory>/tokenizer.json`; a clear error names what the directory holds instead."""
-        directory = Path(directory)
+        directory = fs.as_path(directory)
         path = directory / "tokenizer.json"
         if not path.is_file():
             found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "no such directory"

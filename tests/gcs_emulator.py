@@ -3,6 +3,10 @@ memory, with one bucket. The environment it returns points every GCS client of t
 children at it: gcsfs / google-cloud-storage (STORAGE_EMULATOR_HOST), tensorstore, which Orbax uses for
 array data (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING), and no real credentials.
 
+The emulator ignores generation preconditions; GCS honours them and clapcomp's folder lock relies on
+them, so run as a script (how `running` starts it) this module adds them as GCS documents: an upload or
+delete with `ifGenerationMatch=G` is refused with 412 unless the object's generation is G (0: absent).
+
     def test_x(gcs):            # the fixture (tests/conftest.py): a fresh emulator per test
         run = f"gs://{gcs.bucket}/run"
         subprocess.run([...], env={**child_env(), **gcs.env})
@@ -39,8 +43,7 @@ def running(bucket: str = BUCKET, timeout_s: float = 30.0):
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "gcp_storage_emulator",
+            __file__,
             "start",
             "--host",
             "127.0.0.1",
@@ -84,3 +87,42 @@ def running(bucket: str = BUCKET, timeout_s: float = 30.0):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _honour_preconditions() -> None:
+    """Wraps the emulator's object upload and delete handlers with GCS's ifGenerationMatch check."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    def guarded(handler, name_of):
+        def handle(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if wanted and "upload_id" not in request.query:
+                try:
+                    current = storage.get_file_obj(request.params["bucket_name"], name_of(request))["generation"]
+                except NotFound:
+                    current = "0"
+                if str(current) != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "conditionNotMet", "errors": []}})
+                    return None
+            return handler(request, response, storage, *args, **kwargs)
+
+        return handle
+
+    def upload_name(request):
+        if "name" in request.query:
+            return request.query["name"][0]
+        return (request.data.get("meta") or request.data or {}).get("name") if isinstance(request.data, dict) else None
+
+    objects.insert = guarded(objects.insert, upload_name)
+    objects.delete = guarded(objects.delete, lambda request: request.params["object_id"])
+
+
+if __name__ == "__main__":
+    _honour_preconditions()
+    from gcp_storage_emulator.__main__ import main
+
+    main(sys.argv[1:])

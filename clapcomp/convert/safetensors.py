@@ -48,7 +48,7 @@ def save_safetensors(model, config, out: str | Path, tokenizer=None) -> list[Pat
 
 def is_exported(path: Path) -> bool:
     """`inference.load` layout test: a directory written by `save_safetensors` (or a stablehlo export)."""
-    meta = Path(path) / "clapcomp.json"
+    meta = fs.as_path(path) / "clapcomp.json"
     return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
 
 
@@ -87,9 +87,9 @@ def write_tokenizer(tokenizer, out: Path) -> list[Path]:
     """Copy the tokenizer's own tokenizer.json (the source file, without clapcomp's padding settings)."""
     if tokenizer is None:
         return []
-    src = Path(tokenizer.source)
+    src = fs.as_path(tokenizer.source)
     if not src.is_file():
         raise ValueError(f"the tokenizer was not read from a file ({tokenizer.source}); cannot copy its tokenizer.json")
-    if src.resolve() != (out / "tokenizer.json").resolve():
+    if not fs.same_path(src, out / "tokenizer.json"):
         fs.write_bytes(out / "tokenizer.json", src.read_bytes())
     return [out / "tokenizer.json"]

@@ -43,7 +43,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -119,7 +118,7 @@ class Checkpointer:
         import orbax.checkpoint as ocp
         from orbax.checkpoint import checkpoint_managers as policies
 
-        self.workdir = Path(workdir)
+        self.workdir = fs.as_path(workdir)
         self.directory = self.workdir / "checkpoints"
         self.retries, self.backoff_s = retries, backoff_s
         self.skipped_corrupt: list[int] = []
@@ -147,7 +146,7 @@ class Checkpointer:
         state_handler = _state_handler(ocp)
         handlers.add("state", ocp.args.PyTreeSave, state_handler)
         handlers.add("state", ocp.args.PyTreeRestore, state_handler)
-        self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options, handler_registry=handlers)
+        self.manager = ocp.CheckpointManager(fs.absolute(self.directory), options=options, handler_registry=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -223,7 +222,7 @@ class Checkpointer:
             )
             if jax.process_index() == 0 and (self.directory / str(s)).exists():
                 aside.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(self.directory / str(s)), aside)
+                fs.move(self.directory / str(s), aside)
                 record(self.workdir, "corrupt_step_kept_aside", step=s, path=str(aside), before_saving=step)
         multihost_utils.sync_global_devices(f"corrupt_aside_{step}_b")
         self.skipped_corrupt = []
@@ -365,7 +364,7 @@ def tree_diff(saved, abstract) -> list[str]:
 
 def record(workdir: str | Path, event: str, **fields) -> None:
     """Appends one event to `<workdir>/restore_log.jsonl` (call from process 0)."""
-    with open(Path(workdir) / "restore_log.jsonl", "a") as f:
+    with fs.AppendFile(fs.as_path(workdir) / "restore_log.jsonl") as f:
         f.write(
             json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}) + "\n"
         )
@@ -401,7 +400,7 @@ def config_changes(saved: dict, config) -> tuple[list[str], list[str]]:
 def check_resume_config(workdir: str | Path, config) -> list[str]:
     """Compares `<workdir>/config.json` with `config` before any array is read: returns the accepted
     changes, raises IncompatibleCheckpoint naming the others (nothing is changed)."""
-    path = Path(workdir) / "config.json"
+    path = fs.as_path(workdir) / "config.json"
     if not path.is_file():
         return []
     accepted, refused = config_changes(json.loads(path.read_text()), config)
@@ -435,7 +434,7 @@ def lock_workdir(workdir: str | Path) -> fs.Lock | None:
             refusal = f"process 0 could not lock {workdir}: another run writes there (see process 0's log)"
     if refusal:
         raise fs.LockHeld(refusal)
-    log.info("run %s holds %s", run_id, Path(workdir) / fs.LOCK_NAME)
+    log.info("run %s holds %s", run_id, fs.as_path(workdir) / fs.LOCK_NAME)
     return lock
 
 
@@ -445,7 +444,7 @@ def check_fresh_workdir(workdir: str | Path, config, tokenizer: Callable[[], Pat
     (`tokenizer()`, sha256 vs config.tokenizer_sha256), unless `reuse` (then process 0 replaces that
     tokenizer.json; config.json is rewritten at the start). The same run killed before its first
     checkpoint (equal config and tokenizer) goes on. Runs before anything is created in `workdir`."""
-    workdir = Path(workdir)
+    workdir = fs.as_path(workdir)
     if (workdir / "checkpoints").is_dir() and any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
         return  # a resume: check_resume_config compares the configs
     foreign = []
@@ -476,7 +475,7 @@ def check_fresh_workdir(workdir: str | Path, config, tokenizer: Callable[[], Pat
 def save_config(workdir: str | Path, config) -> None:
     """The resolved config as `<workdir>/config.json` (process 0 only)."""
     if jax.process_index() == 0:
-        fs.write_text(Path(workdir) / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        fs.write_text(fs.as_path(workdir) / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
 
 def read_config(workdir: str | Path):
@@ -484,7 +483,7 @@ def read_config(workdir: str | Path):
     existed: `lora`, `ema_decay`, ...) takes its default, which keeps the old behaviour."""
     import ml_collections
 
-    path = Path(workdir) / "config.json"
+    path = fs.as_path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found; is {workdir} a clapcomp training workdir (clapcomp train --workdir)?"
@@ -536,7 +535,7 @@ def read_only_manager(directory: str | Path):
     absl_log, notice = logging.getLogger("absl"), _ReadOnlyNotice()
     absl_log.addFilter(notice)
     try:
-        return ocp.CheckpointManager(Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
+        return ocp.CheckpointManager(fs.absolute(directory), options=ocp.CheckpointManagerOptions(read_only=True))
     finally:
         absl_log.removeFilter(notice)
 
@@ -556,7 +555,7 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     if mesh is None:
         mesh = Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1), ("data", "fsdp"))
     parts = state_lib.setup(config, mesh)
-    manager = read_only_manager(Path(workdir, "checkpoints"))
+    manager = read_only_manager(fs.as_path(workdir) / "checkpoints")
     steps = sorted(manager.all_steps())
     if not steps:
         raise CheckpointError(f"no checkpoint under {workdir}/checkpoints; train first or pass another workdir")
@@ -569,7 +568,7 @@ def load_weights(workdir: str | Path, mesh: Mesh | None = None, *, step: int | N
     elif step not in steps:
         raise CheckpointError(f"{workdir}/checkpoints has no step {step}; it holds steps {steps}")
     try:
-        fs.verify_manifest(Path(workdir, "checkpoints", str(step)))
+        fs.verify_manifest(fs.as_path(workdir) / "checkpoints" / str(step))
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(parts.abstract))).state
     except Exception as e:
         older = [s for s in steps if s < step]

@@ -50,7 +50,7 @@ def detect_kind(path: str | Path) -> str:
     from clapcomp.convert.sentence import _FAMILIES
     from clapcomp.inference import LAYOUTS
 
-    path = Path(path)
+    path = fs.as_path(path)
     if not path.exists():
         raise FileNotFoundError(f"config.init.path={str(path)!r} does not exist")
     for kind, name in KINDS.items():
@@ -76,15 +76,15 @@ def checkpoint_architecture(kind: str, path: str, config) -> ClapConfig:
     if kind == "hf":
         from clapcomp.convert.hf import config_from_hf
 
-        pre = Path(path, "preprocessor_config.json")
-        return config_from_hf(json.loads(Path(path, "config.json").read_text()),
+        pre = fs.as_path(path) / "preprocessor_config.json"
+        return config_from_hf(json.loads((fs.as_path(path) / "config.json").read_text()),
                               json.loads(pre.read_text()) if pre.is_file() else None)  # fmt: skip
     if kind == "checkpoint":
         from clapcomp.train.checkpoint import read_config
 
         return state_lib.model_config(read_config(path))
     if kind == "export":
-        return ClapConfig.from_dict(json.loads(Path(path, "clapcomp.json").read_text())["config"])
+        return ClapConfig.from_dict(json.loads((fs.as_path(path) / "clapcomp.json").read_text())["config"])
     if kind == "laion":
         from clapcomp.convert.laion import laion_config, read_laion_checkpoint
 
@@ -178,7 +178,7 @@ def prepare(config, workdir: str | Path | None = None):
     import ml_collections
 
     c = ml_collections.ConfigDict(config.to_dict())
-    resuming = workdir is not None and _has_checkpoints(Path(workdir))
+    resuming = workdir is not None and _has_checkpoints(fs.as_path(workdir))
     if resuming and c.init.kind == "auto":  # as the run started (the source may be gone by now)
         from clapcomp.train.checkpoint import read_config
 
@@ -274,7 +274,7 @@ def _check_sample_rates(dirs: list[str], sample_rate: int) -> None:
     from clapcomp.data.records import RecordSource
 
     for directory in dirs:
-        stats_file = Path(directory) / "stats.json"
+        stats_file = fs.as_path(directory) / "stats.json"
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
         rate = stats["sample_rate"] if "sample_rate" in stats else RecordSource(directory).example(0)["sample_rate"]
         if rate != sample_rate:
@@ -287,7 +287,7 @@ def _check_sample_rates(dirs: list[str], sample_rate: int) -> None:
 def _record_counts(train: str, sample: int = 64) -> tuple[int, int, int | str]:
     """(rows with negatives, rows with positives, rows): `stats.json` of `clapcomp data build` if it
     counts them, else the first `sample` records."""
-    stats_file = Path(train) / "stats.json"
+    stats_file = fs.as_path(train) / "stats.json"
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
     if "rows_with_negatives" in stats and "rows_with_positives" in stats:
         return stats["rows_with_negatives"], stats["rows_with_positives"], stats.get("written", "?")
@@ -333,18 +333,18 @@ def load_init_model(config):
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(fs.as_path(path).read_bytes()).hexdigest()
 
 
 def tokenizer_source(config, workdir: str | Path | None = None) -> Path:
     """The tokenizer.json a run uses: the workdir's copy when resuming, else config.tokenizer (a file or
     a dir holding one), else the one in init.path."""
-    if workdir is not None and (Path(workdir) / "tokenizer.json").is_file():
-        return Path(workdir) / "tokenizer.json"
+    if workdir is not None and (fs.as_path(workdir) / "tokenizer.json").is_file():
+        return fs.as_path(workdir) / "tokenizer.json"
     given = config.tokenizer or (text_dir(config) if config.init.kind == "aisfx_minilm" else config.init.path)
     if not given:
         raise ValueError("set config.tokenizer to a tokenizer.json (or a directory holding one)")
-    path = Path(given)
+    path = fs.as_path(given)
     if path.is_dir():
         path = path / "tokenizer.json"
     elif not config.tokenizer and path.is_file():  # a LAION .pt
@@ -358,7 +358,7 @@ def tokenizer_source(config, workdir: str | Path | None = None) -> Path:
 def copy_tokenizer(config, workdir: str | Path) -> Path:
     """<workdir>/tokenizer.json, a copy of the run's tokenizer (process 0, write + rename), so the
     workdir loads, evaluates, exports and seeds the next stage without the source directory."""
-    dst = Path(workdir) / "tokenizer.json"
+    dst = fs.as_path(workdir) / "tokenizer.json"
     if jax.process_index() == 0 and not dst.is_file():
         fs.write_bytes(dst, tokenizer_source(config).read_bytes())
     return dst

@@ -75,7 +75,7 @@ def train(config, workdir: str | Path, *, restore: str = "latest", workdir_reuse
     One run per workdir: another run's lock raises fs.LockHeld; a fresh run into a folder with another
     run's config.json / tokenizer.json raises ForeignWorkdir unless `workdir_reuse`. The run's objects are
     built here, once, from the config; the helpers take objects."""
-    workdir = Path(workdir)
+    workdir = fs.as_path(workdir)
     fresh = not workdir.exists()
     lock = ckpt_lib.lock_workdir(workdir)
     try:
@@ -304,7 +304,7 @@ class Reporter:
         self.step_last = start
         self.bar = self.tb = self.jsonl = None
         if self.main:
-            self.jsonl = open(workdir / "metrics.jsonl", "a")
+            self.jsonl = fs.AppendFile(workdir / "metrics.jsonl")  # gs://: the object rewritten at each line
             from tensorboardX import SummaryWriter
 
             self.tb = SummaryWriter(str(workdir / "tb"))
@@ -361,7 +361,6 @@ class Reporter:
         if not self.main:
             return {}
         self.jsonl.write(json.dumps({"step": step, **m}) + "\n")
-        self.jsonl.flush()
         for k, v in m.items():
             self.tb.add_scalar(k, v, step)
         eta = (self.total_steps - step) * m.get("step_time_s", 0.0)
