@@ -3,9 +3,11 @@ memory, with one bucket. The environment it returns points every GCS client of t
 children at it: gcsfs / google-cloud-storage (STORAGE_EMULATOR_HOST), tensorstore, which Orbax uses for
 array data (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING), and no real credentials.
 
-The emulator ignores generation preconditions; GCS honours them and clapcomp's folder lock relies on
-them, so run as a script (how `running` starts it) this module adds them as GCS documents: an upload or
-delete with `ifGenerationMatch=G` is refused with 412 unless the object's generation is G (0: absent).
+Two things GCS does and the emulator does not, which clapcomp relies on, are added when this module runs
+as a script (how `running` starts it), as GCS documents them: generation preconditions (an upload or
+delete with `ifGenerationMatch=G` is refused with 412 unless the object's generation is G, 0: absent;
+clapcomp's folder lock) and the `x-goog-generation` header of a download (tensorstore's OCDBT, which
+Orbax writes checkpoints with, reads its manifest's generation from it).
 
     def test_x(gcs):            # the fixture (tests/conftest.py): a fresh emulator per test
         run = f"gs://{gcs.bucket}/run"
@@ -89,8 +91,9 @@ def running(bucket: str = BUCKET, timeout_s: float = 30.0):
                 os.environ[k] = v
 
 
-def _honour_preconditions() -> None:
-    """Wraps the emulator's object upload and delete handlers with GCS's ifGenerationMatch check."""
+def _as_gcs() -> None:
+    """Wraps the emulator's object upload and delete handlers with GCS's ifGenerationMatch check, and its
+    download handler with the generation headers."""
     from http import HTTPStatus
 
     from gcp_storage_emulator.exceptions import NotFound
@@ -117,12 +120,23 @@ def _honour_preconditions() -> None:
             return request.query["name"][0]
         return (request.data.get("meta") or request.data or {}).get("name") if isinstance(request.data, dict) else None
 
+    def with_generation(download):
+        def handle(request, response, storage, *args, **kwargs):
+            with contextlib.suppress(NotFound):
+                obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+                response["x-goog-generation"] = str(obj["generation"])
+                response["x-goog-metageneration"] = str(obj["metageneration"])
+            return download(request, response, storage, *args, **kwargs)
+
+        return handle
+
     objects.insert = guarded(objects.insert, upload_name)
     objects.delete = guarded(objects.delete, lambda request: request.params["object_id"])
+    objects.download = with_generation(objects.download)
 
 
 if __name__ == "__main__":
-    _honour_preconditions()
+    _as_gcs()
     from gcp_storage_emulator.__main__ import main
 
     main(sys.argv[1:])

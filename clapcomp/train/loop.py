@@ -528,7 +528,8 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("clapcomp train: --config and --workdir are required\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
+    for chatty in ("absl", "gcsfs"):  # Orbax logs every file it writes at INFO, gcsfs every file it opens
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id)
     try:
         metrics = train(config, fv.workdir, restore=fv.restore, workdir_reuse=fv.workdir_reuse)
