@@ -8,10 +8,10 @@
 #   train CONFIG WORKDIR [FLAGS]  `clapcomp train` on every worker; the same command again resumes
 #   export MODEL OUT [FLAGS]      `clapcomp export --model MODEL --out OUT` on worker 0
 #   delete
-# jax.distributed.initialize() detects the pod by itself. The workdir and the data must be one shared
-# filesystem: clapcomp's own paths are not gs://-aware yet (issue #28 item 1), so train and export refuse
-# gs:// paths; use the gcsfuse mount (docs/tpu-pods.md). On SIGTERM (maintenance, spot preemption) the run
-# saves and exits 0; `train` again resumes.
+# jax.distributed.initialize() detects the pod by itself. The workdir and the export are gs:// paths that
+# every worker shares (clapcomp writes them through etils.epath; Orbax writes the checkpoints); the training
+# records are read from the gcsfuse mount (docs/tpu-pods.md). On SIGTERM (maintenance, spot preemption) the
+# run saves and exits 0; `train` again resumes from the bucket.
 set -euo pipefail
 DRY_RUN=0
 if [[ ${1:-} == --dry-run ]]; then DRY_RUN=1; shift; fi
@@ -28,18 +28,6 @@ run() {  # a command, or with --dry-run its shell-quoted words on one line
 on() {  # on WORKER COMMAND: COMMAND in a login shell of WORKER (all | 0 | 1 ...)
   run gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker="$1" --command "$2"
 }
-local_only() {  # refuses gs:// paths until clapcomp's paths go through etils.epath (issue #28 item 1)
-  local arg
-  for arg in "$@"; do
-    if [[ $arg == gs://* || $arg == *=gs://* ]]; then
-      echo "tpu_pod.sh: '$arg' is a gs:// path, which clapcomp cannot write or read yet (issue #28 item 1: every" \
-        "worker would write a local 'gs:' folder). Mount the bucket (launch/tpu_pod.sh mount BUCKET) and pass" \
-        "/mnt/BUCKET/... instead." >&2
-      exit 2
-    fi
-  done
-}
-
 usage="usage: launch/tpu_pod.sh [--dry-run] create | setup | mount BUCKET | train CONFIG WORKDIR [FLAGS] |"
 usage+=" export MODEL OUT [FLAGS] | delete"
 cmd=${1:-}
@@ -69,12 +57,10 @@ case "$cmd" in
 && { mountpoint -q $mnt || gcsfuse --implicit-dirs --rename-dir-limit=1000000 $bucket $mnt; }" ;;
   train)
     (($# >= 2)) || { echo "usage: launch/tpu_pod.sh train CONFIG WORKDIR [FLAGS]" >&2; exit 2; }
-    local_only "$@"
     flags=("${@:3}")
     on all "cd clapcomp && .venv/bin/clapcomp train --config ${1@Q} --workdir ${2@Q} ${flags[*]@Q}" ;;
   export)
     (($# >= 2)) || { echo "usage: launch/tpu_pod.sh export MODEL OUT [FLAGS]" >&2; exit 2; }
-    local_only "$@"
     flags=("${@:3}")
     on 0 "cd clapcomp && .venv/bin/clapcomp export --model ${1@Q} --out ${2@Q} ${flags[*]@Q}" ;;
   delete) run gcloud compute tpus tpu-vm delete "$NAME" --zone "$ZONE" --quiet ;;

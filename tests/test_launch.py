@@ -122,18 +122,13 @@ def test_mount_bucket():
     assert _dry_run("mount", "Bad Name")[0] == 2
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["train", "configs/tiny.py", "gs://bkt/run"],
-        ["train", "configs/tiny.py", "/mnt/b/run", "--config.data.train=gs://bkt/recs"],
-        ["export", "gs://bkt/run", "/mnt/b/export"],
-    ],
-)
-def test_gs_paths_are_refused_until_clapcomp_reads_them(args):
-    rc, commands, err = _dry_run(*args)
-    assert rc == 2 and commands == []
-    assert "gs://" in err and "mount" in err
+def test_gs_paths_pass_through_unchanged():
+    rc, commands, err = _dry_run("train", "configs/tiny.py", "gs://bkt/run", "--config.data.train=/mnt/bkt/recs")
+    assert rc == 0, err
+    assert _remote(commands)[1][1][4:] == ["--workdir", "gs://bkt/run", "--config.data.train=/mnt/bkt/recs"]
+    rc, commands, err = _dry_run("export", "gs://bkt/run", "gs://bkt/export")
+    assert rc == 0, err
+    assert _remote(commands)[1][1][2:] == ["--model", "gs://bkt/run", "--out", "gs://bkt/export"]
 
 
 @pytest.mark.parametrize("args", [[], ["bogus"], ["train", "configs/tiny.py"], ["export", "/mnt/b/run"]])
