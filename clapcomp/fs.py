@@ -65,6 +65,7 @@ def as_path(p: str | os.PathLike) -> Path:
     if gcs.is_remote(p):
         from etils import epath
 
+        gcs.configure()
         return epath.Path(os.fspath(p))
     return Path(os.fspath(p))
 
@@ -74,13 +75,14 @@ def absolute(p: str | os.PathLike) -> Path:
     return as_path(p) if gcs.is_remote(p) else Path(p).absolute()
 
 
+def resolve(p: str | os.PathLike) -> Path:
+    """`as_path(p)`, symlinks and `..` resolved when local (gs:// has neither; epath would make it local)."""
+    return as_path(os.fspath(p).rstrip("/")) if gcs.is_remote(p) else Path(p).resolve()
+
+
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether `a` and `b` name the same file or folder (local: symlinks and `..` resolved)."""
-    return _resolved(a) == _resolved(b)
-
-
-def _resolved(p: str | os.PathLike) -> Path | str:
-    return os.fspath(p).rstrip("/") if gcs.is_remote(p) else Path(p).resolve()
+    """Whether `a` and `b` name the same file or folder."""
+    return os.fspath(resolve(a)) == os.fspath(resolve(b))
 
 
 @contextlib.contextmanager

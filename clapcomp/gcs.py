@@ -9,9 +9,10 @@ A bucket has objects, not files: no rename, no append, no O_EXCL, no folders. cl
   (released, or taken over when stale) only at the generation that was read, so a lock object written
   meanwhile by another writer is never deleted by mistake.
 - `files(root)` -> {relative name: size}: every object under a prefix in one listing (for manifests).
-Everything else (reads, listings, plain writes) goes through etils.epath, which reaches gs:// by gcsfs;
-this module talks to the same bucket with google-cloud-storage (gcsfs's own dependency), and drops
-gcsfs's cached listing of what it changed.
+Everything else (reads, listings, plain writes) goes through etils.epath, which reaches gs:// by gcsfs,
+`configure`d without its listing cache: other processes and hosts write the same workdir, and gcsfs
+answers from a cached listing without asking GCS (its docs), so their objects would stay unseen. This
+module talks to the same bucket with google-cloud-storage (gcsfs's own dependency).
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ def split(path: str | os.PathLike) -> Object:
     return Object(bucket, name.rstrip("/"))
 
 
+def configure() -> None:
+    """gcsfs, as etils.epath and this module make it, without the listing cache (see the module doc)."""
+    import fsspec.config
+
+    fsspec.config.conf.setdefault("gs", {})["use_listings_cache"] = False
+
+
+def _gfs():
+    import fsspec
+
+    configure()
+    return fsspec.filesystem("gs")
+
+
 def _blob(path):
     from google.cloud import storage
 
@@ -46,18 +61,9 @@ def _blob(path):
     return storage.Client().bucket(obj.bucket).blob(obj.name)
 
 
-def _forget(path) -> None:
-    """Drops gcsfs's cached listings of `path`'s folder (this module wrote there behind its back)."""
-    import fsspec
-
-    fsspec.filesystem("gs").invalidate_cache(os.fspath(path))
-
-
 def upload(local: str | os.PathLike, remote: str | os.PathLike) -> None:
     """Copies the local file to the object `remote` in one upload (all-or-nothing, see the module doc)."""
-    import fsspec
-
-    fsspec.filesystem("gs").put_file(os.fspath(local), os.fspath(remote))
+    _gfs().put_file(os.fspath(local), os.fspath(remote))
 
 
 def create_exclusive(remote: str | os.PathLike, text: str) -> None:
@@ -68,8 +74,6 @@ def create_exclusive(remote: str | os.PathLike, text: str) -> None:
         _blob(remote).upload_from_string(text, if_generation_match=0)
     except exceptions.PreconditionFailed:
         raise FileExistsError(f"{remote} exists") from None
-    finally:
-        _forget(remote)
 
 
 def read(remote: str | os.PathLike) -> tuple[str, int] | None:
@@ -97,24 +101,18 @@ def delete_if(remote: str | os.PathLike, generation: int) -> bool:
         return True
     except (exceptions.PreconditionFailed, exceptions.NotFound):
         return False
-    finally:
-        _forget(remote)
 
 
 def download(remote: str | os.PathLike, local_dir: Path) -> Path:
     """The object or prefix `remote` copied into `local_dir` under its own name; returns the local copy."""
-    import fsspec
-
     target = local_dir / split(remote).name.rsplit("/", 1)[-1]
-    fsspec.filesystem("gs").get(os.fspath(remote).rstrip("/"), str(target), recursive=True)
+    _gfs().get(os.fspath(remote).rstrip("/"), str(target), recursive=True)
     return target
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Moves an object, or every object below a prefix: copied, then deleted (not atomic)."""
-    import fsspec
-
-    gfs = fsspec.filesystem("gs")
+    gfs = _gfs()
     src, dst = os.fspath(src).rstrip("/"), os.fspath(dst).rstrip("/")
     names = files(src)
     pairs = [(f"{src}/{n}", f"{dst}/{n}") for n in names] if names else [(src, dst)]
@@ -125,10 +123,8 @@ def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def files(root: str | os.PathLike) -> dict[str, int]:
     """{name relative to `root` (posix): size in bytes} of every object below the prefix `root`."""
-    import fsspec
-
     prefix = "/".join(split(root)) + "/"
-    found = fsspec.filesystem("gs").find(os.fspath(root), detail=True)
+    found = _gfs().find(os.fspath(root), detail=True)
     return {
         name[len(prefix) :]: int(info["size"])
         for name, info in found.items()

@@ -76,7 +76,7 @@ class TowerCache:
 
     def save(self, out_dir: str | Path, **stats) -> Path:
         """Writes the cache into `out_dir` (stats.json last; `stats` are extra JSON fields)."""
-        out = Path(out_dir)
+        out = fs.as_path(out_dir)
         rows = np.stack(self.rows) if self.rows else np.zeros((0, 0), np.float32)
         with fs.atomic_file(out / "pooled.npy", "wb") as f:
             np.save(f, rows, allow_pickle=False)
@@ -89,14 +89,15 @@ class TowerCache:
     @classmethod
     def load(cls, cache_dir: str | Path) -> TowerCache:
         """A cache written by `save` (never unpickles: pooled.npy is read with allow_pickle=False)."""
-        path = Path(cache_dir)
+        path = fs.as_path(cache_dir)
         if not (path / "stats.json").is_file():
             raise FileNotFoundError(
                 f"{path} holds no audio-tower cache (no stats.json); write one with "
                 "clapcomp.train.locked_tower.write_cache"
             )
         stats = json.loads((path / "stats.json").read_text())
-        rows = np.load(path / "pooled.npy", allow_pickle=False)
+        with (path / "pooled.npy").open("rb") as f:
+            rows = np.load(f, allow_pickle=False)
         digests = (path / "digests.txt").read_text().split()
         if rows.ndim != 2 or len(digests) != len(rows) or len(rows) != stats["count"]:
             raise ValueError(

@@ -39,7 +39,7 @@ def write_report(runs: Sequence[dict[str, dict[str, dict]]], out_dir, *, seeds: 
         raise ValueError("no results to report")
     if seeds and len(seeds) != len(runs):
         raise ValueError(f"{len(seeds)} seeds for {len(runs)} runs; give one seed per run (or none)")
-    return _write(plt, runs, seeds, Path(out_dir))
+    return _write(plt, runs, seeds, fs.as_path(out_dir))
 
 
 def _write(plt, runs: Sequence[dict], seeds: Sequence[int], out_dir: Path) -> list[Path]:

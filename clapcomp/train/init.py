@@ -323,8 +323,11 @@ def load_init_model(config):
             text_dir(config), aisfx_path=path or None, audio=cfg.audio, projection_dim=cfg.projection_dim,
             seed=config.seed, **{f: getattr(cfg.cnn, f) for f in _CNN_CONFIG_FIELDS},
         )  # fmt: skip
-    else:
+    elif kind == "checkpoint":  # a workdir: read in place (Orbax reads gs://)
         loaded_cfg, model = _loader(kind)(path)
+    else:
+        with fs.local_copy(path) as local:  # gs://: downloaded first (the readers open local files)
+            loaded_cfg, model = _loader(kind)(local)
     merge_architecture(config, loaded_cfg, init_source(config))  # the weights still fit (the files may have changed)
     return model
 

@@ -162,7 +162,7 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
     with fs.atomic_dir(out_dir, overwrite=overwrite, purpose="clapcomp tower-cache") as tmp:
         cache, stats = _compute(records, model, batch_size)
         cache.save(tmp, **stats)
-    cache.path = Path(out_dir)
+    cache.path = fs.as_path(out_dir)
     return cache
 
 
@@ -240,7 +240,7 @@ def cache_for_config(config, records: str | Path, root: str | Path) -> Path:
     parts = state_lib.setup(config, distributed.make_mesh(config.mesh.data, config.mesh.fsdp))
     state = state_lib.init_state(parts, init_lib.load_init_model(config))
     tower = tower_identity(parts.cfg, state.params, state.model_state)
-    out = Path(root) / hashlib.sha256(json.dumps(tower, sort_keys=True).encode()).hexdigest()[:16]
+    out = fs.as_path(root) / hashlib.sha256(json.dumps(tower, sort_keys=True).encode()).hexdigest()[:16]
     stats = json.loads((out / "stats.json").read_text()) if (out / "stats.json").is_file() else {}
     if stats.get("tower") == tower and stats.get("records") == str(records):
         return out

@@ -164,7 +164,7 @@ def build(
         meta = {
             "format": FORMAT,
             "version": 1,
-            "model": {"path": str(Path(model_path).resolve()), "identity": identity},
+            "model": {"path": str(fs.resolve(model_path)), "identity": identity},
             "mode": mode,
             "clip_seconds": clap.config.audio.clip_seconds,
             "files": entries,
@@ -183,7 +183,7 @@ class Searcher:
         self.folder = Path(folder)
         self.index = Index.read(self.folder)
         recorded = self.index.meta["model"]["path"]
-        if clap is None and model is None and not Path(recorded).exists():
+        if clap is None and model is None and not fs.as_path(recorded).exists():
             raise FileNotFoundError(
                 f"the model that built {self.folder} ({recorded}) is gone; pass --model M (same weights)"
             )

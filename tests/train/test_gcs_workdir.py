@@ -1,16 +1,23 @@
 """A training workdir on gs:// (the local GCS emulator, tests/gcs_emulator.py): `clapcomp train --workdir
 gs://bkt/run` leaves checkpoints, config.json, tokenizer.json, metrics.jsonl and TensorBoard events in the
 bucket, resumes from them, and `clapcomp.load` / `clapcomp export` read it; nothing is written to a local
-folder named `gs:`. References: the objects listed with google-cloud-storage, and the same workdir
-downloaded and loaded from local disk."""
+folder named `gs:`; two processes preempted with SIGTERM resume from the bucket bitwise equal to an
+unbroken run. References: the objects listed with google-cloud-storage, the same workdir downloaded and
+loaded from local disk, the unbroken run on local disk."""
 
 import json
+import signal
+import socket
 import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # two training runs in subprocesses
+pytestmark = pytest.mark.slow  # training runs in subprocesses
+# as tests/train/test_multiprocess.py: the same compiled programs (the test run's compilation cache)
+OVERRIDES = ("--config.total_steps=10", "--config.ckpt_every=5")
 
 
 def _objects(prefix: str) -> dict:
@@ -61,3 +68,68 @@ def test_train_resume_load_and_export_with_a_gs_workdir(gcs, tmp_path, tone_reco
     np.testing.assert_allclose(exported.embed_text(texts), remote.embed_text(texts), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(exported.embed_audio(audio, 8000), remote.embed_audio(audio, 8000), rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "gs:").exists() and not (helpers.REPO / "gs:").exists()
+
+
+def _launch(helpers, workdir, records, cache, env, *, sigterm_after_step=None):
+    """2 processes (4 CPU devices each, gloo) of `clapcomp train`; SIGTERM to both once metrics.jsonl
+    (in the bucket, read with google-cloud-storage) has `sigterm_after_step` lines. Returns their stderr."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = (*OVERRIDES, f"--coordinator=127.0.0.1:{port}")
+    procs = [
+        subprocess.Popen(
+            helpers.train_cmd(workdir, records, *overrides, "--num_processes=2", f"--process_id={i}"),
+            env={**helpers.train_env(cache, devices=4), **env},
+            cwd=helpers.REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        if sigterm_after_step is not None:
+            end = time.monotonic() + 600
+            while len(_metrics_lines(str(workdir))) < sigterm_after_step:
+                assert all(p.poll() is None for p in procs) and time.monotonic() < end
+                time.sleep(0.5)
+            for p in procs:  # as a pod's maintenance event signals every worker
+                p.send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=600)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return errs
+
+
+def _metrics_lines(workdir: str) -> list[str]:
+    if not workdir.startswith("gs://"):
+        path = Path(workdir, "metrics.jsonl")
+        return path.read_text().splitlines() if path.is_file() else []
+    return _objects(workdir).get("metrics.jsonl", b"").decode().splitlines()
+
+
+def test_two_processes_preempted_on_gs_resume_bitwise_equal_to_an_unbroken_run(
+    gcs, tmp_path, tone_records, compile_cache, helpers
+):
+    from clapcomp import fs
+
+    run = f"gs://{gcs.bucket}/run"
+    first = _launch(helpers, run, tone_records, compile_cache, gcs.env, sigterm_after_step=2)
+    assert "on 8 devices (2 processes)" in first[0]
+    stopped = max(int(n.split("/")[1]) for n in _objects(run) if n.startswith("checkpoints/"))
+    assert 2 <= stopped < 10  # both processes agreed on the step to save at
+    second = _launch(helpers, run, tone_records, compile_cache, gcs.env)
+    assert f"resuming at step {stopped} of 10" in second[0]
+    steps = [json.loads(line)["step"] for line in _metrics_lines(run)]
+    assert steps == list(range(1, 11))  # process 0 only, each step once, the first run's lines kept
+
+    reference = tmp_path / "reference"  # the same 2-process run, unbroken, on local disk
+    _launch(helpers, reference, tone_records, compile_cache, {})
+    with fs.local_copy(run) as local:
+        helpers.assert_states_bitwise_equal(helpers.read_state(reference, 10), helpers.read_state(local, 10))
+    assert not (helpers.REPO / "gs:").exists()
