@@ -18,20 +18,12 @@ Every command that writes goes through here; nothing else writes files its own w
   file under a folder; verifying raises `CorruptFile` naming the first file that differs.
 - `refuse_inputs(out, inputs)`: an output that is one of the inputs is refused before anything opens.
 
-Paths are `str | os.PathLike`; `as_path` is the one place that turns them into path objects: a gs:// path
-becomes an `etils.epath.Path` (gcsfs), anything else a `pathlib.Path` (never `Path("gs://b/x")`: that is
-the local folder `gs:/b/x`). On gs:// (clapcomp/gcs.py), where a bucket has no rename, append or O_EXCL:
-- an atomic file is written locally and uploaded as one object: GCS shows an object only once its upload
-  completes, so a kill leaves the old object or none, never a part;
-- `atomic_dir` fills a local temporary folder, then (under its `.<name>.lock` object) uploads it file by
-  file, `sha256.json` last, and deletes the objects of a replaced folder the new one lacks. A bucket has
-  no folder rename, so a kill during the upload leaves a partial folder (which the command's next run
-  replaces, and whose sha256.json, when it has one, is missing or says so);
-- the lock is an object created with the precondition `ifGenerationMatch=0`, which GCS refuses when the
-  object exists: a second writer is refused exactly as by O_EXCL; a release or stale takeover deletes
-  it only at the generation it read;
-- `AppendFile` keeps the object's text in memory (read once) and uploads it whole at each write;
-- manifests list the prefix in one listing.
+Paths are `str | os.PathLike`; `as_path` is the one place that turns them into path objects: gs:// ->
+`etils.epath.Path`, else `pathlib.Path` (never `Path("gs://b/x")`, the local folder `gs:/b/x`). On gs://
+the same calls keep the same guarantees with what a bucket offers (clapcomp/gcs.py): one-object uploads
+for atomic files, the lock an object created with `ifGenerationMatch=0`, a folder built locally and
+uploaded (`sha256.json` last: no folder rename there, so a kill mid-upload leaves a partial folder), a
+log rewritten whole at each `AppendFile.write`.
 """
 
 from __future__ import annotations
@@ -244,13 +236,8 @@ def _remote_dir(final: Path, *, overwrite: bool, purpose: str) -> Iterator[Path]
                 f"{final} is not empty and holds files this command did not write; pass a new or empty output folder"
             )
         with tempfile.TemporaryDirectory(prefix="clapcomp-") as local:
-            tmp = Path(local)
-            yield tmp
-            new = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-            for rel in sorted(new, key=lambda r: r == MANIFEST):
-                gcs.upload(tmp / rel, final / rel)
-        for rel in sorted(set(old) - set(new)):
-            (final / rel).unlink(missing_ok=True)
+            yield Path(local)
+            gcs.upload_folder(Path(local), final, last=MANIFEST, replacing=old)
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:

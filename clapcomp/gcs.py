@@ -18,6 +18,7 @@ module talks to the same bucket with google-cloud-storage (gcsfs's own dependenc
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,10 +42,15 @@ def split(path: str | os.PathLike) -> Object:
 
 
 def configure() -> None:
-    """gcsfs, as etils.epath and this module make it, without the listing cache (see the module doc)."""
+    """gcsfs, as etils.epath and this module make it, without the listing cache (see the module doc):
+    the default for instances made from now on, and off in the one etils.epath keeps if it made it before."""
     import fsspec.config
+    from etils.epath import backend
 
     fsspec.config.conf.setdefault("gs", {})["use_listings_cache"] = False
+    listings = backend.fsspec_backend.fs("gs://").dircache
+    listings.use_listings_cache = False
+    listings.clear()
 
 
 def _gfs():
@@ -64,6 +70,17 @@ def _blob(path):
 def upload(local: str | os.PathLike, remote: str | os.PathLike) -> None:
     """Copies the local file to the object `remote` in one upload (all-or-nothing, see the module doc)."""
     _gfs().put_file(os.fspath(local), os.fspath(remote))
+
+
+def upload_folder(local: Path, remote: str | os.PathLike, *, last: str, replacing: Iterable[str] = ()) -> None:
+    """Every file below `local` uploaded to the same name below `remote`, the file `last` last; then the
+    objects named in `replacing` (relative names) that the folder lacks are deleted."""
+    new = sorted((p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()), key=lambda r: r == last)
+    for rel in new:
+        upload(local / rel, f"{os.fspath(remote)}/{rel}")
+    stale = [f"{os.fspath(remote)}/{rel}" for rel in sorted(set(replacing) - set(new))]
+    if stale:
+        _gfs().rm(stale)
 
 
 def create_exclusive(remote: str | os.PathLike, text: str) -> None:
