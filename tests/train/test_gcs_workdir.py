@@ -1,11 +1,12 @@
 """A training workdir on gs:// (the local GCS emulator, tests/gcs_emulator.py): `clapcomp train --workdir
-gs://bkt/run` leaves checkpoints, config.json, tokenizer.json, metrics.jsonl and TensorBoard events in the
+gs://bkt/run --config.data.train=gs://bkt/recs` leaves checkpoints, config.json, tokenizer.json, metrics.jsonl and TensorBoard events in the
 bucket, resumes from them, and `clapcomp.load` / `clapcomp export` read it; nothing is written to a local
 folder named `gs:`; two processes preempted with SIGTERM resume from the bucket bitwise equal to an
 unbroken run. References: the objects listed with google-cloud-storage, the same workdir downloaded and
 loaded from local disk, the unbroken run on local disk."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,14 +32,27 @@ def _objects(prefix: str) -> dict:
     }
 
 
+def _records_in_the_bucket(gcs, tone_records, tmp_path) -> tuple[str, dict]:
+    """The tone records uploaded with their sha256.json (as `clapcomp data build --out gs://...` leaves
+    them) -> (their gs:// URL, the environment staging them under tmp_path, clapcomp/data/stage.py)."""
+    from clapcomp import fs
+
+    records = f"gs://{gcs.bucket}/recs"
+    with fs.atomic_dir(records) as tmp:
+        shutil.copytree(tone_records, tmp, dirs_exist_ok=True)
+        fs.write_manifest(tmp)
+    return records, {**gcs.env, "CLAPCOMP_STAGE_DIR": str(tmp_path / "staged")}
+
+
 def test_train_resume_load_and_export_with_a_gs_workdir(gcs, tmp_path, tone_records, compile_cache, helpers):
     import clapcomp
     from clapcomp import export, fs
 
     run = f"gs://{gcs.bucket}/run"
-    env = {**helpers.train_env(compile_cache, devices=1), **gcs.env}
+    records, gcs_env = _records_in_the_bucket(gcs, tone_records, tmp_path)
+    env = {**helpers.train_env(compile_cache, devices=1), **gcs_env}
     for steps in (4, 6):  # the same command with total_steps=6 resumes from the bucket
-        cmd = helpers.train_cmd(run, tone_records, f"--config.total_steps={steps}", "--config.ckpt_every=2")
+        cmd = helpers.train_cmd(run, records, f"--config.total_steps={steps}", "--config.ckpt_every=2")
         r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming at step 4 of 6" in r.stderr
@@ -119,11 +133,12 @@ def test_two_processes_preempted_on_gs_resume_bitwise_equal_to_an_unbroken_run(
     from clapcomp import fs
 
     run = f"gs://{gcs.bucket}/run"
-    first = _launch(helpers, run, tone_records, compile_cache, gcs.env, sigterm_after_step=2)
+    records, gcs_env = _records_in_the_bucket(gcs, tone_records, tmp_path)
+    first = _launch(helpers, run, records, compile_cache, gcs_env, sigterm_after_step=2)
     assert "on 8 devices (2 processes)" in first[0]
     stopped = max(int(n.split("/")[1]) for n in _objects(run) if n.startswith("checkpoints/"))
     assert 2 <= stopped < 10  # both processes agreed on the step to save at
-    second = _launch(helpers, run, tone_records, compile_cache, gcs.env)
+    second = _launch(helpers, run, records, compile_cache, gcs_env)
     assert f"resuming at step {stopped} of 10" in second[0]
     steps = [json.loads(line)["step"] for line in _metrics_lines(run)]
     assert steps == list(range(1, 11))  # process 0 only, each step once, the first run's lines kept
