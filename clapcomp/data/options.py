@@ -14,8 +14,11 @@ one row here plus the lines in `RecordTransform._load` (per record) and `Collate
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
+
+from clapcomp import fs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,7 @@ class DataConfig:
     def from_config(cls, config, audio, **overrides) -> DataConfig:
         """From a training config (`config.seed`, `config.data.*`; `data.train` and `data.tower_cache` name
         inputs the caller opens) and the model's audio front end (`sample_rate`, `clip_samples`, `fusion`);
-        `overrides` replace any field. The trainer's batches carry int16 waveforms (`pcm16_batches`)."""
+        `overrides` replace any field (the trainer sets `pcm16_batches` from its sources: `built_at`)."""
         train = config.data.train
         fields = dict(
             batch_size=config.data.batch_size,
@@ -76,9 +79,20 @@ class DataConfig:
             seed=config.seed,
             workers=config.data.workers,
             weights=tuple(w for _, w in parse_mixture(train, config.data.weights)) if train else (),
-            pcm16_batches=True,
         )
         return cls(**{**fields, **overrides})
+
+
+def built_at(dirs: list[str], sample_rate: int) -> bool:
+    """Whether every folder in `dirs` was written by `clapcomp data build` at `sample_rate` (its `stats.json`
+    says so): then every record is 16-bit mono at that rate and batches can carry int16 (`pcm16_batches`).
+    Records written otherwise (no stats.json, another rate) keep float32 batches: resampled as they are read,
+    none skipped."""
+    for directory in dirs:
+        stats_file = fs.as_path(directory) / "stats.json"
+        if not stats_file.is_file() or json.loads(stats_file.read_text()).get("sample_rate") != sample_rate:
+            return False
+    return True
 
 
 def mixture(train: str, weights: str = "") -> list[tuple[str, float]]:

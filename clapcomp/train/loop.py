@@ -246,16 +246,18 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
     """The checkpointable grain iterator of global batches for `config.data` (clapcomp.data.pipeline);
     with a `tower_cache` its batches carry the locked audio tower's outputs instead of waveforms."""
     from clapcomp.data import pipeline
-    from clapcomp.data.options import DataConfig, mixture, source_name
+    from clapcomp.data.options import DataConfig, built_at, mixture, source_name
     from clapcomp.data.records import RecordSource
 
-    options = DataConfig.from_config(config, state_lib.model_config(config).audio)
+    dirs = [d for d, _ in mixture(config.data.train, config.data.weights)]
+    audio = state_lib.model_config(config).audio
+    options = DataConfig.from_config(config, audio, pcm16_batches=built_at(dirs, audio.sample_rate))
     if options.workers > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # the trainer is the application: grain's workers read absl flags
             flags.FLAGS.mark_as_parsed()
-    sources = {source_name(d): RecordSource(d) for d, _ in mixture(config.data.train, config.data.weights)}
+    sources = {source_name(d): RecordSource(d) for d in dirs}
     source = sources if len(sources) > 1 else next(iter(sources.values()))
     return pipeline.make_iterator(
         source, mesh, options, tokenizer=tokenizer, tower_cache=tower_cache, batch_axes=distributed.AXES

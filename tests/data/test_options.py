@@ -2,12 +2,13 @@
 field table gives the arrays the pipeline allocates."""
 
 import dataclasses
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from clapcomp.data.options import FIELDS, DataConfig, fields, zeros
+from clapcomp.data.options import FIELDS, DataConfig, built_at, fields, zeros
 from clapcomp.train.config import defaults
 
 
@@ -18,7 +19,7 @@ def test_from_config_keeps_the_config_names():
     audio = SimpleNamespace(sample_rate=16000, clip_samples=4000, fusion=True)
     options = DataConfig.from_config(c, audio)
     assert options == DataConfig(batch_size=16, clip_samples=4000, sample_rate=16000, fusion=True, num_negatives=3,
-                                 num_positives=2, seed=5, workers=4, pcm16_batches=True)  # fmt: skip
+                                 num_positives=2, seed=5, workers=4)  # fmt: skip
     assert options.out_samples == 12000 and dataclasses.replace(options, fusion=False).out_samples == 4000
     assert DataConfig.from_config(c, audio, workers=0, max_samples=5000).out_samples == 5000
     # every option of config.data (but the two inputs the caller opens) is a DataConfig field of the same name
@@ -79,3 +80,16 @@ def test_mixture_parses_dirs_and_weights_and_refuses_what_it_cannot_count():
     c = defaults()
     c.data.update(train="/d/a,/e/b", weights="3,1")
     assert DataConfig.from_config(c, SimpleNamespace(sample_rate=8000, clip_samples=80, fusion=False)).weights == (3, 1)
+
+
+def test_int16_batches_only_for_sources_built_at_the_model_rate(tmp_path):
+    """`built_at`: int16 batches need every source's stats.json (written by `data build`) at the model's rate;
+    hand-written records (no stats.json) or another rate keep float32 batches, resampled as read."""
+    rates = {"a": 16000, "b": 16000, "c": 48000}
+    for name, rate in rates.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "stats.json").write_text(json.dumps({"sample_rate": rate, "written": 3}))
+    (tmp_path / "d").mkdir()
+    a, b, c, d = (str(tmp_path / n) for n in "abcd")
+    assert built_at([a, b], 16000) and built_at([c], 48000)
+    assert not built_at([a, c], 16000) and not built_at([a], 48000) and not built_at([a, d], 16000)
