@@ -97,11 +97,11 @@ def built_at(dirs: list[str], sample_rate: int) -> bool:
 
 def mixture(train: str, weights: str = "") -> list[tuple[str, float]]:
     """`parse_mixture`, with every source a local folder: one on GCS (``gs://bkt/recs``) is staged to
-    local disk first (`clapcomp.data.stage.local_copy`; once per process) and its copy, which keeps the
+    local disk first (`clapcomp.data.stage.local_records`; once per process) and its copy, which keeps the
     source's basename, is returned in its place. Where the trainer opens its sources."""
-    from clapcomp.data.stage import local_copy
+    from clapcomp.data.stage import local_records
 
-    return [(local_copy(d), w) for d, w in parse_mixture(train, weights)]
+    return [(local_records(d), w) for d, w in parse_mixture(train, weights)]
 
 
 def parse_mixture(train: str, weights: str = "") -> list[tuple[str, float]]:

@@ -305,7 +305,7 @@ def shard_paths(paths_or_dir: str | Sequence[str]) -> list[str]:
         path = os.fspath(paths_or_dir)
         if "://" in path:  # the installed ArrayRecord reader hangs on gs:// (array_record issue #120)
             raise ValueError(
-                f"{path} is a URL: read it through its staged local copy, clapcomp.data.stage.local_copy(url) "
+                f"{path} is a URL: read it through its staged local copy, clapcomp.data.stage.local_records(url) "
                 "(config.data.train does this)"
             )
         if os.path.isdir(path):

@@ -1,7 +1,7 @@
 """Records on GCS (`gs://`, or any URL `etils.epath` reads), copied to local disk before the pipeline starts.
 
-    local_copy("gs://bkt/recs") -> "~/.cache/clapcomp/staged/bkt/<hash of the URL>/recs"
-    local_copy("/data/recs")    -> "/data/recs"                (a local folder is read where it is)
+    local_records("gs://bkt/recs") -> "~/.cache/clapcomp/staged/bkt/<hash of the URL>/recs"
+    local_records("/data/recs")    -> "/data/recs"                (a local folder is read where it is)
 
 The installed ArrayRecord reader cannot open `gs://` (array_record issue #120: the open hangs), so a
 record folder on GCS is *staged*: its shards and `stats.json` are copied into a local cache folder that
@@ -35,7 +35,7 @@ import shutil
 import time
 from pathlib import Path
 
-from clapcomp import fs
+from clapcomp import fs, gcs
 from clapcomp.data.records import SHARD_SUFFIX
 
 log = logging.getLogger("clapcomp.data.stage")
@@ -51,11 +51,6 @@ _CHUNK = 1 << 22
 _staged: dict[tuple[str, str], str] = {}  # (source, stage dir) -> local folder, staged by this process
 
 
-def is_remote(path: str) -> bool:
-    """Whether `path` is a URL (``gs://...``) rather than a local path."""
-    return "://" in path
-
-
 @dataclasses.dataclass(frozen=True)
 class Staged:
     path: str  # the local folder
@@ -64,10 +59,10 @@ class Staged:
     bytes_fetched: int
 
 
-def local_copy(source: str, stage_dir: str | os.PathLike | None = None) -> str:
+def local_records(source: str, stage_dir: str | os.PathLike | None = None) -> str:
     """A local folder holding the records of `source`: `source` itself when local, else its staged
     copy (`stage`; once per process: later calls return the folder at once)."""
-    if not is_remote(source):
+    if not gcs.is_remote(source):
         return source
     root = stage_root(stage_dir)
     key = (source.rstrip("/"), str(root))

@@ -171,9 +171,9 @@ def _compute(records: str | Path, model, batch_size: int) -> tuple[TowerCache, d
     from clapcomp.data.pipeline import decode_at
     from clapcomp.data.reasons import BadData
     from clapcomp.data.records import RecordSource, parse_record
-    from clapcomp.data.stage import local_copy
+    from clapcomp.data.stage import local_records
 
-    cfg, source = model.cfg, RecordSource(local_copy(str(records)))  # records on GCS: a staged copy
+    cfg, source = model.cfg, RecordSource(local_records(str(records)))  # records on GCS: a staged copy
     rate, clip = cfg.audio.sample_rate, cfg.audio.clip_samples
 
     def too_long(key: str, n: int) -> ValueError:

@@ -167,7 +167,7 @@ def test_bad_buckets_are_clear_errors_naming_the_file(gcs, local, tmp_path, monk
 
 
 def test_a_local_source_is_read_where_it_is_and_the_cache_keeps_the_basename(tmp_path, monkeypatch):
-    assert stage.local_copy("/data/recs") == "/data/recs"
+    assert stage.local_records("/data/recs") == "/data/recs"
     monkeypatch.setenv(stage.STAGE_DIR_ENV, str(tmp_path))
     folder = stage.staged_folder("gs://b/x/recs/", stage.stage_root())
     assert folder.parent.parent == tmp_path / "b" and folder.name == "recs"
