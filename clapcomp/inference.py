@@ -5,7 +5,9 @@ Embeddings are deterministic: the front end takes the front crop / fixed fusion 
 `clapcomp.audio`), no dropout, and the same clip gives the same vector batched or alone. Work is
 jitted once per padded shape: batches are cut into chunks of at most `max_batch` and each chunk's
 batch is padded up to a power of two (repeating its first row), audio lengths to whole clips
-(`audio.prepare_waveforms`), texts to `max_length` tokens.
+(`audio.prepare_waveforms`), texts to `max_length` tokens. `Clap(..., mesh=)` embeds data-parallel on
+every device of the mesh (of every process): the weights replicated, each chunk padded further to a
+multiple of the device count and split over all devices, the embeddings gathered back to every process.
 
 `load(path)` recognises the layouts listed in `LAYOUTS` (HF ClapModel dir, clapcomp export, clapcomp
 training workdir, LAION .pt). Texts need a `tokenizer.json`: `load` takes the one in the directory
@@ -141,22 +143,34 @@ def _bucket(n: int, max_batch: int) -> int:
 
 
 class Clap:
-    """A model ready for inference. `.config`, `.model`, `.tokenizer`; all outputs are NumPy float32."""
+    """A model ready for inference. `.config`, `.model`, `.tokenizer`; all outputs are NumPy float32.
 
-    def __init__(self, model, config: ClapConfig, tokenizer: Tokenizer | None = None, *, max_batch: int = 16):
+    `max_batch`: rows per jitted call. `mesh` (a `jax.sharding.Mesh` of Auto axes, e.g. the trainer's): each call's rows
+    are split over all its devices, so give `max_batch` as rows per device x `mesh.size`; without one, the
+    model runs where its arrays are (one device)."""
+
+    def __init__(self, model, config: ClapConfig, tokenizer: Tokenizer | None = None, *, max_batch: int = 16,
+                 mesh: jax.sharding.Mesh | None = None):  # fmt: skip
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.config, self.tokenizer, self.max_batch = model, config, tokenizer, max_batch
+        if mesh is not None and any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+            raise ValueError(f"Clap needs a mesh of AxisType.Auto axes (as clapcomp.train's), got {mesh.axis_types}: "
+                             "jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,) * n)")  # fmt: skip
+        self.mesh = mesh
         self._graphdef, self._fns = None, {}
 
     def _jitted(self, method: str):
-        """(jitted fn(state, *arrays), current state); rebuilt only if the model's structure changed."""
+        """(jitted fn(state, *arrays), current state); rebuilt only if the model's structure changed. With a
+        mesh, the state is replicated over it and the output too (every process reads the whole result)."""
         graphdef, state = nnx.split(self.model)
         if graphdef != self._graphdef:  # GraphDefs compare by value (they may hold unhashable lists)
             self._graphdef, self._fns = graphdef, {}
+        replicated = None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         if method not in self._fns:
-            self._fns[method] = jax.jit(lambda st, *xs: getattr(nnx.merge(graphdef, st), method)(*xs))
-        return self._fns[method], state
+            self._fns[method] = jax.jit(lambda st, *xs: getattr(nnx.merge(graphdef, st), method)(*xs),
+                                        **({} if replicated is None else {"out_shardings": replicated}))  # fmt: skip
+        return self._fns[method], state if replicated is None else jax.device_put(state, replicated)
 
     @classmethod
     def from_model(cls, model, config: ClapConfig, tokenizer: Tokenizer | None = None, **kwargs) -> Clap:
@@ -164,16 +178,26 @@ class Clap:
         return cls(model, config, tokenizer, **kwargs)
 
     def _run(self, method: str, *arrays: np.ndarray) -> np.ndarray:
-        """model.<method>(*chunk) over batch chunks of <= max_batch rows, padded to a power of two."""
+        """model.<method>(*chunk) over batch chunks of <= max_batch rows, padded to a power of two (and to a
+        multiple of the mesh's devices, split over them)."""
         fn, state = self._jitted(method)
+        devices = 1 if self.mesh is None else self.mesh.size
         n, out = len(arrays[0]), []
         for start in range(0, n, self.max_batch):
             chunk = [a[start : start + self.max_batch] for a in arrays]
             rows = len(chunk[0])
-            pad = _bucket(rows, self.max_batch) - rows
+            pad = -(-_bucket(rows, self.max_batch) // devices) * devices - rows
             chunk = [np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) for a in chunk]
-            out.append(np.asarray(fn(state, *map(jnp.asarray, chunk)))[:rows])
+            emb = fn(state, *map(self._put_rows, chunk))  # with a mesh: replicated, whole in every process
+            out.append(np.asarray(emb if self.mesh is None else emb.addressable_data(0))[:rows])
         return np.concatenate(out).astype(np.float32)
+
+    def _put_rows(self, rows: np.ndarray) -> jax.Array:
+        """A chunk [B, ...] (the same in every process) as one array, its rows split over the mesh's devices."""
+        if self.mesh is None:
+            return jnp.asarray(rows)
+        sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.mesh.axis_names))
+        return jax.make_array_from_callback(rows.shape, sharding, lambda index: rows[index])
 
     def embed_audio(self, audio: np.ndarray | Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
         """audio [B, T] float or a list of 1-D float arrays at `sample_rate` Hz -> [B, D] unit rows."""

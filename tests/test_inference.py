@@ -54,6 +54,30 @@ def test_deterministic_batched_or_one_by_one(small):
     np.testing.assert_allclose(np.concatenate([clap.embed_text([t]) for t in texts]), clap.embed_text(texts), atol=1e-5)
 
 
+def test_mesh_embeds_on_8_devices_like_one(small):
+    """Clap(mesh=) over 8 devices (data 4 x fsdp 2, as the trainer's evaluators use it): the rows of each
+    call split over the devices, padded to a multiple of 8 (3 clips; 11 texts in calls of 8 + 3), the same
+    embeddings as the one-device path of `clapcomp.load`."""
+    import jax
+
+    _, _, clap = small
+    from clapcomp.train.distributed import make_mesh
+
+    mesh = make_mesh(4, 2)
+    sharded = Clap(clap.model, clap.config, clap.tokenizer, max_batch=8, mesh=mesh)
+    waves = R.clips(SECONDS, seed=16)  # the lengths test_audio_matches_hf_batch_3_and_1 compiled on one device
+    ours = sharded.embed_audio(waves, 48_000)
+    assert ours.shape == (3, 24) and np.abs(ours[0] - ours[1]).max() > 5e-3
+    np.testing.assert_allclose(ours, clap.embed_audio(waves, 48_000), atol=1e-5, rtol=0)
+    texts = [f"{s} {i}" for i, s in enumerate(R.SENTENCES * 3)][:11]
+    np.testing.assert_allclose(sharded.embed_text(texts), clap.embed_text(texts), atol=1e-5, rtol=0)
+    fn, state = sharded._jitted("embed_audio")
+    assert {len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(state)} == {8}  # weights replicated
+    assert sharded._put_rows(np.zeros((8, 3), np.float32)).sharding.shard_shape((8, 3)) == (1, 3)
+    with pytest.raises(ValueError, match="AxisType.Auto"):
+        Clap(clap.model, clap.config, mesh=jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,)))
+
+
 def test_similarity_and_zero_shot(small):
     _, _, clap = small
     waves = R.clips([2.0, 4.0], seed=13)

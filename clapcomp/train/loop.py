@@ -135,7 +135,9 @@ def _train(config, workdir: Path, restore: str, workdir_reuse: bool) -> dict:
         )
         keys = step_lib.batch_spec(config.loss, pooled=tower_cache is not None)
         evaluators = list(config.evaluators)
-        run_eval = (lambda s: evaluate(evaluators, parts.cfg, parts.graphdef, s, tokenizer)) if evaluators else None
+        run_eval = (
+            (lambda s: evaluate(evaluators, parts.cfg, parts.graphdef, s, tokenizer, mesh)) if evaluators else None
+        )
         reporter = Reporter(workdir, start, total_steps=config.total_steps, log_every=config.log_every,
                             batch_size=config.data.batch_size, max_nonfinite=config.max_consecutive_nonfinite)  # fmt: skip
         guard = PreemptionGuard(config.preempt_check_every)
@@ -267,23 +269,29 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(evaluators: list[dict], cfg, graphdef, state, tokenizer) -> dict:
+EVAL_ROWS_PER_DEVICE = 16  # clips (and 4x as many texts) per device per embedding call
+
+
+def evaluate(evaluators: list[dict], cfg, graphdef, state, tokenizer, mesh) -> dict:
     """Runs `evaluators` (config.evaluators) on the current weights of a model of ClapConfig `cfg` (their
     EMA when the state has one); returns {"eval/<label>/<metric>": value}.
 
-    Every process evaluates the same full copy of the weights on its first local device."""
+    Data-parallel over the eval set: every process reads the whole set, and every device of `mesh` embeds
+    its share of each batch (`Clap(mesh=)`: weights replicated, the embeddings gathered to every process).
+    An evaluator's `batch_size` (files per embedding call) defaults to EVAL_ROWS_PER_DEVICE x devices."""
     from flax import nnx
 
     from clapcomp.evaluate.run import EVALUATORS, headline
     from clapcomp.inference import Clap
 
     weights = state.params if state.ema is None else state.ema
-    params, model_state = (multihost_utils.process_allgather(t, tiled=True) for t in (weights, state.model_state))
-    model = nnx.merge(graphdef, params, model_state)
-    embedder = Clap.from_model(model, cfg, tokenizer)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    model = nnx.merge(graphdef, *jax.device_put((weights, state.model_state), replicated))
+    rows = EVAL_ROWS_PER_DEVICE * mesh.size
+    embedder = Clap.from_model(model, cfg, tokenizer, max_batch=rows, mesh=mesh)
     out = {}
     for ev in evaluators:
-        result = EVALUATORS[ev["name"]](embedder, **ev.get("kwargs", {}))
+        result = EVALUATORS[ev["name"]](embedder, **({"batch_size": rows} | ev.get("kwargs", {})))
         label = ev.get("label", ev["name"])
         out.update({f"eval/{label}/{k}": float(v) for k, v in headline(result).items()})
     return out

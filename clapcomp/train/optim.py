@@ -176,12 +176,16 @@ def check_ema_decay(decay: float) -> float:
     return float(decay)
 
 
-def ema_update(ema, params, decay: float):
+def ema_update(ema, params, decay: float, frozen: frozenset[str] = frozenset()):
     """One step of the exponential moving average of the weights: decay * ema + (1 - decay) * params
-    (None stays None: no EMA)."""
+    (None stays None: no EMA). The leaves named in `frozen` (multiplier 0, e.g. LoRA's base weights) never
+    change, so their EMA is kept as it is, bit-identical to the weights (averaging w with itself drifts by ulps
+    wherever each operation is rounded on its own)."""
     if ema is None:
         return None
-    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, e, p: e if path_name(path) in frozen else decay * e + (1.0 - decay) * p, ema, params
+    )
 
 
 def from_config(config, params, schedule: optax.Schedule) -> tuple[optax.GradientTransformation, dict[str, float]]:

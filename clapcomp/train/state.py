@@ -127,6 +127,7 @@ class Setup:
     lr_groups: list  # [[path prefix, learning-rate multiplier], ...] (clapcomp.train.optim.groups)
     ema_decay: float = 0.0  # config.ema_decay: 0, no EMA of the weights
     lora: lora_lib.LoRAConfig = lora_lib.NO_LORA  # config.lora: rank 0, no adapters
+    frozen: frozenset[str] = frozenset()  # the parameter paths of multiplier 0 (they never change)
 
     @property
     def shardings(self) -> TrainState:
@@ -141,7 +142,8 @@ def setup(config, mesh: Mesh) -> Setup:
     tx, mults = optim.from_config(config, params, schedule)
     ema_decay = optim.check_ema_decay(config.ema_decay)
     abstract = abstract_state(params, model_state, tx, mesh, config.fsdp_text, ema=ema_decay > 0)
-    return Setup(cfg, graphdef, tx, schedule, abstract, config.seed, optim.groups(mults), ema_decay, lora)
+    frozen = frozenset(name for name, m in mults.items() if m == 0)
+    return Setup(cfg, graphdef, tx, schedule, abstract, config.seed, optim.groups(mults), ema_decay, lora, frozen)
 
 
 def lora_config(config) -> lora_lib.LoRAConfig:

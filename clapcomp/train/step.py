@@ -240,13 +240,15 @@ def make_loss_and_grads(graphdef, loss_fn: LossFn, mesh: Mesh, accumulation_step
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, loss_fn: LossFn,
                     mesh: Mesh, *, seed: int, state_sharding: state_lib.TrainState,
-                    ema_decay: float = 0.0, accumulation_steps: int = 1):  # fmt: skip
+                    ema_decay: float = 0.0, frozen: frozenset[str] = frozenset(),
+                    accumulation_steps: int = 1):  # fmt: skip
     """The jitted `train_step(state, batch) -> (state, metrics)` of the module doc, for `mesh`.
 
     `tx` must apply `schedule` (e.g. `optax.adamw(schedule)`); `state_sharding` is the TrainState's
     NamedShardings (e.g. `state_lib.Setup.shardings`): state in and out keep them, the state is
     donated, every batch array is split on dim 0 over all devices. Metrics are replicated scalars.
-    With `state.ema` (config.ema_decay = `ema_decay`), each applied update also advances the EMA of the weights.
+    With `state.ema` (config.ema_decay = `ema_decay`), each applied update also advances the EMA of the weights
+    but of the `frozen` parameter paths (`state_lib.Setup.frozen`), whose EMA stays their weights.
     `accumulation_steps`: the gradient of the whole batch from that many micro-batches (`make_loss_and_grads`).
     """
     loss_and_grads = make_loss_and_grads(graphdef, loss_fn, mesh, accumulation_steps)
@@ -267,7 +269,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
             model_state=keep(model_state, state.model_state),
             opt_state=keep(opt_state, state.opt_state),
             nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1),
-            ema=keep(optim.ema_update(state.ema, params, ema_decay), state.ema),
+            ema=keep(optim.ema_update(state.ema, params, ema_decay, frozen), state.ema),
         )
         metrics = {
             "loss": loss,
@@ -289,5 +291,5 @@ def from_parts(parts: state_lib.Setup, mesh: Mesh, *, loss: str, freeze: str = "
     audio tower locked when `freeze` (config.freeze) says so and `accumulation_steps` (config.accumulation_steps)."""
     fn = loss_fn(loss, lock_audio_tower=optim.audio_tower_locked(freeze))
     return make_train_step(parts.graphdef, parts.tx, parts.schedule, fn, mesh, seed=parts.seed,
-                           state_sharding=parts.shardings, ema_decay=parts.ema_decay,
+                           state_sharding=parts.shardings, ema_decay=parts.ema_decay, frozen=parts.frozen,
                            accumulation_steps=accumulation_steps)  # fmt: skip

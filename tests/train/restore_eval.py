@@ -38,7 +38,7 @@ def main(workdir: str, csv: str, fsdp: int) -> None:
         for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
         if x.sharding.spec != jax.sharding.PartitionSpec()
     }
-    metrics = loop.evaluate(list(config.evaluators), parts.cfg, parts.graphdef, state, tokenizer)
+    metrics = loop.evaluate(list(config.evaluators), parts.cfg, parts.graphdef, state, tokenizer, mesh)
     print(
         json.dumps(
             {

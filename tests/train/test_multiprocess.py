@@ -59,7 +59,12 @@ def _launch(helpers, workdir, records, cache, *extra, sigterm_after_step=None, e
     return outs
 
 
-def test_two_processes_train_preempt_resume(tmp_path, tone_records, compile_cache, helpers):
+def test_two_processes_train_preempt_resume(tmp_path, tone_records, tone_benchmark, compile_cache, helpers):
+    """... and, at the end, evaluate on all 8 devices of both processes (sharded evaluation): the numbers of
+    the same checkpoint evaluated on one device in this process."""
+    from clapcomp import load
+    from clapcomp.evaluate.run import EVALUATORS, headline
+
     workdir = tmp_path / "run"
     first = _launch(helpers, workdir, tone_records, compile_cache, sigterm_after_step=2)
     assert "on 8 devices (2 processes)" in first[0][1]
@@ -69,11 +74,17 @@ def test_two_processes_train_preempt_resume(tmp_path, tone_records, compile_cach
     data = workdir / "checkpoints" / str(stopped) / "data"
     assert sorted(p.name for p in data.glob("process_*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
 
-    second = _launch(helpers, workdir, tone_records, compile_cache)
+    evaluators = f"--config.evaluators=[{{'name': 'retrieval', 'kwargs': {{'data': '{tone_benchmark}'}}}}]"
+    second = _launch(helpers, workdir, tone_records, compile_cache, evaluators, "--config.eval_every=10")
     assert f"resuming at step {stopped} of 10" in second[0][1]
     assert (workdir / "checkpoints" / "10" / "state").is_dir()
-    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 11))  # written by process 0 only, no step twice
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    *trained, evaluated = rows  # the evaluation at step 10 is the last row
+    assert [r["step"] for r in trained] == list(range(1, 11))  # written by process 0 only, no step twice
+    assert evaluated.pop("step") == 10
+    one_device = headline(EVALUATORS["retrieval"](load(workdir), data=str(tone_benchmark)))
+    assert evaluated == pytest.approx({f"eval/retrieval/{k}": v for k, v in one_device.items()}, abs=1e-5)
+    assert len(set(evaluated.values())) > 1  # not a constant: the ranks of a trained model
     assert "step 10/10" in second[0][0] and "step 10/10" not in second[1][0]  # only process 0 reports
 
 

@@ -5,6 +5,7 @@ after real train steps with no Adam moments, and one resume with groups bit-iden
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -151,6 +152,13 @@ def test_frozen_groups_stay_bit_identical_and_keep_no_moments(grouped_run):
     mu = [s.mu for s in jax.tree_util.tree_leaves(state.opt_state, is_leaf=lambda s: hasattr(s, "mu"))
           if hasattr(s, "mu")]  # fmt: skip
     assert n_frozen and len(mu) == 1 and len(jax.tree_util.tree_leaves(mu[0])) == n_trained
+    # the step skips the frozen leaves in the EMA (test_ema_update_keeps_frozen_leaves_bit_identical)
+    names = [state_lib.path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(before)]
+    assert parts.frozen == {n for n in names if any(n == f or n.startswith(f + ".") for f in frozen)}
+    for name, x, ema in zip(
+        names, jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(state.ema), strict=True
+    ):
+        assert name not in parts.frozen or np.asarray(ema).tobytes() == x.tobytes(), name
 
 
 def test_ema_equals_a_numpy_running_average_of_the_steps_params(grouped_run):
@@ -163,6 +171,24 @@ def test_ema_equals_a_numpy_running_average_of_the_steps_params(grouped_run):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=state_lib.path_name(path))
     kernel = history[-1]["text_projection"]["linear1"]["kernel"]  # control: the EMA is not the weights
     assert np.abs(state.ema["text_projection"]["linear1"]["kernel"] - kernel).max() > 1e-4
+
+
+def test_ema_update_keeps_frozen_leaves_bit_identical():
+    """Frozen leaves (multiplier 0) are not averaged: decay * w + (1 - decay) * w rounded op by op (as here,
+    eagerly, or on a backend that does not fuse it into one multiply-add) drifts from w by ulps. The others
+    follow a float64 running average."""
+    rng = np.random.default_rng(0)
+    base, adapter = (rng.standard_normal(1000).astype(np.float32) for _ in range(2))
+    params = {"base": jnp.asarray(base), "adapter": jnp.asarray(adapter + 1)}
+    ema = {"base": jnp.asarray(base), "adapter": jnp.asarray(adapter)}
+    averaged, want = ema, adapter.astype(np.float64)
+    for _ in range(3):
+        ema = optim.ema_update(ema, params, 0.9, frozen=frozenset({"base"}))
+        averaged = optim.ema_update(averaged, params, 0.9)
+        want = 0.9 * want + 0.1 * (adapter + 1).astype(np.float64)
+    assert np.asarray(ema["base"]).tobytes() == base.tobytes()
+    assert np.asarray(averaged["base"]).tobytes() != base.tobytes()  # control: averaging w with itself drifts
+    np.testing.assert_allclose(np.asarray(ema["adapter"]), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow  # trains twice
