@@ -170,7 +170,7 @@ def _run(state, train_step, iterator, keys, checkpointer, reporter, guard, run_e
             last = reporter.report(*pending)
         preempted = guard.requested(done, after=metrics)
         saving = done % ckpt_every == 0 or done == total_steps or preempted
-        evaluating = run_eval and eval_every and (done % eval_every == 0 or done == total_steps)
+        evaluating = run_eval and ((eval_every and done % eval_every == 0) or done == total_steps)
         saving = saving or (evaluating and bool(checkpointer.keep_best))  # the best is one of the evaluated states
         # The data position now is exactly `done` batches: the counters and a save see that.
         skips = {**iterator.skip_totals(), **iterator.source_totals()} if saving or reporter.logs(done) else None

@@ -160,6 +160,9 @@ def test_keep_best_keeps_the_best_evaluated_step_and_load_reads_it(tmp_path, tin
     tiny.keep_best = "eval/nope/x"
     with pytest.raises(ValueError, match=r"keep_best='eval/nope/x': expected 'eval/<label>/<metric>'"):
         loop.train(tiny, tmp_path / "refused")
+    tiny.keep_best, tiny.eval_every, tiny.total_steps = "", 0, 2  # 0: the evaluators run at the end only
+    loop.train(tiny, tmp_path / "at_end")
+    assert [r["step"] for r in _rows(tmp_path / "at_end") if key in r] == [2]
 
 
 def _files(root):
