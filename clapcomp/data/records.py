@@ -21,7 +21,9 @@ import io
 import json
 import math
 import os
+import shutil
 import struct
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from clapcomp import fs, gcs
 from clapcomp.data.reasons import BadData
 from clapcomp.decode import DecodeError, Limits, read_audio
 
@@ -219,14 +222,20 @@ class ShardWriter:
     """Writes records into `out_dir/<prefix>-NNNNN.array_record`, `shard_size` records each.
 
     Use as a context manager; `close()` finalises the open shard (even after an error in the
-    caller, so everything written so far is kept). Shards become visible only when complete.
+    caller, so everything written so far is kept). Shards become visible only when complete. On GCS
+    (``gs://`` `out_dir`; ArrayRecord writes local files only) each shard is written to a local temporary
+    file and uploaded as one object when complete: local disk holds one shard at a time.
     """
 
     def __init__(self, out_dir: str, *, shard_size: int = 1024, prefix: str = "data", audio_format: str = "flac"):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        os.makedirs(out_dir, exist_ok=True)
-        existing = glob.glob(os.path.join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
+        self.remote = gcs.is_remote(out_dir)
+        if self.remote:
+            existing = list(fs.as_path(out_dir).glob(f"{prefix}-*{SHARD_SUFFIX}"))
+        else:
+            os.makedirs(out_dir, exist_ok=True)
+            existing = glob.glob(os.path.join(out_dir, f"{prefix}-*{SHARD_SUFFIX}"))
         if existing:
             raise FileExistsError(
                 f"{out_dir} already holds {len(existing)} '{prefix}' shards; write to an empty "
@@ -241,6 +250,7 @@ class ShardWriter:
         self._writer = None
         self._tmp = self._final = None
         self._in_shard = 0
+        self._local = tempfile.mkdtemp(prefix="clapcomp-shard-") if self.remote else None
 
     def write(self, example: dict) -> None:
         record = encode_record(example, self.audio_format)
@@ -256,8 +266,8 @@ class ShardWriter:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         name = f"{self.prefix}-{len(self.shards):05d}{SHARD_SUFFIX}"
-        self._final = os.path.join(self.out_dir, name)
-        self._tmp = self._final + ".tmp"
+        self._final = f"{self.out_dir.rstrip('/')}/{name}" if self.remote else os.path.join(self.out_dir, name)
+        self._tmp = os.path.join(self._local, name) if self.remote else self._final + ".tmp"
         # group_size:1: grain reads records one by one; uncompressed: FLAC gains nothing from
         # zstd, and zstd costs ~1 ms per 10-s PCM record to decompress.
         self._writer = ArrayRecordWriter(self._tmp, "group_size:1,uncompressed")
@@ -265,13 +275,19 @@ class ShardWriter:
 
     def _finish(self) -> None:
         self._writer.close()
-        os.replace(self._tmp, self._final)
+        if self.remote:
+            gcs.upload(self._tmp, self._final)
+            os.remove(self._tmp)
+        else:
+            os.replace(self._tmp, self._final)
         self.shards.append(self._final)
         self._writer = None
 
     def close(self) -> None:
         if self._writer is not None:
             self._finish()
+        if self._local is not None:
+            shutil.rmtree(self._local, ignore_errors=True)
 
     def __enter__(self) -> ShardWriter:
         return self

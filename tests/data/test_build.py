@@ -429,3 +429,32 @@ def test_out_that_is_an_input_manifest_is_refused(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m.csv")]) == 1
     assert "would overwrite the input" in capsys.readouterr().err
     assert (tmp_path / "m.csv").read_bytes() == before
+
+
+def test_a_build_into_a_gcs_folder_uploads_every_shard_and_nothing_lands_locally(tmp_path, gcs, monkeypatch):
+    """`--out gs://...`: ArrayRecord writes local files only, so each shard is written to a temporary file and
+    uploaded whole; the bucket then holds the same shards (byte for byte), stats counts and manifest as a
+    local build of the same manifest, and no local folder named `gs:` appears."""
+    from etils import epath
+
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for i in range(5):
+        write_audio(str(tmp_path / f"c{i}.wav"), sine(200 + 100 * i))
+        rows.append(json.dumps({"audio": f"c{i}.wav", "caption": f"tone {i}"}))
+    (tmp_path / "m.jsonl").write_text("\n".join(rows))
+    url = f"gs://{gcs.bucket}/recs"
+    local = build(str(tmp_path / "m.jsonl"), str(tmp_path / "local"), sample_rate=SR, shard_size=2)
+    remote = build(str(tmp_path / "m.jsonl"), url, sample_rate=SR, shard_size=2)
+    assert {k: v for k, v in remote.items() if k != "elapsed_s"} == {k: v for k, v in local.items() if k != "elapsed_s"}
+    shards = sorted(p.name for p in (tmp_path / "local").glob("*.array_record"))
+    assert len(shards) == 3 and sorted(p.name for p in epath.Path(url).iterdir()) == [
+        *shards,
+        "sha256.json",
+        "stats.json",
+    ]
+    for name in shards:
+        assert (epath.Path(url) / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    manifest = json.loads((epath.Path(url) / "sha256.json").read_text())["sha256"]
+    assert all(manifest[n] == hashlib.sha256((tmp_path / "local" / n).read_bytes()).hexdigest() for n in shards)
+    assert not (tmp_path / "gs:").exists()
