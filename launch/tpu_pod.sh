@@ -43,7 +43,7 @@ case "$cmd" in
     # as the Makefile installs the gpu extra: it keeps the tested jax if it fits and adds jax's own libtpu
     on all "sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $PYTHON-venv \
 && mkdir -p clapcomp && tar -xzf clapcomp-src.tar.gz -C clapcomp && cd clapcomp && $PYTHON -m venv .venv \
-&& .venv/bin/pip install -q -c constraints.txt -e '.[train]' && .venv/bin/pip install -q -e '.[train,tpu]'" ;;
+&& .venv/bin/pip install -q -c constraints.txt -e '.[train,gcs]' && .venv/bin/pip install -q -e '.[train,tpu]'" ;;
   mount)
     bucket=${1:?usage: launch/tpu_pod.sh mount BUCKET (the name, without gs://)}
     bucket=${bucket#gs://}

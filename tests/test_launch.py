@@ -57,7 +57,7 @@ def test_setup_installs_the_train_and_tpu_extras():
     assert worker == "all"
     pips = [c for c in remote if c[:2] == [".venv/bin/pip", "install"]]
     # first the CPU side at CI's versions, then the tpu extra with its own jax line (no constraints)
-    assert [c[c.index("-e") + 1] for c in pips] == [".[train]", ".[train,tpu]"]
+    assert [c[c.index("-e") + 1] for c in pips] == [".[train,gcs]", ".[train,tpu]"]
     assert pips[0][pips[0].index("-c") + 1] == "constraints.txt" and "-c" not in pips[1]
     assert ["python3.11", "-m", "venv", ".venv"] in remote
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
