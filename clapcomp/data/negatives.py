@@ -80,14 +80,14 @@ DEFAULT_VOCABULARY = (
     "engine", "siren", "bell", "horn", "door", "water", "rain", "wind", "music", "phone", "clock",
 )  # fmt: skip
 _WORD = re.compile(r"([A-Za-z]+(?:-[A-Za-z]+)*)")
-_SPACES = re.compile(r"\s+")
+_ASCII_WORD = re.compile(r"[A-Za-z0-9_]+")
 _ARTICLE = re.compile(r"\b(an?|An?)\s+([A-Za-z])")
 _FINAL_PUNCTUATION = re.compile(r"[.!?]+$")
 
 
 def normalize(caption: str) -> str:
     """Case-, space- and final-punctuation-insensitive form used to compare captions."""
-    return _SPACES.sub(" ", caption.strip().casefold()).rstrip(".!?;:, ")
+    return " ".join(caption.casefold().split()).rstrip(".!?;:, ")  # split(): the whitespace `\\s` matches
 
 
 def clean_negatives(negatives: Sequence[str], positives: Sequence[str]) -> tuple[list[str], int]:
@@ -124,7 +124,7 @@ class _Caption:
         self.body = body[:1].lower() + body[1:] if self.upper else body
 
     def finish(self, body: str) -> str:
-        body = _fix_articles(_SPACES.sub(" ", body).strip())
+        body = _fix_articles(" ".join(body.split()))
         return (body[:1].upper() + body[1:] if self.upper else body) + self.tail
 
 
@@ -195,12 +195,16 @@ def event_substitutions(
 ) -> list[str]:
     """Replace one vocabulary phrase (longest match, whole words) by `per_event` random others."""
     c = _Caption(caption)
-    pattern, words = _vocabulary_patterns(tuple(vocabulary))
+    pattern, words, single_words = _vocabulary_patterns(tuple(vocabulary))
     if pattern is None:
         return []
     matches = list(pattern.finditer(c.body))
-    present = {m.group(1).lower() for m in matches}
-    pool = [p for p, word in words if p not in present and not word.search(c.body)]
+    if single_words and c.body.isascii():  # one-word ASCII phrases: whole-word match = one of the body's words
+        present = set(_ASCII_WORD.findall(c.body.lower()))
+        pool = [p for p, _ in words if p not in present]
+    else:
+        present = {m.group(1).lower() for m in matches}
+        pool = [p for p, word in words if p not in present and not word.search(c.body)]
     out = []
     for m in matches:
         if not pool:
@@ -211,14 +215,17 @@ def event_substitutions(
 
 
 @functools.lru_cache(maxsize=16)
-def _vocabulary_patterns(vocabulary: tuple[str, ...]) -> tuple[re.Pattern | None, list[tuple[str, re.Pattern]]]:
+def _vocabulary_patterns(
+    vocabulary: tuple[str, ...],
+) -> tuple[re.Pattern | None, list[tuple[str, re.Pattern]], bool]:
     """A vocabulary's phrases (lower case, longest first) compiled once: (the longest-match alternation or None
-    when empty, [(phrase, its whole-word pattern)])."""
+    when empty, [(phrase, its whole-word pattern)], whether every phrase is one ASCII word)."""
     phrases = sorted({v.strip().lower() for v in vocabulary if v.strip()}, key=lambda v: (-len(v), v))
     if not phrases:
-        return None, []
+        return None, [], False
     pattern = re.compile(r"\b(" + "|".join(re.escape(p) for p in phrases) + r")\b", re.I)
-    return pattern, [(p, re.compile(r"\b" + re.escape(p) + r"\b", re.I)) for p in phrases]
+    single_words = all(_ASCII_WORD.fullmatch(p) for p in phrases)
+    return pattern, [(p, re.compile(r"\b" + re.escape(p) + r"\b", re.I)) for p in phrases], single_words
 
 
 def _distinct(caption: str, candidates: list[str]) -> list[str]:
@@ -247,15 +254,22 @@ class NegativeGenerator:
             "attribute_flip": attribute_flips(caption),
             "substitution": event_substitutions(caption, self.vocabulary, rng),
         }
-        return {name: [c[i] for i in rng.permutation(len(c))] for name, c in rules.items()}
+        # a permutation of 0 or 1 items draws nothing: skipped
+        return {name: [c[i] for i in rng.permutation(len(c))] if len(c) > 1 else c for name, c in rules.items()}
 
     def generate(self, caption: str, k: int) -> list[str]:
         """At most k distinct negatives, none equal to the caption; rules interleaved by priority."""
         lists = list(self.candidates(caption).values())
-        picked = []
+        seen, out = {normalize(caption)}, []
         for rank in range(max((len(x) for x in lists), default=0)):
-            picked.extend(x[rank] for x in lists if rank < len(x))
-        return _distinct(caption, picked)[:k]
+            for cand in (x[rank] for x in lists if rank < len(x)):
+                if len(out) == k:
+                    return out
+                key = normalize(cand)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(cand)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

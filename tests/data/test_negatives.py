@@ -113,6 +113,34 @@ def test_attribute_flip_and_event_substitution():
     assert N.event_substitutions("a dog barks", ["dog", "eagle"], np.random.default_rng(0)) == ["an eagle barks"]
 
 
+def _substitutions_by_the_rule(caption, vocabulary, rng, per_event=2):
+    """The substitution rule written plainly: one whole-word search per phrase for the pool (phrases absent from the
+    caption), the longest-match alternation for the events, the caption's case and articles restored."""
+    import re
+
+    c = N._Caption(caption)
+    phrases = sorted({v.strip().lower() for v in vocabulary if v.strip()}, key=lambda v: (-len(v), v))
+    pool = [p for p in phrases if not re.search(r"\b" + re.escape(p) + r"\b", c.body, re.I)]
+    out = []
+    for m in re.finditer(r"\b(" + "|".join(map(re.escape, phrases)) + r")\b", c.body, re.I):
+        for r in rng.choice(len(pool), size=min(per_event, len(pool)), replace=False) if pool else []:
+            out.append(c.finish(c.body[: m.start()] + pool[int(r)] + c.body[m.end() :]))
+    return N._distinct(caption, out)
+
+
+@pytest.mark.parametrize(
+    "vocabulary",
+    [N.DEFAULT_VOCABULARY, ("Dog", "owl", "car_horn", "x2"), ("car horn", "horn", "dog"), ("café", "dog", "ſiren")],
+)
+def test_event_substitutions_equal_the_rule_written_plainly(vocabulary):
+    """One-word ASCII vocabularies on ASCII captions take a word-set shortcut for the pool; others the searches."""
+    captions = [*CAPTIONS, "a Dog-like owl then a DOG", "a car_horn and x2 dogs", "the car horn, a horn", "a café siren"]
+    captions += ["a ſiren before a dog", "an owl\u00a0and a car", "a dog's bark then a cat's meow"]
+    for i, caption in enumerate(captions):
+        got = N.event_substitutions(caption, vocabulary, np.random.default_rng(i))
+        assert got == _substitutions_by_the_rule(caption, vocabulary, np.random.default_rng(i)), caption
+
+
 def test_deterministic_per_seed_and_independent_of_call_order():
     a, b = N.NegativeGenerator(seed=5), N.NegativeGenerator(seed=5)
     forward = [a.generate(c, 4) for c in CAPTIONS]
