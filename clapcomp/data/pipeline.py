@@ -38,6 +38,7 @@ restore needs the same process count and per-host batch size.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
@@ -68,16 +69,35 @@ class RecordTransform:
     [K, L]`` i32, ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P = `options.num_positives`
     > 0 also ``pos_input_ids``/``pos_attention_mask [P, L]``, ``pos_mask [P]``; plus ``_skips
     [len(READ_REASONS)]`` i32 (bad records replaced). `negative_generator` (`.generate(caption, k)`) fills in for a record without
-    negatives.
+    negatives. `batch_rows` (the pipeline's per-host batch size; int16 batches only): each waveform is copied
+    at once, while its record is still in cache, into the next row of this thread's ``[batch_rows, S]`` int16
+    buffer, which `Collate` then takes as the batch (grain builds a batch's examples in one thread, in order;
+    otherwise `Collate` copies the rows as usual): one copy of the audio from a cold record less per sample.
     """
 
     def __init__(
-        self, source, options: DataConfig, *, tokenizer, negative_generator=None, tower_cache=None, source_index=None
+        self,
+        source,
+        options: DataConfig,
+        *,
+        tokenizer,
+        negative_generator=None,
+        tower_cache=None,
+        source_index=None,
+        batch_rows=None,
     ):
         self.source, self.options, self.tokenizer = source, options, tokenizer
         self.negative_generator, self.tower_cache = negative_generator, tower_cache
         self.source_index = source_index  # in a mixture: the example's ``_source`` i32 (None: no such field)
+        self.batch_rows = batch_rows if options.pcm16_batches and tower_cache is None else None
         self.unexpected = 0
+        self._rows = threading.local()  # .buffer [batch_rows, S] int16, .next: its first unused row
+
+    def __getstate__(self) -> dict:  # pickled for grain's worker processes: each thread there starts a buffer
+        return {k: v for k, v in self.__dict__.items() if k != "_rows"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _rows=threading.local())
 
     def __call__(self, record: bytes, rng: np.random.Generator) -> dict:
         batch = Collate(self.options, self.tokenizer)([self.read(record, rng)])
@@ -148,7 +168,7 @@ class RecordTransform:
             wave = pcm16_to_float(audio) if audio.dtype == np.int16 else audio
             example = {"audio_pooled": self.tower_cache.lookup(wave, f"record {rec['key']!r}")}
         else:
-            example = {"audio": audio}
+            example = {"audio": self._into_row(audio) if self.batch_rows else audio}
         caption = rec["captions"][int(rng.integers(len(rec["captions"])))]
         negatives = self._pick(rec["negatives"], o.num_negatives, rng)
         if not negatives and o.num_negatives and self.negative_generator is not None:
@@ -156,6 +176,17 @@ class RecordTransform:
         positives = self._pick(rec["positives"], o.num_positives, rng)
         example.update(lengths=np.int32(audio.shape[0]), texts=(caption, negatives, positives))
         return example
+
+    def _into_row(self, audio: np.ndarray) -> np.ndarray:
+        """`audio` [n] int16 copied into the next row of this thread's buffer (zero-tailed); the row's first n."""
+        rows = self._rows
+        if getattr(rows, "next", self.batch_rows) == self.batch_rows:
+            rows.buffer, rows.next = np.empty((self.batch_rows, self.options.out_samples), np.int16), 0
+        row = rows.buffer[rows.next]
+        rows.next += 1
+        row[: audio.shape[0]] = audio
+        row[audio.shape[0] :] = 0
+        return row[: audio.shape[0]]
 
     @staticmethod
     def _pick(texts: list[str], k: int, rng: np.random.Generator) -> list[str]:
@@ -181,14 +212,16 @@ class Collate:
         if "audio_pooled" in examples[0]:
             batch = {"audio_pooled": np.stack([e["audio_pooled"] for e in examples])}
         else:
-            wave = np.empty((n, o.out_samples), np.int16 if o.pcm16_batches else np.float32)
-            for row, e in zip(wave, examples, strict=True):
-                audio, k = e["audio"], e["audio"].shape[0]
-                if audio.dtype == np.int16 and not o.pcm16_batches:
-                    pcm16_to_float(audio, out=row[:k])
-                else:
-                    row[:k] = audio
-                row[k:] = 0
+            wave = _filled_buffer([e["audio"] for e in examples], (n, o.out_samples))
+            if wave is None:
+                wave = np.empty((n, o.out_samples), np.int16 if o.pcm16_batches else np.float32)
+                for row, e in zip(wave, examples, strict=True):
+                    audio, k = e["audio"], e["audio"].shape[0]
+                    if audio.dtype == np.int16 and not o.pcm16_batches:
+                        pcm16_to_float(audio, out=row[:k])
+                    else:
+                        row[:k] = audio
+                    row[k:] = 0
             batch = {"waveform": wave}
         batch["lengths"] = np.array([e["lengths"] for e in examples], np.int32)
         parts = ("caption", "negatives", "positives") if o.num_positives else ("caption", "negatives")
@@ -210,6 +243,19 @@ class Collate:
         if "_source" in examples[0]:
             batch["_source"] = np.array([e["_source"] for e in examples], np.int32)
         return batch
+
+
+def _filled_buffer(audio: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray | None:
+    """The `shape` buffer whose rows 0..B-1 start with `audio`'s arrays, in order (`RecordTransform._into_row`
+    filled it, zero-tailed), else None."""
+    buffer = audio[0].base
+    if not isinstance(buffer, np.ndarray) or buffer.shape != shape:
+        return None
+    start, step = buffer.__array_interface__["data"][0], buffer.strides[0]
+    for j, a in enumerate(audio):
+        if a.base is not buffer or a.__array_interface__["data"][0] != start + j * step:
+            return None
+    return buffer
 
 
 def decode_at(rec: dict, sample_rate: int, timeout_s: float | None = None) -> np.ndarray:
@@ -274,7 +320,13 @@ def make_dataset(
         # (crop, caption choice) whatever the process count; the map is lazy, so each host only
         # computes its own slice.
         transform = RecordTransform(
-            src, options, tokenizer=tokenizer, negative_generator=generator, tower_cache=tower_cache, source_index=index
+            src,
+            options,
+            tokenizer=tokenizer,
+            negative_generator=generator,
+            tower_cache=tower_cache,
+            source_index=index,
+            batch_rows=options.batch_size // process_count,
         )
         return grain.MapDataset.source(src).seed(seed).shuffle().repeat(options.num_epochs).random_map(transform.read)
 

@@ -561,3 +561,42 @@ def test_batches_are_bitwise_those_of_the_per_record_algorithm(tok, tmp_path, au
             assert g[key].dtype == e[key].dtype and g[key].shape == e[key].shape, key
             assert g[key].tobytes() == e[key].tobytes(), key
     assert any((b["lengths"] < CLIP).any() for b in got) and any((b["lengths"] == CLIP).any() for b in got)
+
+
+def test_int16_rows_are_copied_into_the_batch_as_read_and_collate_copies_any_other_order(tok, tmp_path):
+    """`batch_rows`: each read writes its crop (zero-tailed) into the next row of its thread's buffer; `Collate`
+    returns that buffer when the examples are its rows in order, and copies them in any other case."""
+    import pickle
+    import threading
+
+    write_records(str(tmp_path), (_record(i) for i in range(4)), audio_format="pcm16")
+    src = RecordSource(str(tmp_path))
+    options = DataConfig(seed=0, batch_size=2, clip_samples=CLIP, num_negatives=K, sample_rate=16000, pcm16_batches=True)
+    transform = pipeline.RecordTransform(src, options, tokenizer=tok, batch_rows=2)
+    collate = pipeline.Collate(options, tok)
+
+    def expected(i):  # record i's int16 samples (shorter than the clip: no crop), zero-tailed
+        row = np.zeros(CLIP, np.int16)
+        samples = np.frombuffer(src.example(i)["audio"], "<i2")
+        row[: samples.size] = samples
+        return row
+
+    a, b = (transform.read(src[i], np.random.default_rng(i)) for i in (0, 1))
+    batch = collate([a, b])
+    assert np.shares_memory(batch["waveform"], a["audio"]) and np.shares_memory(batch["waveform"], b["audio"])
+    np.testing.assert_array_equal(batch["waveform"], [expected(0), expected(1)])
+    c, d = (transform.read(src[i], np.random.default_rng(i)) for i in (2, 3))
+    swapped = collate([d, c])  # not the buffer's order: copied
+    assert not np.shares_memory(swapped["waveform"], c["audio"])
+    np.testing.assert_array_equal(swapped["waveform"], [expected(3), expected(2)])
+    other = []  # one example from another thread's buffer: copied
+    thread = threading.Thread(target=lambda: other.append(transform.read(src[1], np.random.default_rng(1))))
+    thread.start()
+    thread.join()
+    e = transform.read(src[0], np.random.default_rng(0))
+    mixed = collate([e, other[0]])
+    assert not np.shares_memory(mixed["waveform"], e["audio"])
+    np.testing.assert_array_equal(mixed["waveform"], [expected(0), expected(1)])
+    clone = pickle.loads(pickle.dumps(transform))  # for grain's worker processes: a fresh buffer per thread
+    np.testing.assert_array_equal(collate([clone.read(src[i], np.random.default_rng(i)) for i in (2, 3)])["waveform"],
+                                  [expected(2), expected(3)])  # fmt: skip
