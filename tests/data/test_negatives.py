@@ -134,7 +134,13 @@ def _substitutions_by_the_rule(caption, vocabulary, rng, per_event=2):
 )
 def test_event_substitutions_equal_the_rule_written_plainly(vocabulary):
     """One-word ASCII vocabularies on ASCII captions take a word-set shortcut for the pool; others the searches."""
-    captions = [*CAPTIONS, "a Dog-like owl then a DOG", "a car_horn and x2 dogs", "the car horn, a horn", "a café siren"]
+    captions = [
+        *CAPTIONS,
+        "a Dog-like owl then a DOG",
+        "a car_horn and x2 dogs",
+        "the car horn, a horn",
+        "a café siren",
+    ]
     captions += ["a ſiren before a dog", "an owl\u00a0and a car", "a dog's bark then a cat's meow"]
     for i, caption in enumerate(captions):
         got = N.event_substitutions(caption, vocabulary, np.random.default_rng(i))

@@ -571,7 +571,9 @@ def test_int16_rows_are_copied_into_the_batch_as_read_and_collate_copies_any_oth
 
     write_records(str(tmp_path), (_record(i) for i in range(4)), audio_format="pcm16")
     src = RecordSource(str(tmp_path))
-    options = DataConfig(seed=0, batch_size=2, clip_samples=CLIP, num_negatives=K, sample_rate=16000, pcm16_batches=True)
+    options = DataConfig(
+        seed=0, batch_size=2, clip_samples=CLIP, num_negatives=K, sample_rate=16000, pcm16_batches=True
+    )
     transform = pipeline.RecordTransform(src, options, tokenizer=tok, batch_rows=2)
     collate = pipeline.Collate(options, tok)
 
