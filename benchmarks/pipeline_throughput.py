@@ -15,7 +15,8 @@ on a few µs. Per-core figure = samples / CPU-seconds of the in-process run (wor
 process); with workers, the wall-clock rate is printed too. Prints one JSON line per setting, with
 the parts: CPU ms per sample of each stage run alone on one thread (the shuffled index, read the
 record, parse its header, audio: the int16 view or the FLAC decode, rule negatives, collate: the
-crops into the batch + one tokenizer call per batch, per sample) and their sum, so the overhead
+crops into the batch + one tokenizer call per batch, per sample; the pipeline itself copies int16 crops
+as it reads them and generates negatives in its collate step) and their sum, so the overhead
 around them shows. Runs on the code of c4af60a too (its keyword options; no parts, float32 batches),
 the baseline of docs/data-at-scale.md: ``PYTHONPATH=<c4af60a checkout> python <this script>``.
 """
@@ -166,7 +167,7 @@ def _parts(source, tok, options, n: int = 64) -> dict:
     from clapcomp.data.records import decode_flac, parse_record, pcm16_samples
 
     gen, collate = NegativeGenerator(0), Collate(options, tok)
-    transform = RecordTransform(source, options, tokenizer=tok, negative_generator=gen)
+    transform = RecordTransform(source, options, tokenizer=tok)
     shuffled = grain.MapDataset.range(len(source)).seed(0).shuffle()
     t = dict.fromkeys(("shuffle", "read", "parse", "audio", "negatives", "collate"), 0.0)
     examples = []
@@ -185,7 +186,9 @@ def _parts(source, tok, options, n: int = 64) -> dict:
         c5 = time.process_time()
         for k, a, b in zip(t, (c0, c1, c2, c3, c4), (c1, c2, c3, c4, c5), strict=False):
             t[k] += b - a
-        examples.append(transform.read(record, np.random.default_rng(i)))
+        example = transform.read(record, np.random.default_rng(i))
+        caption, _, positives = example["texts"]  # the negatives generated, as the pipeline's Collate does
+        examples.append({**example, "texts": (caption, gen.generate(caption, options.num_negatives), positives)})
     c0 = time.process_time()
     for j in range(0, n, options.batch_size):
         collate(examples[j : j + options.batch_size])

@@ -19,7 +19,8 @@ replacement is counted by reason in the `_skips` field, which `DeviceIterator` s
 (and strips from the batch; `skip_totals` gives the run's totals, which the trainer logs and
 checkpoints). Past `max_error_rate` the iterator stops
 with a clear error. Any other exception in the transform is a bug, not bad data: it is logged with
-its traceback, counted as `unexpected_error`, and the third one stops the pipeline.
+its traceback, counted as `unexpected_error`, and the third one stops the pipeline; the same for the
+negative generator, which `Collate` runs per batch (an example whose generation failed keeps no negatives).
 
 Waveforms: unfused mode crops a random `clip_samples` window from longer clips; shorter clips are
 zero-padded and `lengths` holds the true count (`clapcomp.audio.features` repeat-pads on device).
@@ -69,7 +70,7 @@ class RecordTransform:
     [K, L]`` i32, ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P = `options.num_positives`
     > 0 also ``pos_input_ids``/``pos_attention_mask [P, L]``, ``pos_mask [P]``; plus ``_skips
     [len(READ_REASONS)]`` i32 (bad records replaced). `negative_generator` (`.generate(caption, k)`) fills in for a record without
-    negatives. `batch_rows` (the pipeline's per-host batch size; int16 batches only): each waveform is copied
+    negatives when the transform is called on one record (the pipeline gives it to `Collate`). `batch_rows` (the pipeline's per-host batch size; int16 batches only): each waveform is copied
     at once, while its record is still in cache, into the next row of this thread's ``[batch_rows, S]`` int16
     buffer, which `Collate` then takes as the batch (grain builds a batch's examples in one thread, in order;
     otherwise `Collate` copies the rows as usual): one copy of the audio from a cold record less per sample.
@@ -91,6 +92,7 @@ class RecordTransform:
         self.source_index = source_index  # in a mixture: the example's ``_source`` i32 (None: no such field)
         self.batch_rows = batch_rows if options.pcm16_batches and tower_cache is None else None
         self.unexpected = 0
+        self._collate = Collate(options, tokenizer, negative_generator=negative_generator)  # for __call__
         self._rows = threading.local()  # .buffer [batch_rows, S] int16, .next: its first unused row
 
     def __getstate__(self) -> dict:  # pickled for grain's worker processes: each thread there starts a buffer
@@ -100,13 +102,14 @@ class RecordTransform:
         self.__dict__.update(state, _rows=threading.local())
 
     def __call__(self, record: bytes, rng: np.random.Generator) -> dict:
-        batch = Collate(self.options, self.tokenizer)([self.read(record, rng)])
+        batch = self._collate([self.read(record, rng)])
         return {k: v[0] for k, v in batch.items()}
 
     def read(self, record: bytes, rng: np.random.Generator) -> dict:
         """One record -> what `Collate` batches: ``audio [n]`` (int16 at the model's rate: pcm16 or mono 16-bit
-        FLAC; else float32; n <= S) or ``audio_pooled [D]``, ``lengths`` i32, ``texts`` (caption, [negatives], [positives]), ``_skips``
-        (and ``_source``). A bad record is replaced by another drawn with `rng`, and counted."""
+        FLAC; else float32; n <= S) or ``audio_pooled [D]``, ``lengths`` i32, ``texts`` (caption, [negatives] or None:
+        none in the record, to generate, [positives]), ``_skips`` (and ``_source``). A bad record is replaced by
+        another drawn with `rng`, and counted."""
         skips = np.zeros(len(READ_REASONS), np.int32)
         for _ in range(self.options.max_retries + 1):
             try:
@@ -121,16 +124,8 @@ class RecordTransform:
             except TowerCacheMiss:  # neither bad data nor a bug: a cache that does not fit the records
                 raise
             except Exception as e:  # not bad data: a bug; tolerated a few times, with its traceback
-                self.unexpected += 1
                 skips[READ_REASONS.index("unexpected_error")] += 1
-                limit = self.options.max_unexpected
-                _log.exception("unexpected error in the record transform (%d of at most %d)", self.unexpected, limit)
-                if self.unexpected >= limit:
-                    raise RuntimeError(
-                        f"{self.unexpected} unexpected errors in the record transform, last {type(e).__name__}: "
-                        f"{e}; this is a bug (in clapcomp or a custom tokenizer / negative generator), not bad "
-                        "data: see the tracebacks in the log"
-                    ) from e
+                _tolerate_bug(self, e, "the record transform")
             record = self.source[int(rng.integers(len(self.source)))]
         counts = dict(zip(READ_REASONS, skips.tolist(), strict=True))
         raise RuntimeError(
@@ -171,8 +166,8 @@ class RecordTransform:
             example = {"audio": self._into_row(audio) if self.batch_rows else audio}
         caption = rec["captions"][int(rng.integers(len(rec["captions"])))]
         negatives = self._pick(rec["negatives"], o.num_negatives, rng)
-        if not negatives and o.num_negatives and self.negative_generator is not None:
-            negatives = self.negative_generator.generate(caption, o.num_negatives)
+        if not negatives and o.num_negatives:
+            negatives = None  # generated by Collate, per batch: the same texts for less CPU than record by record
         positives = self._pick(rec["positives"], o.num_positives, rng)
         example.update(lengths=np.int32(audio.shape[0]), texts=(caption, negatives, positives))
         return example
@@ -198,16 +193,22 @@ class RecordTransform:
 class Collate:
     """`RecordTransform.read` examples -> one batch of `FIELDS` with a leading ``[B]``: the waveforms
     converted (int16; copied as they are with `pcm16_batches`) or copied (float32) straight into one
-    zero-tailed ``[B, S]`` array, all B x (1 + K + P) texts tokenised in one call. grain's `batch_fn`;
-    picklable."""
+    zero-tailed ``[B, S]`` array, the negatives of examples whose record has none from `negative_generator`
+    (if any), all B x (1 + K + P) texts tokenised in one call. grain's `batch_fn`; picklable."""
 
-    def __init__(self, options: DataConfig, tokenizer):
-        self.options, self.tokenizer = options, tokenizer
+    def __init__(self, options: DataConfig, tokenizer, *, negative_generator=None):
+        self.options, self.tokenizer, self.negative_generator = options, tokenizer, negative_generator
+        self.unexpected = 0
 
     def __call__(self, examples) -> dict:
         o, n = self.options, len(examples)
-        texts = [t for e in examples for t in (e["texts"][0], *e["texts"][1], *e["texts"][2])]
-        ids, mask = self.tokenizer(texts)
+        texts = []  # (caption, negatives, positives) per example
+        for e in examples:
+            caption, negatives, positives = e["texts"]
+            texts.append((caption, self._generate(caption, e["_skips"]) if negatives is None else negatives, positives))
+        ids, mask = self.tokenizer(
+            [t for caption, negatives, positives in texts for t in (caption, *negatives, *positives)]
+        )
         sizes = dict(L=ids.shape[1], K=o.num_negatives, P=o.num_positives, S=o.out_samples)
         if "audio_pooled" in examples[0]:
             batch = {"audio_pooled": np.stack([e["audio_pooled"] for e in examples])}
@@ -228,8 +229,7 @@ class Collate:
         for part in parts:
             batch.update(zeros(part, batch=n, **sizes))
         row = 0
-        for b, e in enumerate(examples):
-            caption, negatives, positives = e["texts"]
+        for b, (_, negatives, positives) in enumerate(texts):
             batch["input_ids"][b], batch["attention_mask"][b] = ids[row], mask[row]
             row += 1
             for prefix, picked in (("neg", negatives), ("pos", positives)):
@@ -243,6 +243,29 @@ class Collate:
         if "_source" in examples[0]:
             batch["_source"] = np.array([e["_source"] for e in examples], np.int32)
         return batch
+
+    def _generate(self, caption: str, skips: np.ndarray) -> list[str]:
+        if self.negative_generator is None:
+            return []
+        try:
+            return self.negative_generator.generate(caption, self.options.num_negatives)
+        except Exception as e:  # a bug: tolerated a few times, with its traceback; this example has no negatives
+            skips[READ_REASONS.index("unexpected_error")] += 1
+            _tolerate_bug(self, e, "the negative generator")
+            return []
+
+
+def _tolerate_bug(owner, e: Exception, where: str) -> None:
+    """Count an exception that is not bad data on `owner` (``.unexpected``, ``.options.max_unexpected``) and log
+    its traceback; at the limit, stop with a clear error."""
+    owner.unexpected += 1
+    limit = owner.options.max_unexpected
+    _log.exception("unexpected error in %s (%d of at most %d)", where, owner.unexpected, limit)
+    if owner.unexpected >= limit:
+        raise RuntimeError(
+            f"{owner.unexpected} unexpected errors in {where}, last {type(e).__name__}: {e}; this is a bug (in "
+            "clapcomp or a custom negative generator), not bad data: see the tracebacks in the log"
+        ) from e
 
 
 def _filled_buffer(audio: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray | None:
@@ -323,7 +346,6 @@ def make_dataset(
             src,
             options,
             tokenizer=tokenizer,
-            negative_generator=generator,
             tower_cache=tower_cache,
             source_index=index,
             batch_rows=options.batch_size // process_count,
@@ -339,7 +361,8 @@ def make_dataset(
         parts = [mapped(src, int(seed), i) for i, (src, seed) in enumerate(zip(sources.values(), seeds, strict=True))]
         ds = grain.MapDataset.mix(parts, list(options.weights) or None)
     ds = ds[process_index::process_count]
-    ds = ds.batch(options.batch_size // process_count, drop_remainder=True, batch_fn=Collate(options, tokenizer))
+    collate = Collate(options, tokenizer, negative_generator=generator)
+    ds = ds.batch(options.batch_size // process_count, drop_remainder=True, batch_fn=collate)
     read = grain.ReadOptions(num_threads=options.read_threads, prefetch_buffer_size=options.prefetch_batches)
     it = ds.to_iter_dataset(read)
     if options.workers > 0:

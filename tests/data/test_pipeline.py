@@ -381,7 +381,21 @@ def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
     assert skipped > 50  # most mutations are caught (some flip bytes a decoder cannot notice)
 
 
-def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source, tok, caplog):
+def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source, tok, caplog, monkeypatch):
+    """A bug reading records: the record is replaced, counted, logged; the third stops."""
+    records = [encode_record(_record(i)) for i in range(N)]
+    options = DataConfig(batch_size=1, clip_samples=CLIP, sample_rate=16000, num_negatives=K, max_unexpected=3)
+    transform = pipeline.RecordTransform(records, options, tokenizer=tok)
+    monkeypatch.setattr(pipeline, "parse_record", lambda *a, **k: {}[("bug in the transform")])
+    with pytest.raises(RuntimeError, match="3 unexpected errors in the record transform.*KeyError.*a bug"):
+        transform(records[0], np.random.default_rng(0))
+    assert transform.unexpected == 3
+    assert caplog.text.count("Traceback") == 3 and "bug in the transform" in caplog.text
+
+
+def test_a_negative_generator_error_is_counted_logged_and_stops_at_the_limit(tok, caplog):
+    """Generated per batch by `Collate`: the example keeps no negatives, counted as `unexpected_error`."""
+
     class Broken:
         def generate(self, caption, k):
             raise KeyError("bug in a custom negative generator")
@@ -390,9 +404,12 @@ def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source
     options = DataConfig(batch_size=1, clip_samples=CLIP, sample_rate=16000, num_negatives=K, max_unexpected=3)
     transform = pipeline.RecordTransform(records, options, tokenizer=tok, negative_generator=Broken())
     rng = np.random.default_rng(0)
-    with pytest.raises(RuntimeError, match="3 unexpected errors.*KeyError.*a bug"):
+    for _ in range(2):
+        example = transform(records[0], rng)
+        assert not example["neg_mask"].any() and not example["neg_input_ids"].any()
+        assert example["_skips"].tolist() == [reason == "unexpected_error" for reason in READ_REASONS]
+    with pytest.raises(RuntimeError, match="3 unexpected errors in the negative generator.*KeyError.*a bug"):
         transform(records[0], rng)
-    assert transform.unexpected == 3
     assert caplog.text.count("Traceback") == 3 and "bug in a custom negative generator" in caplog.text
 
 
