@@ -1,7 +1,8 @@
 """Input-pipeline throughput: samples/s per CPU core for 10-s 48 kHz FLAC and pcm16 clips.
 
 Measures the full host path of `clapcomp.data.pipeline.make_dataset` as the trainer runs it
-(`DataConfig.pcm16_batches`: int16 waveforms, converted on the device): record read, FLAC decode,
+(`DataConfig.pcm16_batches`: int16 waveforms, converted on the device; `serial_tokenizers()`, which the
+trainer calls, and which the code of c4af60a lacks): record read, FLAC decode,
 random crop, caption choice, tokenisation of caption + K negatives, rule-generated negatives
 (the records carry none, so `NegativeGenerator` runs for every sample), batching.
 
@@ -79,6 +80,12 @@ def main() -> None:
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (their defaults)
+    try:
+        from clapcomp.data.pipeline import serial_tokenizers
+    except ImportError:  # the code of c4af60a: its trainer left the tokenizers library's threads on
+        pass
+    else:
+        serial_tokenizers()  # as the trainer does before it builds its pipeline
 
     from clapcomp.data.records import RecordSource, write_records
     from clapcomp.tokenizer import Tokenizer

@@ -39,6 +39,7 @@ restore needs the same process count and per-host batch size.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import numpy as np
@@ -477,6 +478,15 @@ class DeviceIterator:
 
     def set_state(self, state: dict) -> None:
         self.grain_iterator.set_state(state)
+
+
+def serial_tokenizers() -> None:
+    """``TOKENIZERS_PARALLELISM=false`` unless the environment sets it: the `tokenizers` library then encodes on
+    the calling thread. The pipeline already builds batches on `read_threads` threads (and `workers`
+    processes); the library's own thread pool only adds wake-ups: ~15% more CPU per pcm16 sample in
+    `benchmarks/pipeline_throughput.py` (2-core CPU, 2026-12-07). A process-wide setting, so the application
+    makes it: the trainer calls this before it builds the pipeline."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def make_iterator(source, mesh, options: DataConfig, *, tokenizer, tower_cache=None, batch_axes=("data",)):

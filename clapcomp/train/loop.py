@@ -259,6 +259,7 @@ def _data_iterator(config, mesh, tokenizer, tower_cache=None):
 
         if not flags.FLAGS.is_parsed():  # the trainer is the application: grain's workers read absl flags
             flags.FLAGS.mark_as_parsed()
+    pipeline.serial_tokenizers()  # the trainer is the application: a process-wide setting (see there)
     sources = {source_name(d): RecordSource(d) for d in dirs}
     source = sources if len(sources) > 1 else next(iter(sources.values()))
     return pipeline.make_iterator(

@@ -1,6 +1,8 @@
 """The grain pipeline: batch content vs direct decoding/tokenising, determinism (seed, workers,
 restore), process sharding, bad records at read time, global arrays on an 8-device CPU mesh."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -619,3 +621,12 @@ def test_int16_rows_are_copied_into_the_batch_as_read_and_collate_copies_any_oth
     clone = pickle.loads(pickle.dumps(transform))  # for grain's worker processes: a fresh buffer per thread
     np.testing.assert_array_equal(collate([clone.read(src[i], np.random.default_rng(i)) for i in (2, 3)])["waveform"],
                                   [expected(2), expected(3)])  # fmt: skip
+
+
+def test_serial_tokenizers_sets_the_default_and_leaves_a_users_choice(monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    pipeline.serial_tokenizers()
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    pipeline.serial_tokenizers()
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
