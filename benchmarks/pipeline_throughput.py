@@ -7,7 +7,7 @@ random crop, caption choice, tokenisation of caption + K negatives, rule-generat
 (the records carry none, so `NegativeGenerator` runs for every sample), batching.
 
     python benchmarks/pipeline_throughput.py [--clips 48] [--records 100000] [--batches 20]
-        [--workers 0 2] [--audio-format flac pcm16]
+        [--workers 0 2] [--read-threads 2] [--audio-format flac pcm16]
 
 `--records`: the pipeline reads a source of that many records (the clips, repeated), as a real
 training set; 0: the clips alone. grain's global shuffle walks a block of at least 2**16 indices, so
@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=20, help="timed batches (after 1 warm-up)")
     p.add_argument("--k", type=int, default=3, help="negatives per sample")
     p.add_argument("--workers", type=int, nargs="+", default=[0])
+    p.add_argument("--read-threads", type=int, default=2, help="threads building batches per process (the default)")
     p.add_argument(
         "--audio-format",
         nargs="+",
@@ -135,11 +136,11 @@ def _measure(source, tok, a, workers: int) -> dict:
     except ImportError:  # the code of c4af60a: keyword options, float32 batches
         parts, ds = {}, make_dataset(
             source, tokenizer=tok, seed=0, global_batch_size=a.batch, clip_samples=SR * SECONDS, k_negatives=a.k,
-            sample_rate=SR, process_index=0, process_count=1, num_workers=workers,
+            sample_rate=SR, process_index=0, process_count=1, num_workers=workers, read_threads=a.read_threads,
         )  # fmt: skip
     else:
         options = DataConfig(seed=0, batch_size=a.batch, clip_samples=SR * SECONDS, num_negatives=a.k, sample_rate=SR,
-                             workers=workers, pcm16_batches=True)  # fmt: skip
+                             workers=workers, read_threads=a.read_threads, pcm16_batches=True)  # fmt: skip
         parts = _parts(source, tok, options) if workers == 0 else {}
         ds = make_dataset(source, options, tokenizer=tok, process_index=0, process_count=1)
     it = iter(ds)
@@ -157,6 +158,7 @@ def _measure(source, tok, a, workers: int) -> dict:
         "records": len(source),
         "num_negatives": a.k,
         "workers": workers,
+        "read_threads": a.read_threads,
         "samples": samples,
         "samples_per_s_wall": round(samples / wall, 1),
         "samples_per_cpu_s": round(samples / cpu, 1) if workers == 0 else None,
