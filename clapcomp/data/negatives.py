@@ -238,6 +238,75 @@ def _distinct(caption: str, candidates: list[str]) -> list[str]:
     return out
 
 
+class _Draws:
+    """numpy's `Generator.choice(n, size, replace=False)` and `Generator.permutation(n)` for a fresh PCG64
+    generator, computed in Python from its raw 64-bit outputs (numpy 2.x's algorithms: Floyd's sample + a
+    Lemire-bounded shuffle, and a masked-rejection shuffle; small n only): the same numbers as numpy
+    (tests: `tests/data/test_negatives.py`), so negatives stay those of earlier versions. One
+    `random_raw` call per 16 outputs instead of numpy's per-call lock, GIL release and argument handling,
+    which cost more than the draws when the pipeline's threads contend (~9% of the CPU per pcm16 sample in
+    `benchmarks/pipeline_throughput.py`)."""
+
+    _U32 = 0xFFFFFFFF
+
+    def __init__(self, generator: np.random.Generator):
+        self._bits, self._raw, self._at, self._high = generator.bit_generator, [], 0, None
+
+    def _next32(self) -> int:  # numpy's pcg64_next32: the low half of a 64-bit output, the high half kept
+        if self._high is not None:
+            value, self._high = self._high, None
+            return value
+        if self._at == len(self._raw):
+            self._raw, self._at = self._bits.random_raw(16).tolist(), 0
+        value = self._raw[self._at]
+        self._at += 1
+        self._high = value >> 32
+        return value & self._U32
+
+    def _lemire(self, high: int) -> int:  # numpy's random_bounded_uint64(0, high), high < 2**32 - 1
+        if high == 0:
+            return 0
+        n = high + 1
+        m = self._next32() * n
+        if (m & self._U32) < n:
+            threshold = (self._U32 - high) % n
+            while (m & self._U32) < threshold:
+                m = self._next32() * n
+        return m >> 32
+
+    def _interval(self, high: int) -> int:  # numpy's random_interval(high), high < 2**32
+        if high == 0:
+            return 0
+        mask = (1 << high.bit_length()) - 1
+        while (value := self._next32() & mask) > high:
+            pass
+        return value
+
+    def permutation(self, n: int) -> list[int]:
+        if n >= 1 << 32:
+            raise ValueError(f"permutation of {n} items: not computed here")
+        out = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = self._interval(i)
+            out[i], out[j] = out[j], out[i]
+        return out
+
+    def choice(self, n: int, size: int, replace: bool = False) -> list[int]:
+        if replace or not 0 <= size <= n < 1 << 32 or not (n <= 10_000 or size <= n // 50):
+            raise ValueError(f"choice of {size} of {n} (replace={replace}): numpy does not use Floyd's sample there")
+        out, chosen = [], set()
+        for j in range(n - size, n):
+            value = self._lemire(j)
+            if value in chosen:
+                value = j
+            chosen.add(value)
+            out.append(value)
+        for i in range(size - 1, 0, -1):
+            j = self._lemire(i)
+            out[i], out[j] = out[j], out[i]
+        return out
+
+
 class NegativeGenerator:
     """Rule-based negatives. `generate(caption, k)` depends only on (seed, vocabulary, caption, k)."""
 
@@ -247,7 +316,7 @@ class NegativeGenerator:
 
     def candidates(self, caption: str) -> dict[str, list[str]]:
         """All rule outputs, per rule, each list shuffled with the caption's own generator."""
-        rng = np.random.default_rng([self.seed, zlib.crc32(caption.encode("utf-8"))])
+        rng = _Draws(np.random.default_rng([self.seed, zlib.crc32(caption.encode("utf-8"))]))
         rules = {
             "order": order_swaps(caption),
             "attribute_swap": attribute_swaps(caption),

@@ -147,6 +147,26 @@ def test_event_substitutions_equal_the_rule_written_plainly(vocabulary):
         assert got == _substitutions_by_the_rule(caption, vocabulary, np.random.default_rng(i)), caption
 
 
+def test_draws_are_numpys_choice_and_permutation():
+    """`_Draws` computes numpy's own choice (Floyd's sample, then a Lemire shuffle) and permutation (a
+    masked-rejection shuffle) from the raw outputs: the same numbers, call after call, as the Generator."""
+    plan = np.random.default_rng(123)
+    for seed in range(1500):
+        numpy_rng = np.random.default_rng([seed, 77])
+        draws = N._Draws(np.random.default_rng([seed, 77]))
+        for _ in range(int(plan.integers(1, 8))):
+            n = int(plan.integers(0, 70))
+            if plan.random() < 0.5:
+                k = int(plan.integers(0, n + 1))
+                assert draws.choice(n, size=k, replace=False) == numpy_rng.choice(n, size=k, replace=False).tolist()
+            else:
+                assert draws.permutation(n) == numpy_rng.permutation(n).tolist()
+    big = np.random.default_rng(5)
+    assert N._Draws(np.random.default_rng(5)).choice(50_000, size=2) == big.choice(50_000, 2, replace=False).tolist()
+    with pytest.raises(ValueError, match="Floyd"):
+        N._Draws(np.random.default_rng(5)).choice(50_000, size=5_000)
+
+
 def test_deterministic_per_seed_and_independent_of_call_order():
     a, b = N.NegativeGenerator(seed=5), N.NegativeGenerator(seed=5)
     forward = [a.generate(c, 4) for c in CAPTIONS]
