@@ -100,8 +100,9 @@ def stage_read(out: str, item_timeout: float) -> None:
     import jax
 
     from clapcomp.data.options import DataConfig
-    from clapcomp.data.pipeline import DeviceIterator, RecordTransform, make_dataset
+    from clapcomp.data.pipeline import DeviceIterator, make_dataset
     from clapcomp.data.records import RecordSource
+    from clapcomp.data.transform import RecordTransform
     from clapcomp.tokenizer import Tokenizer
 
     index = _read_index(out)

@@ -172,8 +172,8 @@ def _parts(source, tok, options, n: int = 64) -> dict:
     import grain
 
     from clapcomp.data.negatives import NegativeGenerator
-    from clapcomp.data.pipeline import Collate, RecordTransform
     from clapcomp.data.records import decode_flac, parse_record, pcm16_samples
+    from clapcomp.data.transform import Collate, RecordTransform
 
     gen, collate = NegativeGenerator(0), Collate(options, tok)
     transform = RecordTransform(source, options, tokenizer=tok)

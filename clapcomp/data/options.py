@@ -1,7 +1,7 @@
 """The data options (`DataConfig`, one frozen object) and the batch's fields (`FIELDS`), declared once.
 
 `DataConfig` is built once (the trainer: `DataConfig.from_config(config, audio)`) and handed to
-`clapcomp.data.pipeline.make_iterator` / `make_dataset` / `RecordTransform`; its fields keep the
+`clapcomp.data.pipeline.make_iterator` / `make_dataset` / `clapcomp.data.transform.RecordTransform`; its fields keep the
 training config's names (``config.data.batch_size``, ``num_negatives``, ``num_positives``,
 ``workers``; ``model.audio.sample_rate``, ``clip_samples``, ``fusion``; ``config.seed``).
 

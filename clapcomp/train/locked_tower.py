@@ -150,7 +150,7 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
     """The tower's output for every record in `records` (a `clapcomp data build` dir), saved in `out_dir`.
 
     Records are decoded and resampled to the model's rate as the training pipeline does
-    (`clapcomp.data.pipeline.decode_at`). A record longer than the clip window is refused: training
+    (`clapcomp.data.transform.decode_at`). A record longer than the clip window is refused: training
     crops it at random, so its tower output is not one per record. Records the pipeline would skip as
     unreadable are skipped and counted; identical clips share one row. stats.json adds the records, the
     counts, the seconds taken and the clips per second. One writer per `out_dir`: it is written into a
@@ -168,10 +168,10 @@ def write_cache(records: str | Path, out_dir: str | Path, model, *, batch_size: 
 
 def _compute(records: str | Path, model, batch_size: int) -> tuple[TowerCache, dict]:
     """write_cache's rows and stats."""
-    from clapcomp.data.pipeline import decode_at
     from clapcomp.data.reasons import BadData
     from clapcomp.data.records import RecordSource, parse_record
     from clapcomp.data.stage import local_records
+    from clapcomp.data.transform import decode_at
 
     cfg, source = model.cfg, RecordSource(local_records(str(records)))  # records on GCS: a staged copy
     rate, clip = cfg.audio.sample_rate, cfg.audio.clip_samples

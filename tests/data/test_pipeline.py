@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 import pytest
+from pipeline_records import CLIP, WORDS, K, L, N, P, word_tokenizer  # tests/pipeline_records.py
+from pipeline_records import record as _record
 
 from clapcomp.data import pipeline
 from clapcomp.data.negatives import NegativeGenerator
@@ -13,52 +15,12 @@ from clapcomp.data.pipeline import DeviceIterator, make_dataset
 from clapcomp.data.reasons import READ_REASONS
 from clapcomp.data.records import RecordSource, decode_flac, encode_record, write_records
 from clapcomp.data.tower_cache import TowerCache, TowerCacheMiss, waveform_digest
-from clapcomp.tokenizer import Tokenizer
-
-N, CLIP, L, K, P = 12, 4000, 8, 3, 2
-WORDS = (
-    ["<pad>", "<unk>"]
-    + [f"r{i}" for i in range(N)]
-    + [f"n{i}" for i in range(5)]
-    + [
-        "record",
-        "first",
-        "second",
-        "neg",
-        "pos",
-        "a",
-        "dog",
-        "barks",
-        "then",
-        "man",
-        "speaks",
-        "followed",
-        "by",
-        "after",
-    ]
-)
+from clapcomp.data.transform import RecordTransform
 
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers
-
-    t = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Whitespace()
-    return Tokenizer(t, max_length=L)
-
-
-def _record(i):
-    """Record i: a monotonic ramp of 2000 + 500 i samples (so any crop can be located)."""
-    return {
-        "key": f"k{i}",
-        "audio": np.linspace(-0.9, 0.9, 2000 + 500 * i).astype(np.float32),
-        "sample_rate": 16000,
-        "captions": [f"record r{i} first", f"record r{i} second"],
-        "negatives": [f"neg n{j}" for j in range(i % 5)],
-        "positives": [f"pos n{j}" for j in range(i % 3)],
-    }
+    return word_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +287,7 @@ def test_bad_records_are_replaced_and_counted(source, tok, tmp_path):
 def test_stuck_decoding_times_out_then_stops_with_a_clear_error(source, tok, monkeypatch):
     import time
 
-    monkeypatch.setattr(pipeline, "decode_flac", lambda *a: time.sleep(5))  # FLAC at the model rate
+    monkeypatch.setattr("clapcomp.data.transform.decode_flac", lambda *a: time.sleep(5))  # FLAC at the model rate
     with pytest.raises(RuntimeError, match=r"bad records in a row.*'timeout': 17"):
         next(iter(_ds(source, tok, decode_timeout_s=0.01)))
 
@@ -365,7 +327,7 @@ def test_device_iterator_stops_past_the_error_rate(tok, tmp_path):
 def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
     good = [source[i] for i in range(N)]
     options = DataConfig(batch_size=1, clip_samples=CLIP, sample_rate=16000, num_negatives=K)
-    transform = pipeline.RecordTransform(good, options, tokenizer=tok)
+    transform = RecordTransform(good, options, tokenizer=tok)
     rng = np.random.default_rng(0)
     skipped = 0
     for i in range(100):
@@ -381,41 +343,6 @@ def test_fuzzed_records_are_decoded_or_counted_never_fatal(source, tok):
         assert out["waveform"].shape == (CLIP,) and out["input_ids"].shape == (L,)
         skipped += int(out["_skips"].sum())
     assert skipped > 50  # most mutations are caught (some flip bytes a decoder cannot notice)
-
-
-def test_an_unexpected_transform_error_is_logged_with_traceback_and_stops(source, tok, caplog, monkeypatch):
-    """A bug reading records: the record is replaced, counted, logged; the third stops."""
-    records = [encode_record(_record(i)) for i in range(N)]
-    options = DataConfig(batch_size=1, clip_samples=CLIP, sample_rate=16000, num_negatives=K, max_unexpected=3)
-    transform = pipeline.RecordTransform(records, options, tokenizer=tok)
-    monkeypatch.setattr(pipeline, "parse_record", lambda *a, **k: {}[("bug in the transform")])
-    with pytest.raises(RuntimeError, match="3 unexpected errors in the record transform.*KeyError.*a bug"):
-        transform(records[0], np.random.default_rng(0))
-    assert transform.unexpected == 3
-    assert caplog.text.count("Traceback") == 3 and "bug in the transform" in caplog.text
-
-
-def test_a_negative_generator_error_is_counted_logged_and_stops_at_the_limit(tok, caplog):
-    """Generated per batch by `Collate`: the example keeps no negatives, counted as `unexpected_error`."""
-
-    class Broken:
-        def generate(self, caption, k):
-            raise KeyError("bug in a custom negative generator")
-
-    records = [encode_record({**_record(i), "negatives": []}) for i in range(N)]
-    options = DataConfig(batch_size=1, clip_samples=CLIP, sample_rate=16000, num_negatives=K, max_unexpected=3)
-    transform = pipeline.RecordTransform(records, options, tokenizer=tok, negative_generator=Broken())
-    rng = np.random.default_rng(0)
-    for _ in range(2):
-        example = transform(records[0], rng)
-        assert not example["neg_mask"].any() and not example["neg_input_ids"].any()
-        assert example["_skips"].tolist() == [reason == "unexpected_error" for reason in READ_REASONS]
-    with pytest.raises(RuntimeError, match="3 unexpected errors in the negative generator.*KeyError.*a bug"):
-        transform(records[0], rng)
-    assert caplog.text.count("Traceback") == 3 and "bug in a custom negative generator" in caplog.text
-
-
-# ----------------------------------------------------------------------------- weighted mixtures
 
 
 @pytest.fixture(scope="module")
@@ -580,47 +507,6 @@ def test_batches_are_bitwise_those_of_the_per_record_algorithm(tok, tmp_path, au
             assert g[key].dtype == e[key].dtype and g[key].shape == e[key].shape, key
             assert g[key].tobytes() == e[key].tobytes(), key
     assert any((b["lengths"] < CLIP).any() for b in got) and any((b["lengths"] == CLIP).any() for b in got)
-
-
-def test_int16_rows_are_copied_into_the_batch_as_read_and_collate_copies_any_other_order(tok, tmp_path):
-    """`batch_rows`: each read writes its crop (zero-tailed) into the next row of its thread's buffer; `Collate`
-    returns that buffer when the examples are its rows in order, and copies them in any other case."""
-    import pickle
-    import threading
-
-    write_records(str(tmp_path), (_record(i) for i in range(4)), audio_format="pcm16")
-    src = RecordSource(str(tmp_path))
-    options = DataConfig(
-        seed=0, batch_size=2, clip_samples=CLIP, num_negatives=K, sample_rate=16000, pcm16_batches=True
-    )
-    transform = pipeline.RecordTransform(src, options, tokenizer=tok, batch_rows=2)
-    collate = pipeline.Collate(options, tok)
-
-    def expected(i):  # record i's int16 samples (shorter than the clip: no crop), zero-tailed
-        row = np.zeros(CLIP, np.int16)
-        samples = np.frombuffer(src.example(i)["audio"], "<i2")
-        row[: samples.size] = samples
-        return row
-
-    a, b = (transform.read(src[i], np.random.default_rng(i)) for i in (0, 1))
-    batch = collate([a, b])
-    assert np.shares_memory(batch["waveform"], a["audio"]) and np.shares_memory(batch["waveform"], b["audio"])
-    np.testing.assert_array_equal(batch["waveform"], [expected(0), expected(1)])
-    c, d = (transform.read(src[i], np.random.default_rng(i)) for i in (2, 3))
-    swapped = collate([d, c])  # not the buffer's order: copied
-    assert not np.shares_memory(swapped["waveform"], c["audio"])
-    np.testing.assert_array_equal(swapped["waveform"], [expected(3), expected(2)])
-    other = []  # one example from another thread's buffer: copied
-    thread = threading.Thread(target=lambda: other.append(transform.read(src[1], np.random.default_rng(1))))
-    thread.start()
-    thread.join()
-    e = transform.read(src[0], np.random.default_rng(0))
-    mixed = collate([e, other[0]])
-    assert not np.shares_memory(mixed["waveform"], e["audio"])
-    np.testing.assert_array_equal(mixed["waveform"], [expected(0), expected(1)])
-    clone = pickle.loads(pickle.dumps(transform))  # for grain's worker processes: a fresh buffer per thread
-    np.testing.assert_array_equal(collate([clone.read(src[i], np.random.default_rng(i)) for i in (2, 3)])["waveform"],
-                                  [expected(2), expected(3)])  # fmt: skip
 
 
 def test_serial_tokenizers_sets_the_default_and_leaves_a_users_choice(monkeypatch):
