@@ -25,7 +25,7 @@ COMMANDS = {
     "data build": ("clapcomp.data.build", "manifests / CompA CSV / webdataset -> ArrayRecord"),
     "data synth": ("clapcomp.data.synth", "generate the synthetic compositional dataset"),
     "data compose": ("clapcomp.data.compose", "compose single-event clips into CompA stage-3 data"),
-    "data negatives": ("clapcomp.data.negatives", "write composition-aware negatives into a manifest"),
+    "data negatives": ("clapcomp.data.llm_negatives", "write composition-aware negatives into a manifest"),
 }
 
 

@@ -213,7 +213,7 @@ class _Server(BaseHTTPRequestHandler):
 
 
 def test_llm_api_key_never_leaks_on_failure_paths(tmp_path, monkeypatch, caplog, capsys):
-    from clapcomp.data import negatives as N
+    from clapcomp.data import llm_negatives as N
 
     handler = type("H", (_Server,), {"seen": []})
     httpd = HTTPServer(("127.0.0.1", 0), handler)
