@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -206,9 +206,12 @@ def _vocabulary_patterns(
     return pattern, [(p, re.compile(r"\b" + re.escape(p) + r"\b", re.I)) for p in phrases], single_words
 
 
-def _distinct(caption: str, candidates: list[str]) -> list[str]:
+def _distinct(caption: str, candidates: Iterable[str], limit: int | None = None) -> list[str]:
+    """`candidates` in order without repeats or the caption (after `normalize`); the first `limit` of them."""
     seen, out = {normalize(caption)}, []
     for cand in candidates:
+        if len(out) == limit:
+            break
         key = normalize(cand)
         if key not in seen:
             seen.add(key)
@@ -307,13 +310,5 @@ class NegativeGenerator:
     def generate(self, caption: str, k: int) -> list[str]:
         """At most k distinct negatives, none equal to the caption; rules interleaved by priority."""
         lists = list(self.candidates(caption).values())
-        seen, out = {normalize(caption)}, []
-        for rank in range(max((len(x) for x in lists), default=0)):
-            for cand in (x[rank] for x in lists if rank < len(x)):
-                if len(out) == k:
-                    return out
-                key = normalize(cand)
-                if key not in seen:
-                    seen.add(key)
-                    out.append(cand)
-        return out
+        ranked = (x[rank] for rank in range(max(map(len, lists), default=0)) for x in lists if rank < len(x))
+        return _distinct(caption, ranked, k)  # lazily: normalises no more candidates than it needs

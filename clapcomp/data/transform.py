@@ -54,11 +54,13 @@ class RecordTransform:
     instead; ``lengths`` i32; ``input_ids``/``attention_mask [L]`` i32; ``neg_input_ids``/``neg_attention_mask
     [K, L]`` i32, ``neg_mask [K]`` bool (K = `options.num_negatives`, may be 0); with P = `options.num_positives`
     > 0 also ``pos_input_ids``/``pos_attention_mask [P, L]``, ``pos_mask [P]``; plus ``_skips
-    [len(READ_REASONS)]`` i32 (bad records replaced). `negative_generator` (`.generate(caption, k)`) fills in for a record without
-    negatives when the transform is called on one record (the pipeline gives it to `Collate`). `batch_rows` (the pipeline's per-host batch size; int16 batches only): each waveform is copied
-    at once, while its record is still in cache, into the next row of this thread's ``[batch_rows, S]`` int16
-    buffer, which `Collate` then takes as the batch (grain builds a batch's examples in one thread, in order;
-    otherwise `Collate` copies the rows as usual): one copy of the audio from a cold record less per sample.
+    [len(READ_REASONS)]`` i32 (bad records replaced). `negative_generator` (`.generate(caption, k)`) fills in
+    for a record without negatives when the transform is called on one record (the pipeline gives it to
+    `Collate`). `batch_rows` (the pipeline's per-host batch size; int16 batches only): each waveform is
+    copied at once, while its record is still in cache, into the next row of this thread's
+    ``[batch_rows, S]`` int16 buffer, which `Collate` then takes as the batch (grain builds a batch's
+    examples in one thread, in order; otherwise `Collate` copies the rows as usual): one copy of the audio
+    from a cold record less per sample.
     """
 
     def __init__(
@@ -72,8 +74,7 @@ class RecordTransform:
         source_index=None,
         batch_rows=None,
     ):
-        self.source, self.options, self.tokenizer = source, options, tokenizer
-        self.negative_generator, self.tower_cache = negative_generator, tower_cache
+        self.source, self.options, self.tower_cache = source, options, tower_cache
         self.source_index = source_index  # in a mixture: the example's ``_source`` i32 (None: no such field)
         self.batch_rows = batch_rows if options.pcm16_batches and tower_cache is None else None
         self.unexpected = 0
